@@ -1,0 +1,99 @@
+//! `/api/v1/health`: liveness, readiness and a detailed report.
+
+use std::sync::Arc;
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use serde_json::{Value, json};
+
+use crate::{app::AppState, upstream::Status};
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/health", get(basic))
+        .route("/health/detailed", get(detailed))
+        .route("/health/ready", get(ready))
+        .route("/health/live", get(live))
+}
+
+fn uptime(state: &AppState) -> f64 {
+    state.started.elapsed().as_secs_f64()
+}
+
+async fn basic(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "status": "healthy",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": uptime(&state),
+    }))
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "status": "alive" }))
+}
+
+async fn detailed(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let store = match state.store.ping().await {
+        Ok(latency) => json!({
+            "status": "healthy",
+            "backend": format!("{:?}", state.store.backend()).to_lowercase(),
+            "latency_ms": latency.as_secs_f64() * 1000.0,
+        }),
+        Err(e) => json!({ "status": "unhealthy", "error": e.to_string() }),
+    };
+    let store_ok = store["status"] == "healthy";
+    let upstreams: Vec<Value> = state
+        .upstreams
+        .list()
+        .iter()
+        .map(|u| {
+            let status = u.status();
+            json!({
+                "name": u.spec.name,
+                "status": status.status,
+                "latency_ms": status.latency_ms,
+                "last_error": status.last_error,
+                "protocol_version": status.protocol_version,
+                "tools": u.offer().tools.len(),
+            })
+        })
+        .collect();
+    let all_ready = state
+        .upstreams
+        .list()
+        .iter()
+        .all(|u| matches!(u.status().status, Status::Ready | Status::Disabled));
+    let overall = match (store_ok, all_ready) {
+        (false, _) => "unhealthy",
+        (true, false) => "degraded",
+        (true, true) => "healthy",
+    };
+    Json(json!({
+        "status": overall,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": uptime(&state),
+        "store": store,
+        "upstreams": upstreams,
+    }))
+}
+
+/// Ready once the store answers and every configured upstream has been tried
+/// (a failed upstream does not hold readiness back: it is reported instead).
+async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    let mut reasons = Vec::new();
+    if let Err(e) = state.store.ping().await {
+        reasons.push(format!("store: {e}"));
+    }
+    for u in state.upstreams.list() {
+        if !u.was_tried() {
+            reasons.push(format!("server {} not tried yet", u.spec.name));
+        }
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reasons": reasons })),
+        )
+    }
+}

@@ -1,0 +1,28 @@
+//! The REST front door under `/api/v1`. Each resource module owns its routes;
+//! handlers are thin and errors are RFC 9457 problem documents.
+
+pub mod docs;
+pub mod error;
+pub mod health;
+pub mod servers;
+pub mod tools;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::app::AppState;
+
+/// All `/api/v1` routes (nested under that prefix by the caller).
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .merge(health::router())
+        .merge(tools::router())
+        .merge(servers::router())
+        .merge(docs::router())
+        .fallback(not_found)
+}
+
+async fn not_found(uri: axum::http::Uri) -> error::Problem {
+    error::Problem::not_found("no-route", format!("no endpoint at {}", uri.path()))
+}

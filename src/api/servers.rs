@@ -1,0 +1,220 @@
+//! `/api/v1/servers`: upstream MCP servers managed at run time.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+
+use super::error::{ApiJson, Problem, Result};
+use crate::{
+    app::AppState,
+    auth::DEFAULT_TENANT,
+    outbound::OutboundError,
+    upstream::{
+        Upstream,
+        spec::{ServerSpec, Source},
+    },
+};
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/servers", get(list).post(create))
+        .route("/servers/{name}", get(read).put(update).delete(remove))
+        .route("/servers/{name}/restart", post(restart))
+}
+
+/// A server as the API shows it: its definition without secrets, and how it
+/// is doing.
+pub fn describe(state: &AppState, upstream: &Upstream, with_logs: bool) -> Value {
+    let mut value = upstream.spec.redacted_json();
+    let snapshot = state.catalog.snapshot();
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("status".into(), json!(*upstream.status()));
+        obj.insert("tools".into(), json!(upstream.offer().tools.len()));
+        obj.insert(
+            "conflicts".into(),
+            json!(
+                snapshot
+                    .conflicts
+                    .get(&upstream.spec.name)
+                    .cloned()
+                    .unwrap_or_default()
+            ),
+        );
+        if with_logs {
+            obj.insert("stderr_tail".into(), json!(upstream.stderr_tail()));
+        }
+    }
+    value
+}
+
+async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let servers: Vec<Value> = state
+        .upstreams
+        .list()
+        .iter()
+        .map(|u| describe(&state, u, false))
+        .collect();
+    Json(json!({ "servers": servers, "total": servers.len() }))
+}
+
+fn unknown(name: &str) -> Problem {
+    Problem::not_found("unknown-server", format!("no server named {name}")).with("server", name)
+}
+
+async fn read(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<Value>> {
+    let upstream = state.upstreams.get(&name).ok_or_else(|| unknown(&name))?;
+    Ok(Json(describe(&state, &upstream, true)))
+}
+
+/// Checks a definition arriving over the API.
+async fn admit(state: &AppState, body: Value) -> Result<ServerSpec> {
+    let spec = ServerSpec::from_api_json(body).map_err(|e| Problem::invalid(e.to_string()))?;
+    if spec.is_stdio() && !state.settings.allow_stdio_api {
+        // Creating a stdio server runs a command on the host.
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "stdio-not-allowed",
+            "Stdio servers cannot be created over the API",
+            "creating a stdio server runs a command on the gateway's host; declare it in the config file, \
+             or set META_MCP_ALLOW_STDIO_API=true",
+        ));
+    }
+    if let Some(url) = spec.url() {
+        let refused = |e: OutboundError| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "url-refused",
+                "Server URL refused",
+                format!("{}: {e}", crate::outbound::redact_url(url)),
+            )
+        };
+        let parsed = state.outbound.check_url(url).map_err(refused)?;
+        // A name that does not resolve yet may be a server still starting;
+        // one that resolves to a forbidden address is refused now.
+        match state.outbound.check_resolved(&parsed).await {
+            Err(e @ OutboundError::Refused(..)) => return Err(refused(e)),
+            _ => {}
+        }
+    }
+    Ok(spec)
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<impl IntoResponse> {
+    let spec = admit(&state, body).await?;
+    let _guard = state.servers_lock.lock().await;
+    if state.upstreams.get(&spec.name).is_some() {
+        return Err(Problem::conflict(
+            "server-exists",
+            format!("a server named {} already exists", spec.name),
+        )
+        .with("server", spec.name.clone()));
+    }
+    state
+        .store
+        .insert_server(DEFAULT_TENANT, &spec.name, &spec)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict => Problem::conflict(
+                "server-exists",
+                format!("a server named {} already exists", spec.name),
+            ),
+            other => other.into(),
+        })?;
+    state.upstreams.add(spec.clone());
+    let upstream = state
+        .upstreams
+        .get(&spec.name)
+        .ok_or_else(Problem::internal)?;
+    tracing::info!(server = %spec.name, "server created over the API");
+    Ok((
+        StatusCode::CREATED,
+        Json(describe(&state, &upstream, false)),
+    ))
+}
+
+fn read_only(name: &str) -> Problem {
+    Problem::conflict(
+        "read-only-server",
+        format!("server {name} is declared in the config file; change it there"),
+    )
+    .with("server", name)
+}
+
+async fn update(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    ApiJson(mut body): ApiJson<Value>,
+) -> Result<Json<Value>> {
+    if let Some(obj) = body.as_object_mut() {
+        match obj.get("name") {
+            None => {
+                obj.insert("name".into(), Value::String(name.clone()));
+            }
+            Some(Value::String(n)) if *n == name => {}
+            Some(_) => {
+                return Err(Problem::invalid(
+                    "a server cannot be renamed; delete it and create a new one",
+                ));
+            }
+        }
+    }
+    let spec = admit(&state, body).await?;
+    let _guard = state.servers_lock.lock().await;
+    let current = state.upstreams.get(&name).ok_or_else(|| unknown(&name))?;
+    if current.spec.source == Source::Config {
+        return Err(read_only(&name));
+    }
+    state
+        .store
+        .update_server(DEFAULT_TENANT, &name, &spec)
+        .await?;
+    state.upstreams.remove(&name).await;
+    state.upstreams.add(spec);
+    state.refresh_catalog().await?;
+    let upstream = state.upstreams.get(&name).ok_or_else(Problem::internal)?;
+    Ok(Json(describe(&state, &upstream, false)))
+}
+
+async fn remove(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    let _guard = state.servers_lock.lock().await;
+    let current = state.upstreams.get(&name).ok_or_else(|| unknown(&name))?;
+    if current.spec.source == Source::Config {
+        return Err(read_only(&name));
+    }
+    state.store.delete_server(DEFAULT_TENANT, &name).await?;
+    state.upstreams.remove(&name).await;
+    state.refresh_catalog().await?;
+    tracing::info!(server = %name, "server removed over the API");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn restart(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let _guard = state.servers_lock.lock().await;
+    let current = state
+        .upstreams
+        .remove(&name)
+        .await
+        .ok_or_else(|| unknown(&name))?;
+    state.upstreams.add(current.spec.clone());
+    let upstream = state.upstreams.get(&name).ok_or_else(Problem::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(describe(&state, &upstream, false)),
+    ))
+}

@@ -1,0 +1,473 @@
+//! `/api/v1/tools`: list, read, register, update, delete and execute tools.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::error::{ApiJson, Problem, Result};
+use crate::{
+    app::AppState,
+    auth::{DEFAULT_TENANT, Principal},
+    catalog::{ManualTool, ToolRecord, names::validate_tool_name, records::ToolInput},
+    pipeline::{ToolCall, policy},
+};
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/tools", get(list).post(create))
+        .route("/tools/import", post(import))
+        .route(
+            "/tools/{name}",
+            get(read).put(update).patch(update).delete(remove),
+        )
+        .route("/tools/{name}/execute", post(execute))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    server: Option<String>,
+    category: Option<String>,
+    tag: Option<String>,
+    enabled: Option<bool>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+fn record(state: &AppState, entry: &crate::catalog::ToolEntry) -> ToolRecord {
+    ToolRecord::from_entry(entry, |server| {
+        state
+            .upstreams
+            .get(server)
+            .and_then(|u| u.spec.url().map(crate::outbound::redact_url))
+    })
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>> {
+    let Query(q) = query.map_err(|e| Problem::invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(Problem::invalid(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let snapshot = state.catalog.snapshot();
+    let matching: Vec<_> = snapshot
+        .tools
+        .iter()
+        .filter(|t| policy::may_see(&principal, t))
+        .filter(|t| q.server.as_deref().is_none_or(|s| t.server() == Some(s)))
+        .filter(|t| {
+            q.category
+                .as_deref()
+                .is_none_or(|c| t.overlay.category.as_deref() == Some(c))
+        })
+        .filter(|t| {
+            q.tag.as_deref().is_none_or(|tag| {
+                t.overlay
+                    .tags
+                    .as_ref()
+                    .is_some_and(|tags| tags.iter().any(|x| x == tag))
+            })
+        })
+        .filter(|t| q.enabled.is_none_or(|e| t.enabled() == e))
+        .collect();
+    let total = matching.len();
+    let tools: Vec<ToolRecord> = matching
+        .into_iter()
+        .skip(q.offset)
+        .take(limit)
+        .map(|t| record(&state, t))
+        .collect();
+    Ok(Json(json!({
+        "tools": tools,
+        "total": total,
+        "offset": q.offset,
+        "limit": limit,
+    })))
+}
+
+async fn read(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<ToolRecord>> {
+    let snapshot = state.catalog.snapshot();
+    let entry = snapshot
+        .tool(&name)
+        .filter(|t| policy::may_see(&principal, t))
+        .ok_or_else(|| unknown(&name))?;
+    Ok(Json(record(&state, entry)))
+}
+
+fn unknown(name: &str) -> Problem {
+    Problem::not_found("unknown-tool", format!("no tool named {name}")).with("tool", name)
+}
+
+/// What one registration will do, decided before anything is stored.
+enum Registration {
+    /// Metadata on a tool of a registered server (by its MCP URL).
+    Bind {
+        server: String,
+        tool: String,
+        overlay: crate::catalog::Overlay,
+    },
+    /// A new hand-registered tool.
+    Manual(ManualTool),
+}
+
+/// Checks one registration request against the catalog and the servers.
+fn plan(state: &AppState, input: ToolInput) -> Result<Registration> {
+    let name = input
+        .name
+        .clone()
+        .ok_or_else(|| Problem::invalid("name is required"))?;
+    validate_tool_name(&name).map_err(|e| Problem::invalid(format!("name {name:?} {e}")))?;
+    input.validate().map_err(Problem::invalid)?;
+    if let Some(endpoint) = &input.endpoint {
+        // An endpoint that is the URL of a registered MCP server binds to
+        // that server's tool of the same name.
+        let normalized = endpoint.trim_end_matches('/');
+        if let Some(server) = state.upstreams.list().into_iter().find(|u| {
+            u.spec
+                .url()
+                .is_some_and(|url| url.trim_end_matches('/') == normalized)
+        }) {
+            if input.input_schema().is_some() || input.output_schema().is_some() {
+                return Err(Problem::invalid(
+                    "the schema of an MCP server's tool comes from the server and cannot be set",
+                ));
+            }
+            return Ok(Registration::Bind {
+                server: server.spec.name.clone(),
+                tool: name,
+                overlay: input.overlay(),
+            });
+        }
+        state.outbound.check_url(endpoint).map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "endpoint-refused",
+                "Endpoint refused",
+                format!("endpoint {}: {e}", crate::outbound::redact_url(endpoint)),
+            )
+        })?;
+    }
+    if state.catalog.snapshot().tool(&name).is_some() {
+        return Err(Problem::conflict(
+            "tool-exists",
+            format!("a tool named {name} already exists"),
+        )
+        .with("tool", name));
+    }
+    let mut overlay = input.overlay();
+    let description = overlay.description.take().unwrap_or_default();
+    Ok(Registration::Manual(ManualTool {
+        name,
+        description,
+        endpoint: input.endpoint.clone(),
+        input_schema: input.input_schema(),
+        output_schema: input.output_schema(),
+        overlay,
+    }))
+}
+
+/// Parses a body that is one tool object or a list of them.
+fn parse_inputs(body: Value) -> Result<(Vec<ToolInput>, bool)> {
+    let (items, many) = match body {
+        Value::Array(items) => (items, true),
+        Value::Object(mut obj) => match obj.remove("tools") {
+            // `{"tools": [...]}`, the import form.
+            Some(Value::Array(items)) if obj.is_empty() => (items, true),
+            Some(other) => {
+                obj.insert("tools".into(), other);
+                (vec![Value::Object(obj)], false)
+            }
+            None => (vec![Value::Object(obj)], false),
+        },
+        _ => return Err(Problem::invalid("expected a tool object or a list of them")),
+    };
+    if items.is_empty() {
+        return Err(Problem::invalid("the list of tools is empty"));
+    }
+    let mut inputs = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let input: ToolInput = serde_json::from_value(item).map_err(|e| {
+            let p = Problem::invalid(format!("tool {index}: {e}"));
+            if many { p.with("index", index) } else { p }
+        })?;
+        inputs.push(input);
+    }
+    Ok((inputs, many))
+}
+
+/// Registers every input, all or nothing.
+async fn register(state: &Arc<AppState>, inputs: Vec<ToolInput>, many: bool) -> Result<Vec<Value>> {
+    let mut plans = Vec::with_capacity(inputs.len());
+    let mut seen = std::collections::HashSet::new();
+    for (index, input) in inputs.into_iter().enumerate() {
+        let planned =
+            plan(state, input).map_err(|p| if many { p.with("index", index) } else { p })?;
+        let key = match &planned {
+            Registration::Bind { server, tool, .. } => format!("{server}/{tool}"),
+            Registration::Manual(m) => m.name.clone(),
+        };
+        if !seen.insert(key.clone()) {
+            return Err(
+                Problem::invalid(format!("{key} appears twice in the request"))
+                    .with("index", index),
+            );
+        }
+        plans.push(planned);
+    }
+    let manual: Vec<(String, ManualTool)> = plans
+        .iter()
+        .filter_map(|p| match p {
+            Registration::Manual(m) => Some((m.name.clone(), m.clone())),
+            _ => None,
+        })
+        .collect();
+    if !manual.is_empty() {
+        state
+            .store
+            .insert_manual_tools(DEFAULT_TENANT, &manual)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Conflict => {
+                    Problem::conflict("tool-exists", "a tool with this name already exists")
+                }
+                other => other.into(),
+            })?;
+    }
+    for p in &plans {
+        if let Registration::Bind {
+            server,
+            tool,
+            overlay,
+        } = p
+        {
+            let mut merged = current_overlay(state, server, tool).await?;
+            merged.merge(overlay.clone());
+            state
+                .store
+                .put_overlay(DEFAULT_TENANT, server, tool, &merged)
+                .await?;
+        }
+    }
+    state.refresh_catalog().await?;
+    let snapshot = state.catalog.snapshot();
+    Ok(plans
+        .iter()
+        .map(|p| match p {
+            Registration::Manual(m) => snapshot
+                .tool(&m.name)
+                .map(|e| serde_json::to_value(record(state, e)).unwrap_or_default())
+                .unwrap_or_else(|| json!({"name": m.name})),
+            Registration::Bind { server, tool, .. } => {
+                match snapshot.tool_by_identity(server, tool) {
+                    Some(e) => serde_json::to_value(record(state, e)).unwrap_or_default(),
+                    // The server has not listed this tool (yet): the metadata is
+                    // kept and applies once it does.
+                    None => json!({"server": server, "original_name": tool, "status": "pending"}),
+                }
+            }
+        })
+        .collect())
+}
+
+async fn current_overlay(
+    state: &AppState,
+    server: &str,
+    tool: &str,
+) -> Result<crate::catalog::Overlay> {
+    Ok(state
+        .catalog
+        .snapshot()
+        .tool_by_identity(server, tool)
+        .map(|e| e.overlay.clone())
+        .unwrap_or_default())
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<impl IntoResponse> {
+    let (inputs, many) = parse_inputs(body)?;
+    let mut created = register(&state, inputs, many).await?;
+    let body = if many {
+        json!({"tools": created, "created": created.len()})
+    } else {
+        created.pop().unwrap_or_default()
+    };
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn import(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<impl IntoResponse> {
+    let (inputs, _) = parse_inputs(body)?;
+    let created = register(&state, inputs, true).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"tools": created, "created": created.len()})),
+    ))
+}
+
+async fn update(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+    ApiJson(input): ApiJson<ToolInput>,
+) -> Result<Json<ToolRecord>> {
+    input.validate().map_err(Problem::invalid)?;
+    if input.name.as_ref().is_some_and(|n| *n != name) {
+        return Err(Problem::invalid(
+            "a tool cannot be renamed; its name is derived from its identity",
+        ));
+    }
+    let snapshot = state.catalog.snapshot();
+    let entry = snapshot
+        .tool(&name)
+        .filter(|t| policy::may_see(&principal, t))
+        .ok_or_else(|| unknown(&name))?
+        .clone();
+    match (&entry.manual, entry.server()) {
+        (Some(manual), _) => {
+            let mut next = manual.clone();
+            if let Some(endpoint) = &input.endpoint {
+                state.outbound.check_url(endpoint).map_err(|e| {
+                    Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "endpoint-refused",
+                        "Endpoint refused",
+                        e.to_string(),
+                    )
+                })?;
+                next.endpoint = Some(endpoint.clone());
+            }
+            if let Some(description) = &input.description {
+                next.description = description.clone();
+            }
+            if let Some(schema) = input.input_schema() {
+                next.input_schema = Some(schema);
+            }
+            if let Some(schema) = input.output_schema() {
+                next.output_schema = Some(schema);
+            }
+            let mut overlay = input.overlay();
+            overlay.description = None;
+            next.overlay.merge(overlay);
+            state
+                .store
+                .update_manual_tool(DEFAULT_TENANT, &manual.name, &next)
+                .await?;
+        }
+        (None, Some(server)) => {
+            if input.input_schema().is_some()
+                || input.output_schema().is_some()
+                || input.endpoint.is_some()
+            {
+                return Err(Problem::invalid(
+                    "the schema and endpoint of an MCP server's tool come from the server and cannot be set",
+                ));
+            }
+            let mut overlay = entry.overlay.clone();
+            overlay.merge(input.overlay());
+            state
+                .store
+                .put_overlay(DEFAULT_TENANT, server, entry.original_name(), &overlay)
+                .await?;
+        }
+        (None, None) => return Err(Problem::internal()),
+    }
+    state.refresh_catalog().await?;
+    let snapshot = state.catalog.snapshot();
+    let updated = match entry.server() {
+        Some(server) => snapshot.tool_by_identity(server, entry.original_name()),
+        None => snapshot.tool(&name),
+    }
+    .ok_or_else(|| unknown(&name))?;
+    Ok(Json(record(&state, updated)))
+}
+
+async fn remove(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    let snapshot = state.catalog.snapshot();
+    let entry = snapshot
+        .tool(&name)
+        .filter(|t| policy::may_see(&principal, t))
+        .ok_or_else(|| unknown(&name))?;
+    if let Some(server) = entry.server() {
+        return Err(Problem::conflict(
+            "tool-owned-by-server",
+            format!("{name} is provided by server {server}: disable it (PUT {{\"enabled\": false}}) or remove the server"),
+        )
+        .with("server", server));
+    }
+    state
+        .store
+        .delete_manual_tool(DEFAULT_TENANT, &name)
+        .await?;
+    state.refresh_catalog().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteBody {
+    #[serde(default)]
+    arguments: Option<Map<String, Value>>,
+}
+
+async fn execute(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ExecuteBody>,
+) -> Result<Json<Value>> {
+    let started = Instant::now();
+    let server = state
+        .catalog
+        .snapshot()
+        .tool(&name)
+        .and_then(|t| t.server().map(str::to_owned));
+    let result = state
+        .pipeline
+        .call(ToolCall {
+            principal,
+            name: name.clone(),
+            arguments: Some(body.arguments.unwrap_or_default()),
+            progress: None,
+        })
+        .await?;
+    let mut result = serde_json::to_value(&result).unwrap_or_default();
+    if let Some(obj) = result.as_object_mut() {
+        obj.remove("resultType");
+    }
+    Ok(Json(json!({
+        "tool": name,
+        "server": server,
+        "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "result": result,
+    })))
+}

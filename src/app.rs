@@ -1,0 +1,218 @@
+//! Wiring: builds the shared state from settings, starts the upstreams and
+//! the listener, and stops everything in order.
+
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Instant};
+
+use axum::{Router, extract::DefaultBodyLimit, middleware};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    auth::DEFAULT_TENANT,
+    catalog::Catalog,
+    config::Settings,
+    events::{Event, EventBus},
+    http_guard::{self, HostGuard},
+    outbound::{self, OutboundPolicy},
+    pipeline::Pipeline,
+    store::{Store, StoreError},
+    upstream::{UpstreamManager, spec::ServerSpec},
+};
+
+/// Everything request handlers share.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub upstreams: Arc<UpstreamManager>,
+    pub pipeline: Pipeline,
+    pub events: EventBus,
+    pub outbound: OutboundPolicy,
+    pub started: Instant,
+    /// Serializes server create/update/delete so checks and effects agree.
+    pub servers_lock: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    /// Rebuilds the catalog now (after a change made through the API, so
+    /// the caller's next read sees it).
+    pub async fn refresh_catalog(&self) -> Result<(), StoreError> {
+        self.catalog.rebuild(&self.upstreams, &self.store).await
+    }
+}
+
+/// A built, bound gateway, ready to run.
+pub struct App {
+    pub state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Connects the store (running migrations), starts every upstream and
+    /// binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let store = Store::connect(&settings.database_url).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the database {}: {e}",
+                outbound::redact_url(&settings.database_url)
+            )
+        })?;
+        tracing::info!(
+            database = %outbound::redact_url(&settings.database_url),
+            "store ready, migrations applied"
+        );
+        let events = EventBus::default();
+        let http = outbound::client(&settings.outbound);
+        let upstreams = Arc::new(UpstreamManager::new(
+            &settings,
+            events.clone(),
+            http.clone(),
+        ));
+        let catalog = Arc::new(Catalog::new(
+            settings.prefix_mode,
+            settings.separator.clone(),
+        ));
+        let outbound_policy = OutboundPolicy::from_settings(&settings.outbound);
+        let pipeline = Pipeline {
+            catalog: catalog.clone(),
+            upstreams: upstreams.clone(),
+            events: events.clone(),
+            http,
+            outbound: outbound_policy.clone(),
+            call_timeout: settings.call_timeout,
+            max_response_bytes: settings.outbound.max_response_bytes,
+        };
+        let state = Arc::new(AppState {
+            settings: settings.clone(),
+            store,
+            catalog,
+            upstreams,
+            pipeline,
+            events,
+            outbound: outbound_policy,
+            started: Instant::now(),
+            servers_lock: tokio::sync::Mutex::new(()),
+        });
+
+        // Rebuild the catalog whenever something it is made of changes.
+        spawn_catalog_follower(state.clone());
+
+        // Config-file servers first, in file order, then those created over
+        // the API. A stored server whose name the file now uses is shadowed.
+        for spec in &settings.servers {
+            state.upstreams.add(spec.clone());
+        }
+        let stored: Vec<ServerSpec> = state.store.list_servers(DEFAULT_TENANT).await?;
+        for spec in stored {
+            if !state.upstreams.add(spec.clone()) {
+                tracing::warn!(server = %spec.name, "stored server shadowed by a config-file server of the same name");
+            }
+        }
+        state.refresh_catalog().await?;
+
+        let addr = SocketAddr::new(settings.host, settings.port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr} (META_MCP_HOST/META_MCP_PORT): {e}")
+        })?;
+        Ok(Self {
+            state,
+            listener,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The whole HTTP surface: `/mcp`, `/api/v1`, and the listener-wide
+    /// layers (host/origin guard, request ids, tracing, body limit).
+    pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
+        let settings = &state.settings;
+        let guard = Arc::new(HostGuard::new(
+            settings.effective_allowed_hosts(),
+            settings.allowed_origins.clone(),
+        ));
+        let mcp = crate::mcp::service(state.clone(), shutdown);
+        Router::new()
+            .nest_service("/mcp", mcp)
+            .nest("/api/v1", crate::api::router())
+            .with_state(state.clone())
+            .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+            .layer(middleware::from_fn_with_state(guard, http_guard::enforce))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }),
+            )
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains requests in
+    /// flight (up to the grace period) and stops every upstream.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let state = self.state.clone();
+        let router = Self::router(state.clone(), self.shutdown.child_token());
+        tracing::info!(
+            %addr,
+            mcp = %format!("{}/mcp", state.settings.base_url(addr.port())),
+            api = %format!("{}/api/v1", state.settings.base_url(addr.port())),
+            "metamcp listening"
+        );
+        let shutdown = self.shutdown.clone();
+        let grace = state.settings.shutdown_grace;
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("requests still in flight after the grace period; stopping anyway");
+            }
+        }
+        tracing::info!("stopping upstreams");
+        state.upstreams.shutdown().await;
+        state.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn spawn_catalog_follower(state: Arc<AppState>) {
+    let mut events = state.events.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(Event::CatalogChanged { .. })
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(e) = state.refresh_catalog().await {
+                        tracing::error!(error = %e, "catalog rebuild failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+}

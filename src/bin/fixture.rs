@@ -1,0 +1,417 @@
+//! `metamcp-fixture`: a small, deterministic MCP server used as an upstream by
+//! the integration tests and the benchmark.
+//!
+//! It serves MCP over stdio (default) or Streamable HTTP (`--http ADDR`, path
+//! `/mcp`) and offers tools whose behaviour the tests can steer: echoing,
+//! adding, sleeping (cancellably), failing at tool or protocol level, sending
+//! progress, exiting abruptly, reading an environment variable and counting
+//! calls; plus one prompt, one resource and one resource template.
+//!
+//! The handler is written by hand rather than with the `#[tool]` macros so
+//! that the schemas are exactly what the tests expect and a call costs
+//! little more than a JSON decode.
+
+use std::{
+    io::Write as _,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use clap::Parser;
+use rmcp::{
+    ErrorData as McpError, RoleServer, ServerHandler, ServiceExt as _,
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+        GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, JsonObject,
+        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+        PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument, PromptMessage,
+        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+        ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig, Tool,
+    },
+    service::RequestContext,
+    transport::{
+        StreamableHttpServerConfig, StreamableHttpService,
+        streamable_http_server::session::local::LocalSessionManager,
+    },
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "metamcp-fixture",
+    version,
+    about = "Deterministic MCP test server"
+)]
+struct Cli {
+    /// Serve Streamable HTTP on this address (e.g. 127.0.0.1:0) instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Tokio worker threads; 1 selects a current-thread runtime.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
+    /// serverInfo name reported on initialize.
+    #[arg(long, default_value = "fixture")]
+    name: String,
+}
+
+/// Every `tools/call` this process has served. Process-wide (not per handler)
+/// because over HTTP rmcp builds a fresh handler for each session or
+/// stateless request.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Clone)]
+struct Fixture {
+    name: Arc<str>,
+    tools: Arc<[Tool]>,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            tools: tool_definitions().into(),
+        }
+    }
+}
+
+/// The tool list in wire form, so the schemas read exactly as clients see
+/// them. Every input schema lists `required`, even when empty.
+fn tool_definitions() -> Vec<Tool> {
+    let tools = json!([
+        {"name": "echo", "description": "Return the message unchanged",
+         "inputSchema": {"type": "object", "required": ["message"],
+                         "properties": {"message": {"type": "string"}}}},
+        {"name": "add", "description": "Add two numbers",
+         "inputSchema": {"type": "object", "required": ["a", "b"],
+                         "properties": {"a": {"type": "number"}, "b": {"type": "number"}}},
+         "outputSchema": {"type": "object", "required": ["sum"],
+                          "properties": {"sum": {"type": "number"}}}},
+        {"name": "slow", "description": "Sleep for ms milliseconds; stops early if cancelled",
+         "inputSchema": {"type": "object", "required": ["ms"],
+                         "properties": {"ms": {"type": "integer", "minimum": 0}}}},
+        {"name": "fail", "description": "Return a tool-level error (isError: true)",
+         "inputSchema": {"type": "object", "required": [],
+                         "properties": {"message": {"type": "string"}}}},
+        {"name": "protocol_error", "description": "Answer with a JSON-RPC internal error",
+         "inputSchema": {"type": "object", "required": [], "properties": {}}},
+        {"name": "progress",
+         "description": "Send progress notifications if the call has a progress token",
+         "inputSchema": {"type": "object", "required": [], "properties": {
+             "steps": {"type": "integer", "minimum": 0, "default": 3},
+             "delay_ms": {"type": "integer", "minimum": 0, "default": 10}}}},
+        {"name": "exit", "description": "Exit the process at once without answering",
+         "inputSchema": {"type": "object", "required": [],
+                         "properties": {"code": {"type": "integer", "default": 1}}}},
+        {"name": "env", "description": "Return an environment variable's value, or <unset>",
+         "inputSchema": {"type": "object", "required": ["name"],
+                         "properties": {"name": {"type": "string"}}}},
+        {"name": "count_calls", "description": "Tool calls served by this process, this one included",
+         "inputSchema": {"type": "object", "required": [], "properties": {}}},
+    ]);
+    serde_json::from_value(tools).expect("the fixed tool list is well-formed")
+}
+
+#[derive(Deserialize)]
+struct EchoArgs {
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct AddArgs {
+    a: serde_json::Number,
+    b: serde_json::Number,
+}
+
+#[derive(Deserialize)]
+struct SlowArgs {
+    ms: u64,
+}
+
+#[derive(Deserialize)]
+struct FailArgs {
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ProgressArgs {
+    steps: Option<u32>,
+    delay_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ExitArgs {
+    code: Option<i32>,
+}
+
+/// Arguments of the `env` tool and the `greeting` prompt.
+#[derive(Deserialize)]
+struct NameArgs {
+    name: String,
+}
+
+/// Decodes tool or prompt arguments; a missing or ill-typed field is the
+/// caller's fault, hence invalid_params rather than a panic or internal error.
+fn parse<T: DeserializeOwned>(arguments: Option<JsonObject>) -> Result<T, McpError> {
+    serde_json::from_value(Value::Object(arguments.unwrap_or_default()))
+        .map_err(|e| McpError::invalid_params(format!("invalid arguments: {e}"), None))
+}
+
+fn text_result(text: impl Into<String>) -> CallToolResponse {
+    CallToolResult::success(vec![ContentBlock::text(text)]).into()
+}
+
+/// Integer inputs give an integer sum, so `{"sum": 3}` rather than `3.0`.
+fn sum(a: &serde_json::Number, b: &serde_json::Number) -> Option<serde_json::Number> {
+    if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64())
+        && let Some(s) = a.checked_add(b)
+    {
+        return Some(s.into());
+    }
+    serde_json::Number::from_f64(a.as_f64()? + b.as_f64()?)
+}
+
+impl ServerHandler for Fixture {
+    fn get_info(&self) -> ServerConfig {
+        // rmcp rejects methods whose capability is not advertised here.
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            self.name.as_ref(),
+            env!("CARGO_PKG_VERSION"),
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(self.tools.to_vec()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let served = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+        let args = request.arguments;
+        match request.name.as_ref() {
+            "echo" => Ok(text_result(parse::<EchoArgs>(args)?.message)),
+            "add" => {
+                let AddArgs { a, b } = parse(args)?;
+                let sum = sum(&a, &b)
+                    .ok_or_else(|| McpError::invalid_params("sum is not a finite number", None))?;
+                let mut result = CallToolResult::success(vec![ContentBlock::text(sum.to_string())]);
+                result.structured_content = Some(json!({ "sum": sum }));
+                Ok(result.into())
+            }
+            "slow" => {
+                let SlowArgs { ms } = parse(args)?;
+                // The token fires on notifications/cancelled (stdio, HTTP
+                // session) or when an HTTP client disconnects.
+                tokio::select! {
+                    () = context.ct.cancelled() => Err(McpError::internal_error("cancelled", None)),
+                    () = tokio::time::sleep(Duration::from_millis(ms)) => {
+                        Ok(text_result(format!("slept {ms}ms")))
+                    }
+                }
+            }
+            "fail" => {
+                let message = parse::<FailArgs>(args)?.message;
+                let message = message.as_deref().unwrap_or("unspecified");
+                Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "fixture failure: {message}"
+                ))])
+                .into())
+            }
+            "protocol_error" => Err(McpError::internal_error("fixture protocol error", None)),
+            "progress" => {
+                let ProgressArgs { steps, delay_ms } = parse(args)?;
+                let (steps, delay_ms) = (steps.unwrap_or(3), delay_ms.unwrap_or(10));
+                if let Some(token) = context.meta.get_progress_token() {
+                    for i in 1..=steps {
+                        let note = ProgressNotificationParam::new(token.clone(), f64::from(i))
+                            .with_total(f64::from(steps))
+                            .with_message(format!("step {i}"));
+                        // context.peer is bound to this request, so over HTTP
+                        // the notification travels on the request's SSE stream.
+                        if let Err(e) = context.peer.notify_progress(note).await {
+                            tracing::warn!("progress notification failed: {e}");
+                        }
+                        tokio::select! {
+                            () = context.ct.cancelled() => {
+                                return Err(McpError::internal_error("cancelled", None));
+                            }
+                            () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                        }
+                    }
+                }
+                Ok(text_result(format!("done {steps} steps")))
+            }
+            "exit" => {
+                let ExitArgs { code } = parse(args)?;
+                // Simulates a crash: no reply, no cleanup.
+                std::process::exit(code.unwrap_or(1))
+            }
+            "env" => {
+                let NameArgs { name } = parse(args)?;
+                let value = std::env::var(&name).unwrap_or_else(|_| "<unset>".to_owned());
+                Ok(text_result(value))
+            }
+            "count_calls" => Ok(text_result(served.to_string())),
+            other => Err(McpError::invalid_params(
+                format!("unknown tool: {other}"),
+                None,
+            )),
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let name = PromptArgument::new("name")
+            .with_description("who to greet")
+            .with_required(true);
+        Ok(ListPromptsResult::with_all_items(vec![Prompt::new(
+            "greeting",
+            Some("Greet someone by name"),
+            Some(vec![name]),
+        )]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if request.name != "greeting" {
+            return Err(McpError::invalid_params(
+                format!("unknown prompt: {}", request.name),
+                None,
+            ));
+        }
+        let NameArgs { name } = parse(request.arguments)?;
+        let message = PromptMessage::new_text(Role::User, format!("Hello, {name}!"));
+        Ok(GetPromptResult::new(vec![message]).into())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let readme = Resource::new("fixture://readme", "readme").with_mime_type("text/plain");
+        Ok(ListResourcesResult::with_all_items(vec![readme]))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let item =
+            ResourceTemplate::new("fixture://items/{id}", "item").with_mime_type("text/plain");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![item]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let uri = request.uri.as_str();
+        let item_id = uri
+            .strip_prefix("fixture://items/")
+            .filter(|id| !id.is_empty() && !id.contains('/'));
+        let text = match item_id {
+            Some(id) => format!("item {id}"),
+            None if uri == "fixture://readme" => "fixture readme".to_owned(),
+            None => {
+                let message = format!("no such resource: {uri}");
+                return Err(McpError::resource_not_found(message, None));
+            }
+        };
+        let contents = ResourceContents::text(text, uri).with_mime_type("text/plain");
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
+
+async fn serve_stdio(fixture: Fixture) -> anyhow::Result<()> {
+    // stdio_pipes uses the IO reactor when stdin/stdout are pipes (as when a
+    // gateway spawns us), avoiding a blocking-pool hop per message.
+    let service = fixture.serve(rmcp::transport::stdio_pipes()).await?;
+    service.waiting().await?;
+    Ok(())
+}
+
+async fn serve_http(fixture: Fixture, addr: &str) -> anyhow::Result<()> {
+    let config = StreamableHttpServerConfig::default()
+        // A host without a port matches any port.
+        .with_allowed_hosts(["127.0.0.1", "localhost", "::1"])
+        // Sessions for 2025-11-25 clients; 2026-07-28 requests are served
+        // statelessly whatever this says.
+        .with_legacy_session_mode(true);
+    let service = StreamableHttpService::new(
+        move || Ok(fixture.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let router = axum::Router::new().nest_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    // Tests read this exact line to learn the port.
+    println!("listening on http://{local}/mcp");
+    std::io::stdout().flush()?;
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // stdout may carry the MCP stream, so logs go to stderr only.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+
+    let runtime = if cli.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads.into())
+            .enable_all()
+            .build()?
+    };
+    let fixture = Fixture::new(&cli.name);
+    let result = runtime.block_on(async {
+        match &cli.http {
+            Some(addr) => serve_http(fixture, addr).await,
+            None => serve_stdio(fixture).await,
+        }
+    });
+    // A blocking stdin read (non-pipe stdin) would otherwise hold up exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}

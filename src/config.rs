@@ -1,0 +1,570 @@
+//! Settings: built-in defaults, then an optional config file, then `META_MCP_*`
+//! environment variables. One typed [`Settings`] value is the single source of
+//! truth; everything else reads from it.
+//!
+//! The config file is the `mcpServers` JSON that desktop MCP clients already use
+//! (so users can point metamcp at the file they have), optionally with gateway
+//! settings beside `mcpServers`; a TOML file with the same keys works too.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::upstream::spec::{ServerSpec, SpecError};
+
+/// A setting that could not be used, named the way the user wrote it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {reason}")]
+pub struct SettingError {
+    pub name: String,
+    pub reason: String,
+}
+
+impl SettingError {
+    fn new(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How public tool and prompt names are derived from (server, original name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefixMode {
+    /// Always `server{sep}tool`.
+    #[default]
+    Always,
+    /// Prefix only names that more than one source provides.
+    Conditional,
+    /// Never prefix; a second tool of the same name is refused.
+    Never,
+}
+
+impl std::str::FromStr for PrefixMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "always" => Ok(Self::Always),
+            "conditional" => Ok(Self::Conditional),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "expected always, conditional or never, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Rules for requests the gateway makes to URLs a user supplied.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// Loopback (127.0.0.0/8, ::1): allowed by default for local development.
+    pub allow_loopback: bool,
+    /// Private ranges (10/8, 172.16/12, 192.168/16, fc00::/7).
+    pub allow_private: bool,
+    /// Link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10, ...).
+    pub allow_link_local: bool,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_response_bytes: usize,
+}
+
+/// Every setting of the gateway.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: IpAddr,
+    pub port: u16,
+    pub debug: bool,
+    pub database_url: String,
+    pub logging_level: String,
+    pub log_format: LogFormat,
+    pub data_dir: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub public_url: Option<url::Url>,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub allow_stdio_api: bool,
+    pub prefix_mode: PrefixMode,
+    pub separator: String,
+    pub max_body_bytes: usize,
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub health_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub outbound: OutboundSettings,
+    /// Servers declared in the config file (`source: config`), in file order.
+    pub servers: Vec<ServerSpec>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8000,
+            debug: false,
+            database_url: String::new(),
+            logging_level: "info".into(),
+            log_format: LogFormat::Pretty,
+            data_dir: PathBuf::from("./data"),
+            config_file: None,
+            public_url: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            allow_stdio_api: false,
+            prefix_mode: PrefixMode::Always,
+            separator: "__".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            call_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(30),
+            health_interval: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            outbound: OutboundSettings {
+                allow_loopback: true,
+                allow_private: true,
+                allow_link_local: false,
+                connect_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(60),
+                max_response_bytes: 16 * 1024 * 1024,
+            },
+            servers: Vec::new(),
+        }
+    }
+}
+
+/// The names of every environment variable read, with what it sets; the README
+/// documents the same list and a unit test keeps the two in step.
+pub const ENV_VARS: &[&str] = &[
+    "META_MCP_HOST",
+    "META_MCP_PORT",
+    "META_MCP_DEBUG",
+    "META_MCP_DATABASE_URL",
+    "META_MCP_LOGGING_LEVEL",
+    "META_MCP_LOG_FORMAT",
+    "META_MCP_DATA_DIR",
+    "META_MCP_CONFIG",
+    "META_MCP_PUBLIC_URL",
+    "META_MCP_ALLOWED_HOSTS",
+    "META_MCP_ALLOWED_ORIGINS",
+    "META_MCP_ALLOW_STDIO_API",
+    "META_MCP_PREFIX_MODE",
+    "META_MCP_SEPARATOR",
+    "META_MCP_MAX_BODY_BYTES",
+    "META_MCP_CALL_TIMEOUT_SECS",
+    "META_MCP_CONNECT_TIMEOUT_SECS",
+    "META_MCP_HEALTH_INTERVAL_SECS",
+    "META_MCP_SHUTDOWN_GRACE_SECS",
+    "META_MCP_OUTBOUND_ALLOW_LOOPBACK",
+    "META_MCP_OUTBOUND_ALLOW_PRIVATE",
+    "META_MCP_OUTBOUND_ALLOW_LINK_LOCAL",
+    "META_MCP_OUTBOUND_TIMEOUT_SECS",
+    "META_MCP_OUTBOUND_MAX_RESPONSE_BYTES",
+];
+
+impl Settings {
+    /// Loads settings from the process environment, with `config_override`
+    /// (the `--config` flag) taking precedence over `META_MCP_CONFIG`.
+    pub fn load(config_override: Option<&Path>) -> Result<Self, SettingError> {
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("META_MCP_"))
+            .collect();
+        Self::load_from(&env, config_override, &|name| std::env::var(name).ok())
+    }
+
+    /// Loads settings from the given `META_MCP_*` variables; `lookup` resolves
+    /// `${env:NAME}` references in the config file.
+    pub fn load_from(
+        env: &BTreeMap<String, String>,
+        config_override: Option<&Path>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, SettingError> {
+        let mut settings = Settings::default();
+        let config_file = config_override
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("META_MCP_CONFIG").map(PathBuf::from));
+        if let Some(path) = &config_file {
+            let file = ConfigFile::read(path, lookup)?;
+            settings.servers = file.servers;
+            for (key, value) in &file.settings {
+                settings.apply(&format!("{key} (in {})", path.display()), key, value)?;
+            }
+        }
+        settings.config_file = config_file;
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("META_MCP_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if key == "config" {
+                continue;
+            }
+            if !ENV_VARS.contains(&name.as_str()) {
+                // An unknown META_MCP_ variable is most likely a typo: say so
+                // rather than silently ignoring what the user meant to set.
+                tracing::warn!(variable = %name, "unknown META_MCP_ setting ignored");
+                continue;
+            }
+            settings.apply(name, &key, value)?;
+        }
+        if settings.database_url.is_empty() {
+            settings.database_url = format!(
+                "sqlite://{}",
+                settings.data_dir.join("metamcp.db").display()
+            );
+        }
+        crate::store::validate_database_url(&settings.database_url)
+            .map_err(|reason| SettingError::new("META_MCP_DATABASE_URL", reason))?;
+        Ok(settings)
+    }
+
+    /// Applies one setting given as text (`name` is how the user spelled it,
+    /// for error messages; `key` is the lower-case key without prefix).
+    fn apply(&mut self, name: &str, key: &str, value: &str) -> Result<(), SettingError> {
+        let err = |reason: String| SettingError::new(name, reason);
+        let secs = |v: &str| -> Result<Duration, SettingError> {
+            let n: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| err(format!("expected a number of seconds, got {v:?}")))?;
+            if !(0.0..=86_400.0).contains(&n) || n == 0.0 {
+                return Err(err(format!("expected 0 < seconds <= 86400, got {v}")));
+            }
+            Ok(Duration::from_secs_f64(n))
+        };
+        match key {
+            "host" => {
+                self.host = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| err(format!("expected an IP address, got {value:?}")))?
+            }
+            "port" => {
+                self.port = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| err(format!("expected a port number 0-65535, got {value:?}")))?
+            }
+            "debug" => self.debug = parse_bool(value).map_err(err)?,
+            "database_url" => self.database_url = value.trim().to_owned(),
+            "logging_level" => {
+                let level = value.trim().to_ascii_lowercase();
+                let level = if level == "warning" {
+                    "warn".into()
+                } else {
+                    level
+                };
+                if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str())
+                    && tracing_subscriber::EnvFilter::try_new(&level).is_err()
+                {
+                    return Err(err(format!(
+                        "expected trace, debug, info, warning or error, got {value:?}"
+                    )));
+                }
+                self.logging_level = level;
+            }
+            "log_format" => {
+                self.log_format = match value.trim().to_ascii_lowercase().as_str() {
+                    "json" => LogFormat::Json,
+                    "pretty" | "text" => LogFormat::Pretty,
+                    other => return Err(err(format!("expected json or pretty, got {other:?}"))),
+                }
+            }
+            "data_dir" => self.data_dir = PathBuf::from(value.trim()),
+            "public_url" => {
+                let url = url::Url::parse(value.trim())
+                    .map_err(|e| err(format!("not a URL ({e}): {value:?}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(err("expected an http or https URL".into()));
+                }
+                self.public_url = Some(url);
+            }
+            "allowed_hosts" => self.allowed_hosts = split_list(value),
+            "allowed_origins" => {
+                let origins = split_list(value);
+                for origin in &origins {
+                    if origin != "*" && url::Url::parse(origin).is_err() {
+                        return Err(err(format!(
+                            "{origin:?} is not an origin like https://app.example.com"
+                        )));
+                    }
+                }
+                self.allowed_origins = origins;
+            }
+            "allow_stdio_api" => self.allow_stdio_api = parse_bool(value).map_err(err)?,
+            "prefix_mode" => self.prefix_mode = value.parse().map_err(err)?,
+            "separator" => {
+                let sep = value.to_owned();
+                if sep.is_empty()
+                    || sep.len() > 4
+                    || !sep.chars().all(|c| matches!(c, '_' | '-' | '.'))
+                {
+                    return Err(err(
+                        "expected 1 to 4 of the characters _ - . (tool names allow no others)"
+                            .into(),
+                    ));
+                }
+                self.separator = sep;
+            }
+            "max_body_bytes" => {
+                self.max_body_bytes = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1024)
+                    .ok_or_else(|| err(format!("expected a byte count >= 1024, got {value:?}")))?
+            }
+            "call_timeout_secs" => self.call_timeout = secs(value)?,
+            "connect_timeout_secs" => self.connect_timeout = secs(value)?,
+            "health_interval_secs" => self.health_interval = secs(value)?,
+            "shutdown_grace_secs" => self.shutdown_grace = secs(value)?,
+            "outbound_allow_loopback" => {
+                self.outbound.allow_loopback = parse_bool(value).map_err(err)?
+            }
+            "outbound_allow_private" => {
+                self.outbound.allow_private = parse_bool(value).map_err(err)?
+            }
+            "outbound_allow_link_local" => {
+                self.outbound.allow_link_local = parse_bool(value).map_err(err)?
+            }
+            "outbound_timeout_secs" => self.outbound.request_timeout = secs(value)?,
+            "outbound_max_response_bytes" => {
+                self.outbound.max_response_bytes = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1024)
+                    .ok_or_else(|| err(format!("expected a byte count >= 1024, got {value:?}")))?
+            }
+            other => return Err(err(format!("unknown setting {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// `Host` header values accepted on the listener: the configured list, or
+    /// localhost names by default, plus the host of the public URL.
+    pub fn effective_allowed_hosts(&self) -> Vec<String> {
+        let mut hosts = if self.allowed_hosts.is_empty() {
+            vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()]
+        } else {
+            self.allowed_hosts.clone()
+        };
+        if let Some(host) = self.public_url.as_ref().and_then(|u| u.host_str()) {
+            hosts.push(host.to_owned());
+        }
+        hosts
+    }
+
+    /// The base URL clients use to reach this gateway.
+    pub fn base_url(&self, bound_port: u16) -> String {
+        match &self.public_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => format!("http://{}:{bound_port}", self.host),
+        }
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The parsed config file: servers plus settings given beside them.
+#[derive(Debug)]
+pub struct ConfigFile {
+    pub servers: Vec<ServerSpec>,
+    pub settings: Vec<(String, String)>,
+}
+
+impl ConfigFile {
+    /// Reads and validates a config file (JSON, or TOML by extension).
+    pub fn read(
+        path: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, SettingError> {
+        let name = || format!("config file {}", path.display());
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SettingError::new(name(), format!("cannot read it: {e}")))?;
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let value: Value = if is_toml {
+            toml::from_str(&text).map_err(|e| SettingError::new(name(), e.to_string()))?
+        } else {
+            serde_json::from_str(&text)
+                .map_err(|e| SettingError::new(name(), format!("not valid JSON: {e}")))?
+        };
+        Self::from_value(value, lookup).map_err(|e| SettingError::new(name(), e))
+    }
+
+    pub fn from_value(
+        mut value: Value,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        substitute_env(&mut value, lookup)?;
+        let Value::Object(mut root) = value else {
+            return Err("expected an object at the top level".into());
+        };
+        let mut servers = Vec::new();
+        if let Some(entries) = root.remove("mcpServers") {
+            let Value::Object(entries) = entries else {
+                return Err("mcpServers must be an object of name → server".into());
+            };
+            for (server_name, entry) in entries {
+                let spec = ServerSpec::from_mcp_servers_entry(&server_name, entry)
+                    .map_err(|e: SpecError| format!("mcpServers.{server_name}: {e}"))?;
+                servers.push(spec);
+            }
+        }
+        let mut settings = Vec::new();
+        for (key, value) in root {
+            let text = match value {
+                Value::String(s) => s,
+                Value::Array(items) => items
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            settings.push((key.to_ascii_lowercase(), text));
+        }
+        Ok(Self { servers, settings })
+    }
+}
+
+/// Replaces `${env:NAME}` in every string of the document.
+fn substitute_env(
+    value: &mut Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match value {
+        Value::String(s) => {
+            if s.contains("${env:") {
+                *s = expand_env_refs(s, lookup)?;
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                substitute_env(item, lookup)?;
+            }
+        }
+        Value::Object(map) => {
+            for item in map.values_mut() {
+                substitute_env(item, lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_env_refs(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(start) = rest.find("${env:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 6..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated ${{env:...}} in {input:?}"))?;
+        let var = &after[..end];
+        let value = lookup(var).ok_or_else(|| format!("environment variable {var} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_bind_localhost_8000_with_sqlite_in_data_dir() {
+        let s = Settings::load_from(&env(&[]), None, &|_| None).unwrap();
+        assert_eq!(s.host.to_string(), "127.0.0.1");
+        assert_eq!(s.port, 8000);
+        assert_eq!(s.database_url, "sqlite://./data/metamcp.db");
+        assert_eq!(s.prefix_mode, PrefixMode::Always);
+    }
+
+    #[test]
+    fn env_overrides_and_bad_values_name_the_setting() {
+        let s = Settings::load_from(
+            &env(&[
+                ("META_MCP_PORT", "9001"),
+                ("META_MCP_LOGGING_LEVEL", "WARNING"),
+            ]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(s.port, 9001);
+        assert_eq!(s.logging_level, "warn");
+        let e =
+            Settings::load_from(&env(&[("META_MCP_PORT", "eighty")]), None, &|_| None).unwrap_err();
+        assert_eq!(e.name, "META_MCP_PORT");
+        let e = Settings::load_from(
+            &env(&[("META_MCP_DATABASE_URL", "mysql://x")]),
+            None,
+            &|_| None,
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "META_MCP_DATABASE_URL");
+    }
+
+    #[test]
+    fn config_file_servers_and_env_substitution() {
+        let doc = serde_json::json!({
+            "mcpServers": {
+                "fs": {"command": "npx", "args": ["-y", "x"], "env": {"TOKEN": "${env:SECRET}"}},
+                "remote": {"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer ${env:SECRET}"}}
+            },
+            "prefix_mode": "never"
+        });
+        let file = ConfigFile::from_value(doc, &|n| (n == "SECRET").then(|| "s3".into())).unwrap();
+        assert_eq!(file.servers.len(), 2);
+        assert_eq!(file.settings, vec![("prefix_mode".into(), "never".into())]);
+        let missing = ConfigFile::from_value(
+            serde_json::json!({"mcpServers": {"a": {"command": "${env:NOPE}"}}}),
+            &|_| None,
+        )
+        .unwrap_err();
+        assert!(missing.contains("NOPE"), "{missing}");
+    }
+}

@@ -1,0 +1,67 @@
+//! The internal event bus: what happened inside the gateway, for whoever wants
+//! to react (the catalog rebuilds on upstream changes; metrics, audit and
+//! webhooks subscribe later). Publishing never blocks: a slow subscriber lags
+//! and is told how many events it missed.
+
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+/// Something that happened.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The set of tools, prompts or resources changed (an upstream re-synced,
+    /// a server or tool was added, changed or removed).
+    CatalogChanged {
+        server: Option<String>,
+    },
+    UpstreamUp {
+        server: String,
+    },
+    UpstreamDown {
+        server: String,
+        error: String,
+    },
+    /// A tool call finished, successfully or not.
+    CallFinished {
+        tool: String,
+        server: Option<String>,
+        outcome: CallOutcome,
+        duration: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    Success,
+    ToolError,
+    Failed,
+}
+
+/// A cheap, cloneable handle to the bus.
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new(1024)
+    }
+}
+
+impl EventBus {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity);
+        Self { tx }
+    }
+
+    pub fn publish(&self, event: Event) {
+        // No subscriber is not an error: events are advisory.
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,21 @@
+//! metamcp: a gateway for the Model Context Protocol.
+//!
+//! It connects to many MCP servers ("upstreams"), keeps one catalog of their
+//! tools, prompts and resources, and serves it through one MCP endpoint and a
+//! REST API. Every tool call, whichever door it comes through, runs the same
+//! [`pipeline`]. See `DESIGN.md` in the shared notes for the architecture.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod events;
+pub mod http_guard;
+pub mod mcp;
+pub mod outbound;
+pub mod pipeline;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;
+pub mod util;

@@ -1,0 +1,281 @@
+//! The MCP front door: one Streamable HTTP endpoint serving the aggregated
+//! catalog to clients of every current protocol revision (2025-06-18 and
+//! 2025-11-25 with `Mcp-Session-Id` sessions, 2026-07-28 stateless with
+//! `server/discover`) on the same URL.
+//!
+//! The handler is thin: it turns MCP requests into pipeline calls and catalog
+//! reads, and pipeline errors into MCP answers.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use rmcp::{
+    ErrorData as McpError, RoleServer, ServerHandler,
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+        GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+        ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+        ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse,
+        ServerCapabilities, ServerConfig,
+    },
+    service::{Peer, RequestContext},
+    transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::AppState,
+    auth::Principal,
+    pipeline::{CallError, ToolCall, policy},
+    upstream::{Progress, ProgressSink, UpstreamError},
+};
+
+/// The `ServerHandler` behind `/mcp`: a cheap clone of the shared state, made
+/// once per session (legacy) or per request (2026-07-28).
+#[derive(Clone)]
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+/// Builds the Streamable HTTP service for `/mcp`. Host and Origin are checked
+/// for the whole listener by the HTTP layer, so rmcp's own checks are off
+/// here rather than kept in a second, possibly different, list.
+pub fn service(
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> StreamableHttpService<Gateway, LocalSessionManager> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(true)
+        .disable_allowed_hosts()
+        .disable_allowed_origins()
+        .with_max_request_body_bytes(state.settings.max_body_bytes)
+        .with_sse_keep_alive(Some(Duration::from_secs(15)))
+        .with_cancellation_token(shutdown);
+    let handler = Gateway { state };
+    // The session manager is where a shared (Redis) session store plugs in
+    // for many replicas; one process keeps sessions in memory.
+    StreamableHttpService::new(
+        move || Ok(handler.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
+/// The principal the HTTP layer attached to this request.
+fn principal(context: &RequestContext<RoleServer>) -> Principal {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Principal>().cloned())
+        .unwrap_or_else(Principal::local_anonymous)
+}
+
+/// Sends an upstream's progress to the MCP caller, under the caller's token.
+struct McpProgress {
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+}
+
+impl ProgressSink for McpProgress {
+    fn send(&self, progress: Progress) -> BoxFuture<'static, ()> {
+        let peer = self.peer.clone();
+        let mut params = ProgressNotificationParam::new(self.token.clone(), progress.progress);
+        params.total = progress.total;
+        params.message = progress.message;
+        Box::pin(async move {
+            if let Err(error) = peer.notify_progress(params).await {
+                tracing::debug!(%error, "progress notification not delivered");
+            }
+        })
+    }
+}
+
+fn tool_error(text: String) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(text)]).into()
+}
+
+impl ServerHandler for Gateway {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new("metamcp", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "metamcp gateway: the tools, prompts and resources of several MCP servers. \
+             Tool names are prefixed with the name of the server that provides them.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot();
+        let tools = snapshot
+            .tools
+            .iter()
+            .filter(|t| t.enabled() && policy::may_see(&principal, t))
+            .map(|t| t.definition.clone())
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let progress = context.meta.get_progress_token().map(|token| {
+            Arc::new(McpProgress {
+                peer: context.peer.clone(),
+                token,
+            }) as Arc<dyn ProgressSink>
+        });
+        let call = ToolCall {
+            principal: principal(&context),
+            name: request.name.to_string(),
+            arguments: request.arguments,
+            progress,
+        };
+        let outcome = tokio::select! {
+            outcome = self.state.pipeline.call(call) => outcome,
+            // Dropping the pipeline future cancels the upstream request too.
+            _ = context.ct.cancelled() => {
+                return Err(McpError::internal_error("request cancelled", None));
+            }
+        };
+        match outcome {
+            Ok(result) => Ok(result.into()),
+            Err(CallError::UnknownTool(name) | CallError::Disabled(name)) => Err(
+                McpError::invalid_params(format!("Unknown tool: {name}"), None),
+            ),
+            // A model reads tool results, not protocol errors: arguments that
+            // fail validation come back as a result it can correct from.
+            Err(CallError::InvalidArguments { tool, errors }) => Ok(tool_error(format!(
+                "Invalid arguments for tool {tool}: {}",
+                errors.join("; ")
+            ))),
+            Err(CallError::Upstream(UpstreamError::Rpc { error, .. })) => Err(error),
+            Err(
+                other @ (CallError::Upstream(_)
+                | CallError::HttpTool { .. }
+                | CallError::NotExecutable { .. }
+                | CallError::Forbidden(_)),
+            ) => Ok(tool_error(other.to_string())),
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let snapshot = self.state.catalog.snapshot();
+        Ok(ListPromptsResult::with_all_items(
+            snapshot
+                .prompts
+                .iter()
+                .map(|p| p.definition.clone())
+                .collect(),
+        ))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let snapshot = self.state.catalog.snapshot();
+        let Some(prompt) = snapshot.prompt(&request.name) else {
+            return Err(McpError::invalid_params(
+                format!("Unknown prompt: {}", request.name),
+                None,
+            ));
+        };
+        let upstream = self.upstream(&prompt.server)?;
+        upstream
+            .get_prompt(
+                &prompt.original_name,
+                request.arguments,
+                self.state.settings.call_timeout,
+            )
+            .await
+            .map(Into::into)
+            .map_err(upstream_error)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let snapshot = self.state.catalog.snapshot();
+        Ok(ListResourcesResult::with_all_items(
+            snapshot.resources.iter().map(|(_, r)| r.clone()).collect(),
+        ))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let snapshot = self.state.catalog.snapshot();
+        Ok(ListResourceTemplatesResult::with_all_items(
+            snapshot.templates.iter().map(|(_, t)| t.clone()).collect(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let snapshot = self.state.catalog.snapshot();
+        let Some(server) = snapshot.resource_server(&request.uri) else {
+            return Err(resource_not_found(&request.uri, &context));
+        };
+        let upstream = self.upstream(server)?;
+        upstream
+            .read_resource(&request.uri, self.state.settings.call_timeout)
+            .await
+            .map(Into::into)
+            .map_err(upstream_error)
+    }
+}
+
+impl Gateway {
+    fn upstream(&self, server: &str) -> Result<Arc<crate::upstream::Upstream>, McpError> {
+        self.state.upstreams.get(server).ok_or_else(|| {
+            McpError::internal_error(format!("server {server} is not available"), None)
+        })
+    }
+}
+
+/// Each era's resource-not-found: -32002 up to 2025-11-25, -32602 after.
+fn resource_not_found(uri: &str, context: &RequestContext<RoleServer>) -> McpError {
+    let modern = context
+        .protocol_version()
+        .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
+    let data = Some(serde_json::json!({ "uri": uri }));
+    if modern {
+        McpError::invalid_params(format!("Resource not found: {uri}"), data)
+    } else {
+        McpError::resource_not_found(format!("Resource not found: {uri}"), data)
+    }
+}
+
+fn upstream_error(error: UpstreamError) -> McpError {
+    match error {
+        UpstreamError::Rpc { error, .. } => error,
+        other => McpError::internal_error(other.to_string(), None),
+    }
+}

@@ -1,0 +1,243 @@
+//! The one call path every tool call takes, whichever door it came through:
+//!
+//! identity → catalog → policy → validate → guard → cache → upstream call
+//!
+//! Front doors turn their wire format into a [`ToolCall`], call
+//! [`Pipeline::call`], and turn the [`CallToolResult`] or [`CallError`] back.
+//! No rule lives in a front door.
+
+pub mod policy;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject};
+use serde_json::Value;
+
+use crate::{
+    auth::Principal,
+    catalog::{Catalog, Target, ToolEntry},
+    events::{CallOutcome, Event, EventBus},
+    outbound,
+    upstream::{ProgressSink, UpstreamError, UpstreamManager},
+};
+
+/// One tool call, as the front doors hand it to the pipeline.
+pub struct ToolCall {
+    pub principal: Principal,
+    /// The public tool name.
+    pub name: String,
+    pub arguments: Option<JsonObject>,
+    /// Where progress goes, if the caller asked for it.
+    pub progress: Option<Arc<dyn ProgressSink>>,
+}
+
+/// Why a call did not produce a result. Each variant maps to one REST problem
+/// type and one MCP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No such tool, or one the principal may not see: the two answer alike.
+    #[error("unknown tool: {0}")]
+    UnknownTool(String),
+    #[error("tool {0} is disabled")]
+    Disabled(String),
+    #[error("tool {name} cannot be executed: {reason}")]
+    NotExecutable { name: String, reason: String },
+    #[error("{0}")]
+    Forbidden(String),
+    /// The arguments do not match the input schema; each entry names a field.
+    #[error("invalid arguments for {tool}: {}", .errors.join("; "))]
+    InvalidArguments { tool: String, errors: Vec<String> },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("HTTP tool {tool} failed: {detail}")]
+    HttpTool { tool: String, detail: String },
+}
+
+/// The pipeline, with everything its stages need.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub catalog: Arc<Catalog>,
+    pub upstreams: Arc<UpstreamManager>,
+    pub events: EventBus,
+    pub http: reqwest::Client,
+    pub outbound: outbound::OutboundPolicy,
+    pub call_timeout: Duration,
+    pub max_response_bytes: usize,
+}
+
+/// Most validation errors reported for one call.
+const MAX_REPORTED_ERRORS: usize = 8;
+
+impl Pipeline {
+    /// Runs one call through every stage.
+    #[tracing::instrument(name = "tool_call", skip_all, fields(tool = %call.name, user = %call.principal.user_id))]
+    pub async fn call(&self, call: ToolCall) -> Result<CallToolResult, CallError> {
+        let started = Instant::now();
+        let snapshot = self.catalog.snapshot();
+        // catalog + policy: a tool the principal may not see is unknown.
+        let entry = snapshot
+            .tool(&call.name)
+            .filter(|t| policy::may_see(&call.principal, t))
+            .cloned()
+            .ok_or_else(|| CallError::UnknownTool(call.name.clone()))?;
+        let result = self.call_entry(&entry, call).await;
+        self.events.publish(Event::CallFinished {
+            tool: entry.public_name.clone(),
+            server: entry.server().map(str::to_owned),
+            outcome: match &result {
+                Ok(r) if r.is_error == Some(true) => CallOutcome::ToolError,
+                Ok(_) => CallOutcome::Success,
+                Err(_) => CallOutcome::Failed,
+            },
+            duration: started.elapsed(),
+        });
+        result
+    }
+
+    async fn call_entry(
+        &self,
+        entry: &ToolEntry,
+        call: ToolCall,
+    ) -> Result<CallToolResult, CallError> {
+        if !entry.enabled() {
+            return Err(CallError::Disabled(entry.public_name.clone()));
+        }
+        policy::authorize(&call.principal, entry)?;
+        validate(entry, call.arguments.as_ref())?;
+        // guard and cache stages arrive with "Resilience and traffic control".
+        match &entry.target {
+            Target::Upstream { server, original } => {
+                let upstream = self.upstreams.get(server).ok_or_else(|| {
+                    CallError::Upstream(UpstreamError::Unavailable {
+                        server: server.clone(),
+                        reason: "removed".into(),
+                    })
+                })?;
+                let timeout = upstream
+                    .spec
+                    .timeout_secs
+                    .map(Duration::from_secs_f64)
+                    .unwrap_or(self.call_timeout);
+                let mut result = upstream
+                    .call_tool(original, call.arguments, call.progress, timeout)
+                    .await?;
+                // Results of pre-2026 upstreams have no resultType, which a
+                // 2026-07-28 caller requires; rmcp strips it again for
+                // callers of older revisions.
+                result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+                Ok(result)
+            }
+            Target::Http { url } => {
+                self.call_http(&entry.public_name, url, call.arguments)
+                    .await
+            }
+            Target::CatalogOnly => Err(CallError::NotExecutable {
+                name: entry.public_name.clone(),
+                reason: "it was registered without an endpoint".into(),
+            }),
+        }
+    }
+
+    /// Executes a hand-registered HTTP tool: POST the arguments as JSON, and
+    /// return the response as the result (JSON as structured content too).
+    async fn call_http(
+        &self,
+        tool: &str,
+        url: &str,
+        arguments: Option<JsonObject>,
+    ) -> Result<CallToolResult, CallError> {
+        let fail = |detail: String| CallError::HttpTool {
+            tool: tool.to_owned(),
+            detail,
+        };
+        // The client's resolver checks names; literal addresses are checked
+        // here, before anything is sent.
+        self.outbound
+            .check_url(url)
+            .map_err(|e| fail(e.to_string()))?;
+        let body = Value::Object(arguments.unwrap_or_default());
+        let resp = self
+            .http
+            .post(url)
+            .timeout(self.call_timeout)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    fail(format!("no answer within {:?}", self.call_timeout))
+                } else {
+                    fail(format!("request failed: {}", error_chain(&e)))
+                }
+            })?;
+        let status = resp.status();
+        let is_json = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let bytes = outbound::read_limited(resp, self.max_response_bytes)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let structured = if is_json {
+            serde_json::from_slice::<Value>(&bytes).ok()
+        } else {
+            None
+        };
+        let mut result = if status.is_success() {
+            CallToolResult::success(vec![ContentBlock::text(text)])
+        } else {
+            CallToolResult::error(vec![ContentBlock::text(format!("HTTP {status}: {text}"))])
+        };
+        if status.is_success() {
+            result.structured_content = structured;
+        }
+        Ok(result)
+    }
+}
+
+/// Validates arguments against the tool's input schema before anything is
+/// sent. A schema that cannot be compiled is reported in the tool's record
+/// and left to the upstream to enforce.
+fn validate(entry: &ToolEntry, arguments: Option<&JsonObject>) -> Result<(), CallError> {
+    let Ok(validator) = entry.validator() else {
+        return Ok(());
+    };
+    let empty = JsonObject::new();
+    let instance = Value::Object(arguments.unwrap_or(&empty).clone());
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .take(MAX_REPORTED_ERRORS)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            if path.is_empty() {
+                format!("arguments: {e}")
+            } else {
+                format!("{}: {e}", path.trim_start_matches('/').replace('/', "."))
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CallError::InvalidArguments {
+            tool: entry.public_name.clone(),
+            errors,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

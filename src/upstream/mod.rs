@@ -1,0 +1,681 @@
+//! Connections to upstream MCP servers: spawn or connect, keep one shared
+//! connection per upstream, reconnect with backoff, re-sync lists when the
+//! upstream says they changed, probe health, and stop cleanly.
+//!
+//! Each upstream has one supervisor task that owns its connection. Callers
+//! take a cheap handle ([`Connection`]) to the live connection; requests of
+//! all callers are multiplexed on it.
+
+pub mod client;
+pub mod http;
+pub mod spec;
+pub mod stdio;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::RwLock;
+use rmcp::{
+    ClientHandler, RoleClient, ServiceError,
+    model::{
+        CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotification,
+        CancelledNotificationParam, ClientRequest, GetPromptRequest, GetPromptRequestParams,
+        GetPromptResult, JsonObject, PingRequest, Prompt, ProtocolVersion, ReadResourceRequest,
+        ReadResourceRequestParams, ReadResourceResult, Resource, ResourceTemplate, ServerResult,
+        Tool,
+    },
+    service::{ClientLifecycleMode, ClientServiceExt, Peer, PeerRequestOptions, RunningService},
+};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Settings,
+    events::{Event, EventBus},
+    outbound::OutboundPolicy,
+};
+pub use client::{Progress, ProgressSink};
+use client::{ProgressRelays, UpstreamClient};
+use spec::{ServerSpec, Transport};
+use stdio::StderrTail;
+
+/// Where an upstream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Connecting,
+    Ready,
+    Failed,
+    Disabled,
+}
+
+/// What an upstream offers, as of its last sync.
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    pub tools: Vec<Tool>,
+    pub prompts: Vec<Prompt>,
+    pub resources: Vec<Resource>,
+    pub templates: Vec<ResourceTemplate>,
+}
+
+/// A snapshot of one upstream's state, for status pages and health.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamStatus {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_info: Option<serde_json::Value>,
+    /// Connection attempts so far (1 for the first).
+    pub attempts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<String>,
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("server {server} is not available ({reason})")]
+    Unavailable { server: String, reason: String },
+    #[error("server {server} did not answer within {timeout:?}")]
+    Timeout { server: String, timeout: Duration },
+    #[error("server {server} answered with an error: {error}")]
+    Rpc {
+        server: String,
+        error: rmcp::ErrorData,
+    },
+    #[error("server {server} answered with something unexpected: {detail}")]
+    Protocol { server: String, detail: String },
+}
+
+/// A live connection to an upstream: a request handle shared by all callers.
+pub struct Connection {
+    pub peer: Peer<RoleClient>,
+    relays: ProgressRelays,
+}
+
+/// One upstream server and its supervisor.
+pub struct Upstream {
+    pub spec: ServerSpec,
+    status: ArcSwap<UpstreamStatus>,
+    offer: ArcSwap<Offer>,
+    conn: ArcSwapOption<Connection>,
+    stderr: StderrTail,
+    stop: CancellationToken,
+    stopped: Notify,
+    tried: std::sync::atomic::AtomicBool,
+}
+
+impl Upstream {
+    pub fn status(&self) -> Arc<UpstreamStatus> {
+        self.status.load_full()
+    }
+
+    pub fn offer(&self) -> Arc<Offer> {
+        self.offer.load_full()
+    }
+
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.stderr.lines()
+    }
+
+    /// True once a first connection attempt has finished, either way.
+    pub fn was_tried(&self) -> bool {
+        self.tried.load(std::sync::atomic::Ordering::Acquire) || !self.spec.enabled
+    }
+
+    fn unavailable(&self) -> UpstreamError {
+        let status = self.status();
+        UpstreamError::Unavailable {
+            server: self.spec.name.clone(),
+            reason: match (&status.status, &status.last_error) {
+                (Status::Failed, Some(e)) => format!("failed: {e}"),
+                (s, _) => format!("{s:?}").to_lowercase(),
+            },
+        }
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut UpstreamStatus)) {
+        let mut next = (*self.status.load_full()).clone();
+        f(&mut next);
+        self.status.store(Arc::new(next));
+    }
+
+    /// Calls a tool on this upstream. Progress the upstream reports goes to
+    /// `progress`. Dropping the returned future cancels the upstream request.
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        arguments: Option<JsonObject>,
+        progress: Option<Arc<dyn ProgressSink>>,
+        timeout: Duration,
+    ) -> Result<CallToolResult, UpstreamError> {
+        let mut params = CallToolRequestParams::new(name.to_owned());
+        params.arguments = arguments;
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        match self.request(request, progress, timeout).await? {
+            ServerResult::CallToolResult(result) => Ok(result),
+            ServerResult::InputRequiredResult(_) => Err(UpstreamError::Protocol {
+                server: self.spec.name.clone(),
+                detail: "the tool asked for client input (input_required), which this gateway does not relay yet".into(),
+            }),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    pub async fn get_prompt(
+        &self,
+        name: &str,
+        arguments: Option<JsonObject>,
+        timeout: Duration,
+    ) -> Result<GetPromptResult, UpstreamError> {
+        let mut params = GetPromptRequestParams::new(name.to_owned());
+        params.arguments = arguments;
+        let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
+        match self.request(request, None, timeout).await? {
+            ServerResult::GetPromptResult(result) => Ok(result),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    pub async fn read_resource(
+        &self,
+        uri: &str,
+        timeout: Duration,
+    ) -> Result<ReadResourceResult, UpstreamError> {
+        let params = ReadResourceRequestParams::new(uri.to_owned());
+        let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params));
+        match self.request(request, None, timeout).await? {
+            ServerResult::ReadResourceResult(result) => Ok(result),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn unexpected(&self, result: &ServerResult) -> UpstreamError {
+        let detail = serde_json::to_string(result).unwrap_or_default();
+        UpstreamError::Protocol {
+            server: self.spec.name.clone(),
+            detail: detail.chars().take(200).collect(),
+        }
+    }
+
+    async fn request(
+        &self,
+        request: ClientRequest,
+        progress: Option<Arc<dyn ProgressSink>>,
+        timeout: Duration,
+    ) -> Result<ServerResult, UpstreamError> {
+        let Some(conn) = self.conn.load_full() else {
+            return Err(self.unavailable());
+        };
+        let handle = conn
+            .peer
+            .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+            .await
+            .map_err(|_| self.unavailable())?;
+        let relay = progress.map(|sink| {
+            // The window between sending and registering is one await-free
+            // step, far shorter than any upstream's first progress message.
+            conn.relays
+                .lock()
+                .insert(handle.progress_token.clone(), sink);
+            RelayGuard {
+                relays: conn.relays.clone(),
+                token: handle.progress_token.clone(),
+            }
+        });
+        let mut cancel = CancelOnDrop {
+            peer: Some(conn.peer.clone()),
+            id: handle.id.clone(),
+        };
+        let result = handle.await_response().await;
+        cancel.peer = None;
+        drop(relay);
+        result.map_err(|e| match e {
+            ServiceError::McpError(error) => UpstreamError::Rpc {
+                server: self.spec.name.clone(),
+                error,
+            },
+            ServiceError::Timeout { timeout } => UpstreamError::Timeout {
+                server: self.spec.name.clone(),
+                timeout,
+            },
+            ServiceError::TransportClosed | ServiceError::TransportSend(_) => self.unavailable(),
+            other => UpstreamError::Protocol {
+                server: self.spec.name.clone(),
+                detail: other.to_string(),
+            },
+        })
+    }
+}
+
+/// Removes a progress relay when its call ends, however it ends.
+struct RelayGuard {
+    relays: ProgressRelays,
+    token: rmcp::model::ProgressToken,
+}
+
+impl Drop for RelayGuard {
+    fn drop(&mut self) {
+        self.relays.lock().remove(&self.token);
+    }
+}
+
+/// Tells the upstream to stop working on a request whose caller went away.
+struct CancelOnDrop {
+    peer: Option<Peer<RoleClient>>,
+    id: rmcp::model::RequestId,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer.take() {
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                let params =
+                    CancelledNotificationParam::new(Some(id), Some("caller cancelled".into()));
+                let _ = peer
+                    .send_notification(CancelledNotification::new(params).into())
+                    .await;
+            });
+        }
+    }
+}
+
+/// Everything a supervisor needs besides its upstream.
+#[derive(Clone)]
+struct Context {
+    events: EventBus,
+    http: reqwest::Client,
+    policy: OutboundPolicy,
+    connect_timeout: Duration,
+    health_interval: Duration,
+    max_response_bytes: usize,
+}
+
+/// The set of upstreams, in a stable order (config file order, then the
+/// order they were created over the API).
+pub struct UpstreamManager {
+    upstreams: RwLock<Vec<Arc<Upstream>>>,
+    cx: Context,
+}
+
+impl UpstreamManager {
+    pub fn new(settings: &Settings, events: EventBus, http: reqwest::Client) -> Self {
+        Self {
+            upstreams: RwLock::new(Vec::new()),
+            cx: Context {
+                events,
+                http,
+                policy: OutboundPolicy::from_settings(&settings.outbound),
+                connect_timeout: settings.connect_timeout,
+                health_interval: settings.health_interval,
+                max_response_bytes: settings.outbound.max_response_bytes,
+            },
+        }
+    }
+
+    pub fn list(&self) -> Vec<Arc<Upstream>> {
+        self.upstreams.read().clone()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.upstreams
+            .read()
+            .iter()
+            .find(|u| u.spec.name == name)
+            .cloned()
+    }
+
+    /// Adds an upstream and starts its supervisor. False if the name is taken.
+    pub fn add(&self, spec: ServerSpec) -> bool {
+        let mut upstreams = self.upstreams.write();
+        if upstreams.iter().any(|u| u.spec.name == spec.name) {
+            return false;
+        }
+        let initial = if spec.enabled {
+            Status::Connecting
+        } else {
+            Status::Disabled
+        };
+        let upstream = Arc::new(Upstream {
+            status: ArcSwap::from_pointee(UpstreamStatus {
+                status: initial,
+                last_error: None,
+                latency_ms: None,
+                protocol_version: None,
+                server_info: None,
+                attempts: 0,
+                connected_at: None,
+            }),
+            offer: ArcSwap::from_pointee(Offer::default()),
+            conn: ArcSwapOption::empty(),
+            stderr: StderrTail::default(),
+            stop: CancellationToken::new(),
+            stopped: Notify::new(),
+            tried: Default::default(),
+            spec,
+        });
+        upstreams.push(upstream.clone());
+        drop(upstreams);
+        if upstream.spec.enabled {
+            let cx = self.cx.clone();
+            tokio::spawn(supervise(upstream, cx));
+        } else {
+            upstream.stopped.notify_one();
+        }
+        true
+    }
+
+    /// Stops and removes an upstream; returns once its process is gone.
+    pub async fn remove(&self, name: &str) -> Option<Arc<Upstream>> {
+        let upstream = {
+            let mut upstreams = self.upstreams.write();
+            let index = upstreams.iter().position(|u| u.spec.name == name)?;
+            upstreams.remove(index)
+        };
+        stop(&upstream).await;
+        self.cx.events.publish(Event::CatalogChanged {
+            server: Some(name.to_owned()),
+        });
+        Some(upstream)
+    }
+
+    /// Stops every upstream (at shutdown).
+    pub async fn shutdown(&self) {
+        let all: Vec<_> = std::mem::take(&mut *self.upstreams.write());
+        futures::future::join_all(all.iter().map(|u| stop(u))).await;
+    }
+}
+
+async fn stop(upstream: &Upstream) {
+    upstream.stop.cancel();
+    upstream.stopped.notified().await;
+}
+
+/// Owns one upstream's connection for as long as the upstream exists.
+async fn supervise(upstream: Arc<Upstream>, cx: Context) {
+    let name = upstream.spec.name.clone();
+    let mut backoff = Duration::from_millis(500);
+    let span = tracing::info_span!("upstream", server = %name);
+    let _enter = span.enter();
+    drop(_enter);
+    loop {
+        if upstream.stop.is_cancelled() {
+            break;
+        }
+        upstream.set_status(|s| {
+            s.status = Status::Connecting;
+            s.attempts += 1;
+        });
+        let started = Instant::now();
+        let resync = Arc::new(Notify::new());
+        let handler = UpstreamClient {
+            server: Arc::from(name.as_str()),
+            relays: Default::default(),
+            resync: resync.clone(),
+        };
+        let relays = handler.relays.clone();
+        let connected = tokio::select! {
+            r = tokio::time::timeout(cx.connect_timeout, connect(&upstream, &cx, handler)) => match r {
+                Ok(r) => r,
+                Err(_) => Err((format!("no answer within {:?}", cx.connect_timeout), None)),
+            },
+            _ = upstream.stop.cancelled() => break,
+        };
+        upstream
+            .tried
+            .store(true, std::sync::atomic::Ordering::Release);
+        let (running, pgid) = match connected {
+            Ok(ok) => ok,
+            Err((error, pgid)) => {
+                tracing::warn!(server = %name, %error, "upstream connection failed");
+                if let Some(pgid) = pgid {
+                    stdio::kill_group(pgid, Duration::from_secs(2)).await;
+                }
+                upstream.set_status(|s| {
+                    s.status = Status::Failed;
+                    s.last_error = Some(error.clone());
+                });
+                cx.events.publish(Event::UpstreamDown {
+                    server: name.clone(),
+                    error,
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = upstream.stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let peer = running.peer().clone();
+        let info = peer.peer_info();
+        if let Err(error) = sync(&upstream, &peer).await {
+            tracing::warn!(server = %name, %error, "listing the upstream's catalog failed");
+        }
+        upstream.conn.store(Some(Arc::new(Connection {
+            peer: peer.clone(),
+            relays,
+        })));
+        upstream.set_status(|s| {
+            s.status = Status::Ready;
+            s.last_error = None;
+            s.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            s.protocol_version = info.as_ref().map(|i| i.protocol_version.to_string());
+            s.server_info = info
+                .as_ref()
+                .and_then(|i| serde_json::to_value(&i.server_info).ok());
+            s.connected_at = Some(crate::util::now_rfc3339());
+        });
+        tracing::info!(server = %name, tools = upstream.offer().tools.len(), "upstream ready");
+        cx.events.publish(Event::UpstreamUp {
+            server: name.clone(),
+        });
+        cx.events.publish(Event::CatalogChanged {
+            server: Some(name.clone()),
+        });
+        backoff = Duration::from_millis(500);
+
+        let stop_service = running.cancellation_token();
+        let waiting = running.waiting();
+        tokio::pin!(waiting);
+        let mut health = tokio::time::interval(cx.health_interval);
+        health.tick().await;
+        let stopping = loop {
+            tokio::select! {
+                _ = &mut waiting => break false,
+                _ = upstream.stop.cancelled() => break true,
+                _ = resync.notified() => {
+                    if let Err(error) = sync(&upstream, &peer).await {
+                        tracing::warn!(server = %name, %error, "re-sync failed");
+                    }
+                    cx.events.publish(Event::CatalogChanged { server: Some(name.clone()) });
+                }
+                _ = health.tick() => probe(&upstream, &peer, cx.connect_timeout).await,
+            }
+        };
+        upstream.conn.store(None);
+        if stopping {
+            stop_service.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut waiting).await;
+        }
+        if let Some(pgid) = pgid {
+            stdio::kill_group(pgid, Duration::from_secs(2)).await;
+        }
+        if stopping {
+            break;
+        }
+        tracing::warn!(server = %name, "upstream connection closed; reconnecting");
+        upstream.set_status(|s| {
+            s.status = Status::Failed;
+            s.last_error = Some("connection closed".into());
+        });
+        upstream.offer.store(Arc::new(Offer::default()));
+        cx.events.publish(Event::UpstreamDown {
+            server: name.clone(),
+            error: "connection closed".into(),
+        });
+        cx.events.publish(Event::CatalogChanged {
+            server: Some(name.clone()),
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = upstream.stop.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+    upstream.conn.store(None);
+    upstream.stopped.notify_one();
+}
+
+type Running = RunningService<RoleClient, UpstreamClient>;
+
+/// Opens the transport and runs the client lifecycle (`server/discover`
+/// probe, falling back to `initialize`). On failure, returns the process
+/// group to clean up, if a child was spawned.
+async fn connect(
+    upstream: &Upstream,
+    cx: &Context,
+    handler: UpstreamClient,
+) -> Result<(Running, Option<i32>), (String, Option<i32>)> {
+    let lifecycle = ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: None,
+    };
+    match &upstream.spec.transport {
+        Transport::Stdio {
+            command,
+            args,
+            env,
+            cwd,
+        } => {
+            let spawned = stdio::spawn(
+                &upstream.spec.name,
+                command,
+                args,
+                env,
+                cwd.as_deref(),
+                &upstream.stderr,
+            )
+            .map_err(|e| (format!("cannot start {command:?}: {e}"), None))?;
+            let pgid = spawned.pgid;
+            serve(handler, spawned.transport, lifecycle)
+                .await
+                .map(|r| (r, pgid))
+                .map_err(|e| (e, pgid))
+        }
+        Transport::StreamableHttp { url, headers } => {
+            let transport = http::connect(url, headers, &cx.http, &cx.policy, cx.max_response_bytes)
+                .await
+                .map_err(|e| (e, None))?;
+            serve(handler, transport, lifecycle)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| (e, None))
+        }
+        Transport::Sse { .. } => Err((
+            "the legacy HTTP+SSE transport (2024-11-05) is not supported yet; use a Streamable HTTP URL".into(),
+            None,
+        )),
+    }
+}
+
+async fn serve<T, E, A>(
+    handler: UpstreamClient,
+    transport: T,
+    lifecycle: ClientLifecycleMode,
+) -> Result<Running, String>
+where
+    T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    handler
+        .serve_with_lifecycle(transport, lifecycle)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Lists everything the upstream offers and stores it.
+async fn sync(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<(), String> {
+    let caps = peer.peer_info().map(|i| i.capabilities.clone());
+    let has = |f: fn(&rmcp::model::ServerCapabilities) -> bool| caps.as_ref().is_none_or(f);
+    let mut offer = Offer::default();
+    let mut errors = Vec::new();
+    if has(|c| c.tools.is_some()) {
+        match peer.list_all_tools().await {
+            Ok(tools) => offer.tools = tools,
+            Err(e) => errors.push(format!("tools/list: {e}")),
+        }
+    }
+    if has(|c| c.prompts.is_some()) {
+        match peer.list_all_prompts().await {
+            Ok(prompts) => offer.prompts = prompts,
+            Err(e) => errors.push(format!("prompts/list: {e}")),
+        }
+    }
+    if has(|c| c.resources.is_some()) {
+        match peer.list_all_resources().await {
+            Ok(resources) => offer.resources = resources,
+            Err(e) => errors.push(format!("resources/list: {e}")),
+        }
+        match peer.list_all_resource_templates().await {
+            Ok(templates) => offer.templates = templates,
+            Err(e) => errors.push(format!("resources/templates/list: {e}")),
+        }
+    }
+    upstream.offer.store(Arc::new(offer));
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Measures how long the upstream takes to answer a ping. Any answer, even
+/// an error (modern servers have no `ping`), proves it is alive.
+async fn probe(upstream: &Upstream, peer: &Peer<RoleClient>, timeout: Duration) {
+    let started = Instant::now();
+    let ping = ClientRequest::PingRequest(PingRequest::default());
+    let answered = match peer
+        .send_request_with_option(ping, PeerRequestOptions::with_timeout(timeout))
+        .await
+    {
+        Ok(handle) => !matches!(
+            handle.await_response().await,
+            Err(ServiceError::Timeout { .. } | ServiceError::TransportClosed)
+        ),
+        Err(_) => false,
+    };
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    upstream.set_status(|s| {
+        if answered {
+            s.latency_ms = Some(elapsed);
+            if s.status == Status::Ready {
+                s.last_error = None;
+            }
+        } else {
+            s.last_error = Some(format!("health probe got no answer within {timeout:?}"));
+        }
+    });
+}
+
+/// Counts tools per upstream, for status pages.
+pub fn tool_counts(upstreams: &[Arc<Upstream>]) -> HashMap<String, usize> {
+    upstreams
+        .iter()
+        .map(|u| (u.spec.name.clone(), u.offer().tools.len()))
+        .collect()
+}
+
+#[allow(dead_code)]
+fn assert_handler<H: ClientHandler>() {}

@@ -1,0 +1,342 @@
+//! What an upstream MCP server is: its name and how to reach it. The wire shape
+//! is the `mcpServers` entry of desktop MCP clients, plus a `name`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a server definition came from. Config-file servers are read-only over
+/// the API: the file is their source of truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Config,
+    Api,
+}
+
+/// How the gateway reaches a server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Transport {
+    /// A child process speaking MCP on stdin/stdout.
+    Stdio {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+    },
+    /// Streamable HTTP (both eras; detected per upstream).
+    #[serde(alias = "http", alias = "streamable-http")]
+    StreamableHttp {
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+    /// The 2024-11-05 HTTP+SSE transport.
+    Sse {
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// One upstream server definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub transport: Transport,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Per-call timeout override, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
+    #[serde(default = "api_source")]
+    pub source: Source,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn api_source() -> Source {
+    Source::Api
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error(
+        "invalid server name {0:?}: use 1-64 of A-Z a-z 0-9 _ - . starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ServerSpec {
+    /// Parses one `mcpServers` entry (`command`/`args`/`env`/`cwd`, or `url`
+    /// with optional `type` and `headers`).
+    pub fn from_mcp_servers_entry(name: &str, entry: Value) -> Result<Self, SpecError> {
+        let mut spec = Self::from_api_json(with_name(name, entry)?)?;
+        spec.source = Source::Config;
+        Ok(spec)
+    }
+
+    /// Parses the REST/`mcpServers` shape with a `name` field.
+    pub fn from_api_json(value: Value) -> Result<Self, SpecError> {
+        let Value::Object(mut map) = value else {
+            return Err(SpecError::Invalid("expected a JSON object".into()));
+        };
+        let name = match map.remove("name") {
+            Some(Value::String(s)) => s,
+            _ => return Err(SpecError::Invalid("name is required".into())),
+        };
+        validate_name(&name)?;
+        let enabled = match map.remove("enabled") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(SpecError::Invalid("enabled must be a boolean".into())),
+        };
+        let timeout_secs = match map.remove("timeout_secs") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_f64()
+                    .filter(|t| *t > 0.0 && *t <= 86_400.0)
+                    .ok_or_else(|| {
+                        SpecError::Invalid("timeout_secs must be 0 < t <= 86400".into())
+                    })?,
+            ),
+        };
+        map.remove("source");
+        map.remove("status");
+        let kind = map
+            .remove("type")
+            .or_else(|| map.remove("transport"))
+            .and_then(|v| v.as_str().map(str::to_ascii_lowercase));
+        let transport = match (map.contains_key("command"), map.contains_key("url")) {
+            (true, true) => {
+                return Err(SpecError::Invalid(
+                    "give either command (stdio) or url (remote), not both".into(),
+                ));
+            }
+            (false, false) => {
+                return Err(SpecError::Invalid(
+                    "give command (stdio server) or url (remote server)".into(),
+                ));
+            }
+            (true, false) => {
+                if kind.as_deref().is_some_and(|k| k != "stdio") {
+                    return Err(SpecError::Invalid(format!(
+                        "type {:?} does not take a command",
+                        kind.unwrap_or_default()
+                    )));
+                }
+                let command = string_field(&map, "command")?.unwrap_or_default();
+                if command.trim().is_empty() {
+                    return Err(SpecError::Invalid("command must not be empty".into()));
+                }
+                Transport::Stdio {
+                    command,
+                    args: string_list(&map, "args")?,
+                    env: string_map(&map, "env")?,
+                    cwd: string_field(&map, "cwd")?,
+                }
+            }
+            (false, true) => {
+                let url = string_field(&map, "url")?.unwrap_or_default();
+                let parsed = url::Url::parse(&url)
+                    .map_err(|e| SpecError::Invalid(format!("url {url:?} is not a URL: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(SpecError::Invalid("url must be http or https".into()));
+                }
+                let headers = string_map(&map, "headers")?;
+                for (k, v) in &headers {
+                    if http::HeaderName::try_from(k.as_str()).is_err()
+                        || http::HeaderValue::try_from(v.as_str()).is_err()
+                    {
+                        return Err(SpecError::Invalid(format!(
+                            "header {k:?} is not a valid HTTP header"
+                        )));
+                    }
+                }
+                match kind.as_deref() {
+                    None
+                    | Some("http")
+                    | Some("streamable-http")
+                    | Some("streamable_http")
+                    | Some("streamablehttp") => Transport::StreamableHttp { url, headers },
+                    Some("sse") => Transport::Sse { url, headers },
+                    Some(other) => {
+                        return Err(SpecError::Invalid(format!(
+                            "type {other:?} unknown: use http, streamable-http or sse"
+                        )));
+                    }
+                }
+            }
+        };
+        Ok(Self {
+            name,
+            transport,
+            enabled,
+            timeout_secs,
+            source: Source::Api,
+        })
+    }
+
+    pub fn is_stdio(&self) -> bool {
+        matches!(self.transport, Transport::Stdio { .. })
+    }
+
+    /// The remote URL, for HTTP transports.
+    pub fn url(&self) -> Option<&str> {
+        match &self.transport {
+            Transport::StreamableHttp { url, .. } | Transport::Sse { url, .. } => Some(url),
+            Transport::Stdio { .. } => None,
+        }
+    }
+
+    /// The definition as the API shows it: environment values and header
+    /// values are secrets, so only their names are returned.
+    pub fn redacted_json(&self) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(map) = value.as_object_mut() {
+            for key in ["env", "headers"] {
+                if let Some(Value::Object(items)) = map.get_mut(key) {
+                    for v in items.values_mut() {
+                        *v = Value::String("********".into());
+                    }
+                }
+            }
+            if let Some(Value::String(url)) = map.get_mut("url") {
+                *url = crate::outbound::redact_url(url);
+            }
+        }
+        value
+    }
+}
+
+fn with_name(name: &str, entry: Value) -> Result<Value, SpecError> {
+    let Value::Object(mut map) = entry else {
+        return Err(SpecError::Invalid("expected an object".into()));
+    };
+    map.insert("name".into(), Value::String(name.to_owned()));
+    Ok(Value::Object(map))
+}
+
+/// Server names become tool-name prefixes, so they obey the tool-name alphabet.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::BadName(name.to_owned()))
+    }
+}
+
+fn string_field(
+    map: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, SpecError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(SpecError::Invalid(format!("{key} must be a string"))),
+    }
+}
+
+fn string_list(map: &serde_json::Map<String, Value>, key: &str) -> Result<Vec<String>, SpecError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| SpecError::Invalid(format!("{key} must be a list of strings")))
+            })
+            .collect(),
+        Some(_) => Err(SpecError::Invalid(format!(
+            "{key} must be a list of strings"
+        ))),
+    }
+}
+
+fn string_map(
+    map: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<BTreeMap<String, String>, SpecError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(items)) => items
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                Value::Number(n) => Ok((k.clone(), n.to_string())),
+                Value::Bool(b) => Ok((k.clone(), b.to_string())),
+                _ => Err(SpecError::Invalid(format!("{key}.{k} must be a string"))),
+            })
+            .collect(),
+        Some(_) => Err(SpecError::Invalid(format!(
+            "{key} must be an object of strings"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_stdio_and_remote_entries() {
+        let s = ServerSpec::from_mcp_servers_entry(
+            "time",
+            json!({"command": "uvx", "args": ["mcp-server-time"]}),
+        )
+        .unwrap();
+        assert!(s.is_stdio());
+        assert_eq!(s.source, Source::Config);
+        let r =
+            ServerSpec::from_mcp_servers_entry("r", json!({"url": "http://h/sse", "type": "sse"}))
+                .unwrap();
+        assert!(matches!(r.transport, Transport::Sse { .. }));
+        let h = ServerSpec::from_api_json(json!({"name": "h", "url": "https://h/mcp"})).unwrap();
+        assert!(matches!(h.transport, Transport::StreamableHttp { .. }));
+    }
+
+    #[test]
+    fn rejects_bad_entries() {
+        assert!(ServerSpec::from_api_json(json!({"name": "a b", "command": "x"})).is_err());
+        assert!(
+            ServerSpec::from_api_json(json!({"name": "a", "command": "x", "url": "http://h"}))
+                .is_err()
+        );
+        assert!(ServerSpec::from_api_json(json!({"name": "a", "url": "ftp://h"})).is_err());
+        assert!(ServerSpec::from_api_json(json!({"name": "a", "args": []})).is_err());
+        assert!(ServerSpec::from_api_json(json!({"name": "a", "command": 3})).is_err());
+    }
+
+    #[test]
+    fn redacts_secrets() {
+        let s = ServerSpec::from_api_json(
+            json!({"name": "a", "command": "x", "env": {"TOKEN": "secret"}}),
+        )
+        .unwrap();
+        assert!(!s.redacted_json().to_string().contains("secret"));
+        let r = ServerSpec::from_api_json(json!({"name": "r", "url": "https://u:pw@h/mcp", "headers": {"Authorization": "Bearer t0k"}})).unwrap();
+        let shown = r.redacted_json().to_string();
+        assert!(!shown.contains("t0k") && !shown.contains("pw@"), "{shown}");
+    }
+}
