@@ -119,10 +119,14 @@ impl ServerHandler for Gateway {
     ) -> Result<ListToolsResult, McpError> {
         let principal = principal(&context);
         let snapshot = self.state.catalog.snapshot();
+        // Tools of a server that is reconnecting stay in the catalog (calls
+        // answer "unavailable") but are not offered to clients meanwhile.
+        let ready = self.state.upstreams.ready_names();
         let tools = snapshot
             .tools
             .iter()
             .filter(|t| t.enabled() && policy::may_see(&principal, t))
+            .filter(|t| t.server().is_none_or(|s| ready.contains(s)))
             .map(|t| t.definition.clone())
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
@@ -218,8 +222,14 @@ impl ServerHandler for Gateway {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         let snapshot = self.state.catalog.snapshot();
+        let ready = self.state.upstreams.ready_names();
         Ok(ListResourcesResult::with_all_items(
-            snapshot.resources.iter().map(|(_, r)| r.clone()).collect(),
+            snapshot
+                .resources
+                .iter()
+                .filter(|(server, _)| ready.contains(server))
+                .map(|(_, r)| r.clone())
+                .collect(),
         ))
     }
 
@@ -229,8 +239,14 @@ impl ServerHandler for Gateway {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let snapshot = self.state.catalog.snapshot();
+        let ready = self.state.upstreams.ready_names();
         Ok(ListResourceTemplatesResult::with_all_items(
-            snapshot.templates.iter().map(|(_, t)| t.clone()).collect(),
+            snapshot
+                .templates
+                .iter()
+                .filter(|(server, _)| ready.contains(server))
+                .map(|(_, t)| t.clone())
+                .collect(),
         ))
     }
 

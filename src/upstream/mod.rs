@@ -12,7 +12,6 @@ pub mod spec;
 pub mod stdio;
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,7 +19,7 @@ use std::{
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::RwLock;
 use rmcp::{
-    ClientHandler, RoleClient, ServiceError,
+    RoleClient, ServiceError,
     model::{
         CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotification,
         CancelledNotificationParam, ClientRequest, GetPromptRequest, GetPromptRequestParams,
@@ -118,6 +117,10 @@ pub struct Upstream {
 impl Upstream {
     pub fn status(&self) -> Arc<UpstreamStatus> {
         self.status.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.status.load().status == Status::Ready
     }
 
     pub fn offer(&self) -> Arc<Offer> {
@@ -328,6 +331,16 @@ impl UpstreamManager {
         self.upstreams.read().clone()
     }
 
+    /// Names of the upstreams that are ready now.
+    pub fn ready_names(&self) -> std::collections::HashSet<String> {
+        self.upstreams
+            .read()
+            .iter()
+            .filter(|u| u.is_ready())
+            .map(|u| u.spec.name.clone())
+            .collect()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
         self.upstreams
             .read()
@@ -520,7 +533,9 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
             s.status = Status::Failed;
             s.last_error = Some("connection closed".into());
         });
-        upstream.offer.store(Arc::new(Offer::default()));
+        // The last known offer stays in the catalog while reconnecting:
+        // listings hide it (the server is not ready) and calls answer
+        // "unavailable" rather than "unknown tool".
         cx.events.publish(Event::UpstreamDown {
             server: name.clone(),
             error: "connection closed".into(),
@@ -668,14 +683,3 @@ async fn probe(upstream: &Upstream, peer: &Peer<RoleClient>, timeout: Duration) 
         }
     });
 }
-
-/// Counts tools per upstream, for status pages.
-pub fn tool_counts(upstreams: &[Arc<Upstream>]) -> HashMap<String, usize> {
-    upstreams
-        .iter()
-        .map(|u| (u.spec.name.clone(), u.offer().tools.len()))
-        .collect()
-}
-
-#[allow(dead_code)]
-fn assert_handler<H: ClientHandler>() {}

@@ -1,0 +1,392 @@
+//! The test harness: start the gateway and upstreams, talk to them, clean up.
+
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+/// A path named by an environment variable set by the install script, or
+/// `None` (after saying so) when it is unset outside CI.
+pub fn external(var: &str, test: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{var} must be set in CI (eval \"$(bash scripts/install-test-deps.sh)\")");
+            }
+            eprintln!(
+                "SKIPPED {test}: {var} is not set; run `eval \"$(bash scripts/install-test-deps.sh)\"` first"
+            );
+            None
+        }
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The fixture MCP server built with this crate.
+pub fn fixture_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_metamcp-fixture")
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    pub port: u16,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// How to start a gateway.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// The config file contents (JSON), if any.
+    pub config: Option<Value>,
+    /// Extra `META_MCP_*` (or other) variables.
+    pub env: Vec<(String, String)>,
+    /// Reuse this data directory (for restart tests).
+    pub data_dir: Option<PathBuf>,
+    /// Wait for `/health/ready` rather than `/health/live`.
+    pub wait_ready: bool,
+}
+
+impl Options {
+    pub fn config(mut self, config: Value) -> Self {
+        self.config = Some(config);
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn ready(mut self) -> Self {
+        self.wait_ready = true;
+        self
+    }
+}
+
+/// A config entry for the fixture over stdio, tagged with `marker` so tests
+/// can find its processes.
+pub fn fixture_stdio(marker: &str) -> Value {
+    json!({"command": fixture_bin(), "args": ["--name", marker]})
+}
+
+impl Gateway {
+    pub async fn start(opts: Options) -> Gateway {
+        let (tmp, data_dir) = match &opts.data_dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let dir = tmp.path().join("data");
+                (Some(tmp), dir)
+            }
+        };
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let port = free_port();
+        let log = data_dir.join(format!("gateway-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_metamcp"));
+        cmd.arg("serve");
+        // A clean slate: no META_MCP_* from the developer's shell.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("META_MCP_") {
+                cmd.env_remove(k);
+            }
+        }
+        if let Some(config) = &opts.config {
+            let path = data_dir.join("config.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.env("META_MCP_PORT", port.to_string())
+            .env("META_MCP_DATA_DIR", &data_dir)
+            .env("META_MCP_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,metamcp=debug");
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let logfile = std::fs::File::create(&log).expect("log file");
+        cmd.stdout(Stdio::null()).stderr(logfile);
+        let child = cmd.spawn().expect("start metamcp");
+        let gw = Gateway {
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            child: Some(child),
+            log,
+            _tmp: tmp,
+        };
+        let path = if opts.wait_ready {
+            "/api/v1/health/ready"
+        } else {
+            "/api/v1/health/live"
+        };
+        gw.wait_for(path, Duration::from_secs(60)).await;
+        gw
+    }
+
+    async fn wait_for(&self, path: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{}{path}", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "gateway did not answer {path} within {within:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn mcp_url(&self) -> String {
+        self.url("/mcp")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::get(self.url(path)).await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .request(method.parse().unwrap(), self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send("POST", path, body).await
+    }
+
+    pub async fn execute(&self, tool: &str, arguments: Value) -> (u16, Value) {
+        self.post(
+            &format!("/api/v1/tools/{tool}/execute"),
+            json!({"arguments": arguments}),
+        )
+        .await
+    }
+
+    /// Waits until `server` reports `status` (e.g. "ready").
+    pub async fn wait_server(&self, server: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, body) = self.get(&format!("/api/v1/servers/{server}")).await;
+            if code == 200 && body["status"]["status"] == status {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "server {server} not {status} within 60s: {body}\nlog:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until a tool is (or is not) in the catalog.
+    pub async fn wait_tool(&self, tool: &str, present: bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, _) = self.get(&format!("/api/v1/tools/{tool}")).await;
+            if (code == 200) == present {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "tool {tool} present={present} not reached within 60s\nlog:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The data directory, kept alive beyond this gateway (for restarts).
+    pub fn keep_data(&mut self) -> (PathBuf, Option<tempfile::TempDir>) {
+        (self.data_dir.clone(), self._tmp.take())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Live (non-zombie) processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains(marker) {
+            continue;
+        }
+        let state = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim().chars().next().unwrap_or('?'))
+            })
+            .unwrap_or('?');
+        found.push((pid, format!("{state} {cmdline}")));
+    }
+    found
+}
+
+/// Waits until no process carries `marker` (zombies included: a zombie is a
+/// process nobody reaped, which counts as a leak).
+pub async fn wait_no_processes(marker: &str, within: Duration) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A unique marker for a test's processes.
+pub fn marker(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Runs the Python SDK client script; returns (exit code, JSON output).
+pub fn python_client(python: &Path, args: &[&str]) -> (i32, Value) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mcp_client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "python client printed no JSON: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), value)
+}
+
+/// A process started by a test, killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the fixture over Streamable HTTP; returns it and its URL.
+pub fn fixture_http(marker: &str) -> (Proc, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(fixture_bin())
+        .args(["--http", "127.0.0.1:0", "--name", marker])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fixture");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("fixture prints its URL")
+        .to_owned();
+    (Proc(child), url)
+}
+
+/// Starts server-everything over Streamable HTTP on a free port.
+pub async fn everything_http(bin: &Path) -> (Proc, String) {
+    let port = free_port();
+    let child = Command::new(bin)
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start server-everything");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server-everything did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (Proc(child), url)
+}

@@ -1,0 +1,14 @@
+//! Black-box integration tests: one test binary (each file directly under
+//! `tests/` would be a separate binary to link). Every test starts the real
+//! `metamcp` binary on a free port with a fresh data directory and talks to
+//! it over HTTP, with real upstreams and real clients.
+//!
+//! Tests that need a tool installed by `scripts/install-test-deps.sh` (Node
+//! MCP servers, the Python SDK) or a server (PostgreSQL) print `SKIPPED ...`
+//! when it is missing, except under `CI=true`, where a missing tool fails.
+
+mod common;
+
+mod core;
+mod peers;
+mod store;

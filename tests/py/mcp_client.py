@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""A small CLI around the official MCP Python SDK (mcp==2.3.0), driven by the
+Rust integration tests to talk to an MCP Streamable HTTP endpoint as a real
+client would.
+
+Usage:
+    python tests/py/mcp_client.py --url URL --mode legacy|modern|auto \
+        [--header 'K: V' ...] [--timeout SECS] COMMAND [ARGS]
+
+Commands:
+    list-tools
+    call TOOL JSON_ARGS [--progress]
+    list-prompts
+    get-prompt NAME JSON_ARGS
+    list-resources
+    read-resource URI
+
+Modes:
+    legacy  2025-11-25 `initialize` handshake (stateful, Mcp-Session-Id).
+    modern  2026-07-28: one `server/discover` probe, then stateless requests
+            (protocol version, client info and capabilities in every request's
+            `_meta`, Mcp-Protocol-Version / Mcp-Method / Mcp-Name headers).
+            No fallback: a server that does not speak 2026-07-28 is an error.
+    auto    the SDK default: try server/discover, fall back to initialize.
+
+Output: one JSON object on stdout, always carrying "protocolVersion".
+Exit codes: 0 success; 2 MCP (JSON-RPC) error, stdout is
+{"error": "MCP error N: msg", "code": N, "message": "msg", "data": ...,
+"protocolVersion": "..." or null}; 1 any other failure (connection refused, bad
+arguments, ...), stdout is {"error": "...", "protocolVersion": ...}.
+A tool that fails *as a tool* (CallToolResult.isError) is a success (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import LATEST_MODERN_VERSION, MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+
+EXIT_MCP_ERROR = 2
+EXIT_OTHER_ERROR = 1
+
+# The negotiated version, kept outside `run` so error output can report it too
+# (None when the failure happened before or during negotiation).
+NEGOTIATED: dict[str, str | None] = {"protocolVersion": None}
+
+
+class UsageError(Exception):
+    pass
+
+
+def dump(model: Any) -> Any:
+    """A pydantic model (or list of them) as plain JSON-able data: wire names, only fields the server sent."""
+    if isinstance(model, list):
+        return [dump(m) for m in model]
+    if hasattr(model, "model_dump"):
+        return model.model_dump(by_alias=True, mode="json", exclude_unset=True)
+    return model
+
+
+def parse_headers(raw: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in raw:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise UsageError(f"--header expects 'Name: value', got {item!r}")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+async def discover_modern(client: Client) -> None:
+    """Probe `server/discover` for real and adopt its result (no initialize fallback).
+
+    `Client(mode="2026-07-28")` only *synthesizes* a DiscoverResult; this replaces
+    it with the server's own, so a server without 2026-07-28 support fails here.
+    Mirrors `ClientSession.discover()`: one retry at a mutual version on -32022.
+    """
+    session = client.session
+    try:
+        raw = await session.send_discover(LATEST_MODERN_VERSION)
+    except MCPError as e:
+        if e.code != types.UNSUPPORTED_PROTOCOL_VERSION:
+            raise
+        try:
+            supported = types.UnsupportedProtocolVersionErrorData.model_validate(e.error.data).supported
+        except ValidationError:
+            raise e from None
+        mutual = [v for v in MODERN_PROTOCOL_VERSIONS if v in supported]
+        if not mutual:
+            raise
+        raw = await session.send_discover(mutual[-1])
+    result = types.DiscoverResult.model_validate(raw)
+    session.adopt(result)  # raises RuntimeError if the server lists no modern version
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    headers = parse_headers(args.header or [])
+    if args.mode == "legacy":
+        mode = "legacy"
+    elif args.mode == "modern":
+        mode = LATEST_MODERN_VERSION
+    else:
+        mode = "auto"
+
+    # Validate command arguments before any network traffic.
+    tool_args: dict[str, Any] = {}
+    prompt_args: dict[str, Any] = {}
+    if args.command == "call":
+        tool_args = parse_json_object(args.json_args, "JSON_ARGS")
+    elif args.command == "get-prompt":
+        prompt_args = parse_json_object(args.json_args, "JSON_ARGS")
+
+    http_client = create_mcp_http_client(headers=headers or None)
+    async with http_client:
+        transport = streamable_http_client(args.url, http_client=http_client)
+        client = Client(
+            transport,
+            mode=mode,
+            cache=None,  # always hit the wire: the tests observe the server
+            read_timeout_seconds=args.timeout,
+            client_info=types.Implementation(name="metamcp-test-client", version="0.1.0"),
+        )
+        async with client:
+            if args.mode == "modern":
+                await discover_modern(client)
+            NEGOTIATED["protocolVersion"] = client.protocol_version
+            out: dict[str, Any] = {"protocolVersion": client.protocol_version}
+
+            if args.command == "list-tools":
+                tools: list[dict[str, Any]] = []
+                cursor: str | None = None
+                while True:
+                    page = await client.list_tools(cursor=cursor)
+                    for tool in page.tools:
+                        entry: dict[str, Any] = {
+                            "name": tool.name,
+                            "description": tool.description,
+                            "inputSchema": tool.input_schema,
+                        }
+                        tools.append(entry)
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        break
+                out["tools"] = tools
+
+            elif args.command == "call":
+                progress: list[dict[str, Any]] = []
+
+                async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                    progress.append({"progress": value, "total": total, "message": message})
+
+                result = await client.call_tool(
+                    args.tool,
+                    tool_args,
+                    progress_callback=on_progress if args.progress else None,
+                )
+                out["isError"] = bool(result.is_error)
+                out["content"] = dump(list(result.content))
+                out["structuredContent"] = result.structured_content
+                out["progress"] = progress
+
+            elif args.command == "list-prompts":
+                out.update(dump(await client.list_prompts()))
+
+            elif args.command == "get-prompt":
+                str_args = {k: v if isinstance(v, str) else json.dumps(v) for k, v in prompt_args.items()}
+                out.update(dump(await client.get_prompt(args.name, str_args)))
+
+            elif args.command == "list-resources":
+                out.update(dump(await client.list_resources()))
+
+            elif args.command == "read-resource":
+                out.update(dump(await client.read_resource(args.uri)))
+
+            else:  # pragma: no cover - argparse rejects unknown commands
+                raise UsageError(f"unknown command {args.command!r}")
+
+            out["protocolVersion"] = client.protocol_version
+            return out
+
+
+def find_exception(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """Find the first `kind` in an exception, looking inside (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_exception(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Drive a real MCP client (Python SDK 2.x) against a URL.")
+    p.add_argument("--url", required=True, help="Streamable HTTP endpoint, e.g. http://127.0.0.1:8080/mcp")
+    p.add_argument("--mode", choices=["legacy", "modern", "auto"], default="legacy")
+    p.add_argument("--header", action="append", metavar="K:V", help="extra HTTP header (repeatable)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-request read timeout in seconds")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list-tools")
+    c = sub.add_parser("call")
+    c.add_argument("tool")
+    c.add_argument("json_args", nargs="?", default="{}")
+    c.add_argument("--progress", action="store_true", help="request progress notifications and report them")
+    sub.add_parser("list-prompts")
+    g = sub.add_parser("get-prompt")
+    g.add_argument("name")
+    g.add_argument("json_args", nargs="?", default="{}")
+    sub.add_parser("list-resources")
+    r = sub.add_parser("read-resource")
+    r.add_argument("uri")
+    return p
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = anyio.run(run, args)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a JSON error
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        mcp_err = find_exception(exc, MCPError)
+        if isinstance(mcp_err, MCPError):
+            emit(
+                {
+                    "error": f"MCP error {mcp_err.code}: {mcp_err.message}",
+                    "code": mcp_err.code,
+                    "message": mcp_err.message,
+                    "data": mcp_err.data,
+                    "protocolVersion": NEGOTIATED["protocolVersion"],
+                }
+            )
+            return EXIT_MCP_ERROR
+        usage = find_exception(exc, UsageError)
+        inner = usage if usage is not None else exc
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        emit({"error": f"{type(inner).__name__}: {inner}", "protocolVersion": NEGOTIATED["protocolVersion"]})
+        return EXIT_OTHER_ERROR
+    emit(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
