@@ -567,4 +567,25 @@ mod tests {
         .unwrap_err();
         assert!(missing.contains("NOPE"), "{missing}");
     }
+
+    #[test]
+    fn readme_documents_every_setting_and_the_ci_test_command() {
+        let readme = include_str!("../README.md");
+        for var in ENV_VARS {
+            assert!(
+                readme.contains(&format!("`{var}`")),
+                "README does not document {var}"
+            );
+        }
+        let ci = include_str!("../.ci/run");
+        let cmd = ci
+            .lines()
+            .find_map(|l| l.strip_prefix("TEST_CMD=\""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect(".ci/run sets TEST_CMD");
+        assert!(
+            readme.contains(cmd),
+            "README must give CI's test command {cmd:?}"
+        );
+    }
 }

@@ -556,3 +556,90 @@ async fn prefix_modes_derive_names_and_never_overwrite() {
     let (code, body) = gw.execute("b.echo", json!({"message": "via b"})).await;
     assert_eq!(code, 200, "{body}");
 }
+
+#[tokio::test]
+async fn a_bad_setting_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_metamcp"));
+        cmd.arg("serve")
+            .args(args)
+            .env("META_MCP_DATA_DIR", dir.path());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[("META_MCP_PORT", "eighty")], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("META_MCP_PORT"), "{err}");
+    let (code, err) = run(&[("META_MCP_DATABASE_URL", "mysql://db/x")], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("META_MCP_DATABASE_URL"), "{err}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"mcpServers": {"x": {"command": "a", "url": "http://b"}}}"#,
+    )
+    .unwrap();
+    let (code, err) = run(&[], &["--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("mcpServers.x"), "{err}");
+    let secret = dir.path().join("secret.json");
+    std::fs::write(
+        &secret,
+        r#"{"mcpServers": {"x": {"command": "a", "env": {"T": "${env:METAMCP_UNSET_VAR}"}}}}"#,
+    )
+    .unwrap();
+    let (code, err) = run(&[], &["--config", secret.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("METAMCP_UNSET_VAR"), "{err}");
+}
+
+#[tokio::test]
+async fn remote_streamable_http_upstream_and_binding_by_url() {
+    let m = common::marker("fx-http");
+    let (_fixture, url) = common::fixture_http(&m);
+    let gw = Gateway::start(Options::default()).await;
+    let (code, body) = gw
+        .post(
+            "/api/v1/servers",
+            json!({"name": "remote", "url": url, "headers": {"X-Api-Key": "k3y-s3cret"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    assert!(
+        !body.to_string().contains("k3y-s3cret"),
+        "header values are not returned: {body}"
+    );
+    let status = gw.wait_server("remote", "ready").await;
+    assert_eq!(
+        status["status"]["protocol_version"], "2026-07-28",
+        "a modern upstream is detected: {status}"
+    );
+    gw.wait_tool("remote__echo", true).await;
+    let (code, body) = gw
+        .execute("remote__echo", json!({"message": "over http"}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(texts(&body["result"]), ["over http"]);
+
+    // Registering a tool whose endpoint is the server's MCP URL sets the
+    // metadata of that server's tool of the same name.
+    let (code, body) = gw
+        .post(
+            "/api/v1/tools",
+            json!({"name": "echo", "endpoint": url, "category": "bound", "tags": ["t"]}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["name"], "remote__echo");
+    assert_eq!(body["category"], "bound");
+    let (_, listed) = gw.get("/api/v1/tools?category=bound").await;
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["tools"][0]["server"], "remote");
+}
