@@ -465,10 +465,8 @@ fn substitute_env(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), String> {
     match value {
-        Value::String(s) => {
-            if s.contains("${env:") {
-                *s = expand_env_refs(s, lookup)?;
-            }
+        Value::String(s) if s.contains("${env:") => {
+            *s = expand_env_refs(s, lookup)?;
         }
         Value::Array(items) => {
             for item in items {

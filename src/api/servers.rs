@@ -98,9 +98,8 @@ async fn admit(state: &AppState, body: Value) -> Result<ServerSpec> {
         let parsed = state.outbound.check_url(url).map_err(refused)?;
         // A name that does not resolve yet may be a server still starting;
         // one that resolves to a forbidden address is refused now.
-        match state.outbound.check_resolved(&parsed).await {
-            Err(e @ OutboundError::Refused(..)) => return Err(refused(e)),
-            _ => {}
+        if let Err(e @ OutboundError::Refused(..)) = state.outbound.check_resolved(&parsed).await {
+            return Err(refused(e));
         }
     }
     Ok(spec)

@@ -86,7 +86,7 @@ impl Store {
     /// runs pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let backend = validate_database_url(url).map_err(|e| StoreError::Corrupt(e))?;
+        let backend = validate_database_url(url).map_err(StoreError::Corrupt)?;
         let (url, max) = match backend {
             Backend::Sqlite => {
                 let path = url
