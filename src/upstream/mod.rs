@@ -112,6 +112,19 @@ pub struct Upstream {
     stop: CancellationToken,
     stopped: Notify,
     tried: std::sync::atomic::AtomicBool,
+    /// The protocol era detected at the last successful connection, so a
+    /// reconnect skips the probe (and its timeout on servers that never
+    /// answer an unknown method). Forgotten when a connection attempt fails.
+    era: parking_lot::Mutex<Option<Era>>,
+}
+
+/// Which lifecycle an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Era {
+    /// `initialize` handshake (up to 2025-11-25).
+    Legacy,
+    /// `server/discover` and self-contained requests (2026-07-28 on).
+    Modern,
 }
 
 impl Upstream {
@@ -376,6 +389,7 @@ impl UpstreamManager {
             stop: CancellationToken::new(),
             stopped: Notify::new(),
             tried: Default::default(),
+            era: parking_lot::Mutex::new(None),
             spec,
         });
         upstreams.push(upstream.clone());
@@ -452,6 +466,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
             Ok(ok) => ok,
             Err((error, pgid)) => {
                 tracing::warn!(server = %name, %error, "upstream connection failed");
+                *upstream.era.lock() = None;
                 if let Some(pgid) = pgid {
                     stdio::kill_group(pgid, Duration::from_secs(2)).await;
                 }
@@ -473,6 +488,10 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         };
         let peer = running.peer().clone();
         let info = peer.peer_info();
+        let modern = info.as_ref().is_some_and(|i| {
+            i.protocol_version.as_str() >= ProtocolVersion::V_2026_07_28.as_str()
+        });
+        *upstream.era.lock() = Some(if modern { Era::Modern } else { Era::Legacy });
         if let Err(error) = sync(&upstream, &peer).await {
             tracing::warn!(server = %name, %error, "listing the upstream's catalog failed");
         }
@@ -563,9 +582,17 @@ async fn connect(
     cx: &Context,
     handler: UpstreamClient,
 ) -> Result<(Running, Option<i32>), (String, Option<i32>)> {
-    let lifecycle = ClientLifecycleMode::Auto {
-        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-        legacy_version: None,
+    let remembered = *upstream.era.lock();
+    let lifecycle = match remembered {
+        Some(Era::Legacy) => ClientLifecycleMode::Initialize,
+        Some(Era::Modern) => ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+        // Probe with server/discover, fall back to initialize.
+        None => ClientLifecycleMode::Auto {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            legacy_version: None,
+        },
     };
     match &upstream.spec.transport {
         Transport::Stdio {
