@@ -35,6 +35,9 @@ pub struct AppState {
     pub started: Instant,
     /// Serializes server create/update/delete so checks and effects agree.
     pub servers_lock: tokio::sync::Mutex<()>,
+    pub profile_endpoints: crate::mcp::ProfileEndpoints,
+    /// Cancelled when the gateway stops.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -77,6 +80,8 @@ impl App {
         let catalog = Arc::new(Catalog::new(
             settings.prefix_mode,
             settings.separator.clone(),
+            events.clone(),
+            settings.profiles.clone(),
         ));
         let outbound_policy = OutboundPolicy::from_settings(&settings.outbound);
         let pipeline = Pipeline {
@@ -98,6 +103,8 @@ impl App {
             outbound: outbound_policy,
             started: Instant::now(),
             servers_lock: tokio::sync::Mutex::new(()),
+            profile_endpoints: Default::default(),
+            shutdown: CancellationToken::new(),
         });
 
         // Rebuild the catalog whenever something it is made of changes.
@@ -121,9 +128,9 @@ impl App {
             anyhow::anyhow!("cannot listen on {addr} (META_MCP_HOST/META_MCP_PORT): {e}")
         })?;
         Ok(Self {
+            shutdown: state.shutdown.clone(),
             state,
             listener,
-            shutdown: CancellationToken::new(),
         })
     }
 
@@ -146,9 +153,10 @@ impl App {
             settings.effective_allowed_hosts(),
             settings.allowed_origins.clone(),
         ));
-        let mcp = crate::mcp::service(state.clone(), shutdown);
+        let mcp = crate::mcp::service(state.clone(), shutdown, None);
         Router::new()
-            .nest_service("/mcp", mcp)
+            .route_service("/mcp", mcp)
+            .route("/mcp/{profile}", axum::routing::any(crate::mcp::profile_endpoint))
             .nest("/api/v1", crate::api::router())
             .with_state(state.clone())
             .layer(DefaultBodyLimit::max(settings.max_body_bytes))

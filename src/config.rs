@@ -16,7 +16,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::upstream::spec::{ServerSpec, SpecError};
+use crate::{
+    catalog::profiles::Profile,
+    upstream::spec::{ServerSpec, SpecError},
+};
 
 /// A setting that could not be used, named the way the user wrote it.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,8 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     /// Servers declared in the config file (`source: config`), in file order.
     pub servers: Vec<ServerSpec>,
+    /// Profiles declared in the config file (`source: config`).
+    pub profiles: Vec<Profile>,
 }
 
 impl Default for Settings {
@@ -141,6 +146,7 @@ impl Default for Settings {
                 max_response_bytes: 16 * 1024 * 1024,
             },
             servers: Vec::new(),
+            profiles: Vec::new(),
         }
     }
 }
@@ -198,6 +204,7 @@ impl Settings {
         if let Some(path) = &config_file {
             let file = ConfigFile::read(path, lookup)?;
             settings.servers = file.servers;
+            settings.profiles = file.profiles;
             for (key, value) in &file.settings {
                 settings.apply(&format!("{key} (in {})", path.display()), key, value)?;
             }
@@ -397,6 +404,7 @@ fn split_list(value: &str) -> Vec<String> {
 #[derive(Debug)]
 pub struct ConfigFile {
     pub servers: Vec<ServerSpec>,
+    pub profiles: Vec<Profile>,
     pub settings: Vec<(String, String)>,
 }
 
@@ -438,6 +446,24 @@ impl ConfigFile {
                 servers.push(spec);
             }
         }
+        let mut profiles = Vec::new();
+        if let Some(entries) = root.remove("profiles") {
+            let Value::Object(entries) = entries else {
+                return Err("profiles must be an object of name → profile".into());
+            };
+            for (profile_name, mut entry) in entries {
+                if let Value::Object(map) = &mut entry {
+                    map.insert("name".into(), Value::String(profile_name.clone()));
+                    map.insert("source".into(), Value::String("config".into()));
+                }
+                let profile: Profile = serde_json::from_value(entry)
+                    .map_err(|e| format!("profiles.{profile_name}: {e}"))?;
+                profile
+                    .validate()
+                    .map_err(|e| format!("profiles.{profile_name}: {e}"))?;
+                profiles.push(profile);
+            }
+        }
         let mut settings = Vec::new();
         for (key, value) in root {
             let text = match value {
@@ -455,7 +481,11 @@ impl ConfigFile {
             };
             settings.push((key.to_ascii_lowercase(), text));
         }
-        Ok(Self { servers, settings })
+        Ok(Self {
+            servers,
+            profiles,
+            settings,
+        })
     }
 }
 

@@ -22,6 +22,13 @@ pub enum Event {
         server: String,
         error: String,
     },
+    /// An upstream changed a pinned tool definition.
+    ToolChanged {
+        server: String,
+        tool: String,
+        change_id: String,
+        quarantined: bool,
+    },
     /// A tool call finished, successfully or not.
     CallFinished {
         tool: String,

@@ -939,6 +939,101 @@ mod tests {
             .await;
         assert_eq!(a.status, StatusCode::CONFLICT, "a disabled tool");
 
+        // Pinning applies to tools of MCP servers only.
+        for action in ["approve", "reject"] {
+            let template = format!("/tools/{{name}}/{action}");
+            let a = gw
+                .call(&doc, "post", &template, &format!("{tool}/{action}"), None)
+                .await;
+            assert_eq!(a.status, StatusCode::CONFLICT, "{action}");
+        }
+        let changes = format!("{tool}/changes");
+        let a = gw
+            .call(&doc, "get", "/tools/{name}/changes", &changes, None)
+            .await;
+        assert_eq!(a.status, StatusCode::CONFLICT);
+        for query in ["", "?status=pending"] {
+            let a = gw
+                .call(&doc, "get", "/changes", &format!("/changes{query}"), None)
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "/changes{query}");
+        }
+        let a = gw
+            .call(&doc, "get", "/changes", "/changes?status=maybe", None)
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        // Profiles: create, list, read, filter tools, replace, delete.
+        let profile = example(&doc, "/profiles", "post");
+        let profile_name = profile["name"]
+            .as_str()
+            .expect("example profile name")
+            .to_owned();
+        let one_profile = format!("/profiles/{profile_name}");
+        let a = gw
+            .call(
+                &doc,
+                "get",
+                "/tools",
+                &format!("/tools?profile={profile_name}"),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "no such profile yet");
+        let a = gw
+            .call(&doc, "post", "/profiles", "/profiles", Some(&profile))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.json());
+        let a = gw
+            .call(&doc, "post", "/profiles", "/profiles", Some(&profile))
+            .await;
+        assert_eq!(a.status, StatusCode::CONFLICT);
+        let a = gw.call(&doc, "get", "/profiles", "/profiles", None).await;
+        assert_eq!(a.json()["total"], 1);
+        let a = gw
+            .call(
+                &doc,
+                "get",
+                "/tools",
+                &format!("/tools?profile={profile_name}&include_quarantined=true"),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+        let a = gw
+            .call(&doc, "get", "/profiles/{name}", &one_profile, None)
+            .await;
+        let record = a.json();
+        let a = gw
+            .call(&doc, "put", "/profiles/{name}", &one_profile, Some(&record))
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "a record read with GET goes back with PUT: {}",
+            a.json()
+        );
+        let replace = example(&doc, "/profiles/{name}", "put");
+        let a = gw
+            .call(
+                &doc,
+                "put",
+                "/profiles/{name}",
+                &one_profile,
+                Some(&replace),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.json());
+        assert_eq!(a.json()["description"], replace["description"]);
+        let a = gw
+            .call(&doc, "delete", "/profiles/{name}", &one_profile, None)
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        let a = gw
+            .call(&doc, "get", "/profiles/{name}", &one_profile, None)
+            .await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+
         // Malformed bodies.
         let m = Method::POST;
         let raw = gw.send(&m, "/tools", None).await;

@@ -126,6 +126,9 @@ impl From<CallError> for Problem {
             CallError::Disabled(name) => {
                 Problem::conflict("tool-disabled", detail).with("tool", name)
             }
+            CallError::Quarantined { name, .. } => {
+                Problem::conflict("tool-quarantined", detail).with("tool", name)
+            }
             CallError::NotExecutable { name, .. } => {
                 Problem::conflict("tool-not-executable", detail).with("tool", name)
             }

@@ -4,6 +4,7 @@
 pub mod docs;
 pub mod error;
 pub mod health;
+pub mod profiles;
 pub mod servers;
 pub mod tools;
 
@@ -19,6 +20,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .merge(health::router())
         .merge(tools::router())
         .merge(servers::router())
+        .merge(profiles::router())
         .merge(docs::router())
         .fallback(not_found)
 }

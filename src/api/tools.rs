@@ -29,6 +29,10 @@ pub fn router() -> Router<Arc<AppState>> {
             get(read).put(update).patch(update).delete(remove),
         )
         .route("/tools/{name}/execute", post(execute))
+        .route("/tools/{name}/changes", get(tool_changes))
+        .route("/tools/{name}/approve", post(approve))
+        .route("/tools/{name}/reject", post(reject))
+        .route("/changes", get(all_changes))
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +42,11 @@ struct ListQuery {
     category: Option<String>,
     tag: Option<String>,
     enabled: Option<bool>,
+    /// Only the tools of this profile.
+    profile: Option<String>,
+    /// Also list quarantined tools (hidden by default).
+    #[serde(default)]
+    include_quarantined: bool,
     #[serde(default)]
     offset: usize,
     limit: Option<usize>,
@@ -68,10 +77,31 @@ async fn list(
         )));
     }
     let snapshot = state.catalog.snapshot();
+    let in_profile = match &q.profile {
+        Some(name) => {
+            let view = snapshot.profiles.get(name).ok_or_else(|| {
+                Problem::not_found("unknown-profile", format!("no profile named {name}"))
+                    .with("profile", name.clone())
+            })?;
+            Some(
+                view.tools
+                    .iter()
+                    .map(|t| t.entry.public_name.clone())
+                    .collect::<std::collections::HashSet<_>>(),
+            )
+        }
+        None => None,
+    };
     let matching: Vec<_> = snapshot
         .tools
         .iter()
         .filter(|t| policy::may_see(&principal, t))
+        .filter(|t| q.include_quarantined || t.quarantine.is_none())
+        .filter(|t| {
+            in_profile
+                .as_ref()
+                .is_none_or(|names| names.contains(&t.public_name))
+        })
         .filter(|t| q.server.as_deref().is_none_or(|s| t.server() == Some(s)))
         .filter(|t| {
             q.category
@@ -456,6 +486,7 @@ async fn execute(
         .call(ToolCall {
             principal,
             name: name.clone(),
+            profile: None,
             arguments: Some(body.arguments.unwrap_or_default()),
             progress: None,
         })
@@ -470,4 +501,128 @@ async fn execute(
         "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
         "result": result,
     })))
+}
+
+/// The tool of `name` that has a server (pinning applies to upstream tools).
+fn upstream_tool(
+    state: &AppState,
+    principal: &Principal,
+    name: &str,
+) -> Result<Arc<crate::catalog::ToolEntry>> {
+    let snapshot = state.catalog.snapshot();
+    let entry = snapshot
+        .tool(name)
+        .filter(|t| policy::may_see(principal, t))
+        .ok_or_else(|| unknown(name))?;
+    if entry.server().is_none() {
+        return Err(Problem::conflict(
+            "not-pinned",
+            format!("{name} was registered by hand; only tools of MCP servers are pinned"),
+        ));
+    }
+    Ok(entry.clone())
+}
+
+fn change_json(row: crate::store::ChangeRow) -> Value {
+    let change: Value = serde_json::from_str(&row.change).unwrap_or(Value::Null);
+    json!({
+        "id": row.id,
+        "server": row.server,
+        "tool": row.tool,
+        "status": row.status,
+        "old_hash": row.old_hash,
+        "new_hash": row.new_hash,
+        "diff": change["diff"],
+        "old": change["old"],
+        "new": change["new"],
+        "detected_at": row.detected_at,
+        "decided_at": row.decided_at,
+    })
+}
+
+async fn tool_changes(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    let entry = upstream_tool(&state, &principal, &name)?;
+    let server = entry.server().unwrap_or_default();
+    let rows = state
+        .store
+        .list_changes(DEFAULT_TENANT, Some((server, entry.original_name())), None)
+        .await?;
+    let changes: Vec<Value> = rows.into_iter().map(change_json).collect();
+    Ok(Json(
+        json!({"tool": name, "quarantined": entry.quarantine.is_some(), "changes": changes}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    status: Option<String>,
+}
+
+async fn all_changes(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>> {
+    let Query(q) = query.map_err(|e| Problem::invalid(e.body_text()))?;
+    if let Some(status) = &q.status
+        && !["accepted", "pending", "approved", "rejected"].contains(&status.as_str())
+    {
+        return Err(Problem::invalid(
+            "status must be accepted, pending, approved or rejected",
+        ));
+    }
+    let rows = state
+        .store
+        .list_changes(DEFAULT_TENANT, None, q.status.as_deref())
+        .await?;
+    let changes: Vec<Value> = rows.into_iter().map(change_json).collect();
+    Ok(Json(json!({"changes": changes, "total": changes.len()})))
+}
+
+/// Approves a tool's current definition: it is pinned, its pending changes
+/// are closed, and a quarantined tool comes back.
+async fn approve(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<ToolRecord>> {
+    let entry = upstream_tool(&state, &principal, &name)?;
+    let server = entry.server().unwrap_or_default().to_owned();
+    let upstream = state.upstreams.get(&server).ok_or_else(|| unknown(&name))?;
+    let offer = upstream.offer();
+    let original = offer
+        .tools
+        .iter()
+        .find(|t| t.name == entry.original_name())
+        .ok_or_else(|| unknown(&name))?;
+    let closed =
+        crate::catalog::pins::approve(&state.store, DEFAULT_TENANT, &server, original).await?;
+    tracing::info!(tool = %name, changes = closed, "tool definition approved");
+    state.refresh_catalog().await?;
+    let snapshot = state.catalog.snapshot();
+    let updated = snapshot
+        .tool_by_identity(&server, entry.original_name())
+        .ok_or_else(|| unknown(&name))?;
+    Ok(Json(record(&state, updated)))
+}
+
+/// Rejects a tool's pending change: it stays quarantined.
+async fn reject(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    let entry = upstream_tool(&state, &principal, &name)?;
+    let server = entry.server().unwrap_or_default();
+    let closed = state
+        .store
+        .decide_changes(DEFAULT_TENANT, server, entry.original_name(), "rejected")
+        .await?;
+    Ok(Json(
+        json!({"tool": name, "rejected": closed, "quarantined": entry.quarantine.is_some()}),
+    ))
 }

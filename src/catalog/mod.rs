@@ -6,6 +6,8 @@
 //! input changes, so the call path reads it without locks.
 
 pub mod names;
+pub mod pins;
+pub mod profiles;
 pub mod records;
 
 use std::{
@@ -17,8 +19,12 @@ use arc_swap::ArcSwap;
 use rmcp::model::{Prompt, Resource, ResourceTemplate, Tool};
 use serde_json::Value;
 
-use crate::{auth::DEFAULT_TENANT, config::PrefixMode, store::Store, upstream::UpstreamManager};
+use crate::{
+    auth::DEFAULT_TENANT, config::PrefixMode, events::EventBus, store::Store,
+    upstream::UpstreamManager,
+};
 use names::{Derived, NameRequest};
+use profiles::{Profile, ProfileView};
 pub use records::{ManualTool, Overlay, ToolRecord};
 
 /// How a tool is executed.
@@ -43,6 +49,8 @@ pub struct ToolEntry {
     pub target: Target,
     /// For manual tools, the record as registered.
     pub manual: Option<ManualTool>,
+    /// Why the tool is quarantined (hidden and not callable), if it is.
+    pub quarantine: Option<String>,
     validator: OnceLock<Result<Arc<jsonschema::Validator>, String>>,
 }
 
@@ -121,6 +129,8 @@ pub struct Snapshot {
     pub templates: Vec<(String, ResourceTemplate)>,
     /// Names refused per server (collisions), for its status.
     pub conflicts: HashMap<String, Vec<String>>,
+    /// Every profile, resolved against this snapshot.
+    pub profiles: HashMap<String, Arc<ProfileView>>,
 }
 
 impl Snapshot {
@@ -194,22 +204,42 @@ pub struct Catalog {
     snapshot: ArcSwap<Snapshot>,
     mode: PrefixMode,
     sep: String,
+    events: EventBus,
+    /// Profiles declared in the config file (read-only over the API).
+    config_profiles: ArcSwap<Vec<Profile>>,
     /// Serializes rebuilds so a slow one cannot overwrite a newer one.
     rebuild_lock: tokio::sync::Mutex<()>,
 }
 
 impl Catalog {
-    pub fn new(mode: PrefixMode, sep: String) -> Self {
+    pub fn new(
+        mode: PrefixMode,
+        sep: String,
+        events: EventBus,
+        config_profiles: Vec<Profile>,
+    ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             mode,
             sep,
+            events,
+            config_profiles: ArcSwap::from_pointee(config_profiles),
             rebuild_lock: tokio::sync::Mutex::new(()),
         }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    pub fn config_profiles(&self) -> Arc<Vec<Profile>> {
+        self.config_profiles.load_full()
+    }
+
+    /// Replaces the config-file profiles (live config); takes effect at the
+    /// next rebuild.
+    pub fn set_config_profiles(&self, profiles: Vec<Profile>) {
+        self.config_profiles.store(Arc::new(profiles));
     }
 
     /// Rebuilds the snapshot from the upstreams' current offers and the
@@ -224,13 +254,44 @@ impl Catalog {
         let manual: Vec<ManualTool> = store.list_manual_tools(DEFAULT_TENANT).await?;
         let overlays: HashMap<(String, String), Overlay> =
             overlays.into_iter().map(|(s, t, o)| ((s, t), o)).collect();
-        let offers: Vec<(String, Arc<crate::upstream::Offer>)> = upstreams
+        let enabled: Vec<_> = upstreams
             .list()
             .into_iter()
             .filter(|u| u.spec.enabled)
+            .collect();
+        let offers: Vec<(String, Arc<crate::upstream::Offer>)> = enabled
+            .iter()
             .map(|u| (u.spec.name.clone(), u.offer()))
             .collect();
-        let snapshot = build(&offers, &overlays, &manual, self.mode, &self.sep);
+        let pin_input: Vec<pins::ServerTools<'_>> = enabled
+            .iter()
+            .zip(&offers)
+            .map(|(u, (name, offer))| pins::ServerTools {
+                server: name,
+                mode: u.spec.on_tool_change,
+                tools: &offer.tools,
+            })
+            .collect();
+        let quarantined = pins::check(store, DEFAULT_TENANT, &pin_input, &self.events).await?;
+        let mut snapshot = build(
+            &offers,
+            &overlays,
+            &manual,
+            &quarantined,
+            self.mode,
+            &self.sep,
+        );
+        let stored: Vec<Profile> = store.list_profiles(DEFAULT_TENANT).await?;
+        for profile in self.config_profiles.load().iter().cloned().chain(stored) {
+            if snapshot.profiles.contains_key(&profile.name) {
+                tracing::warn!(profile = %profile.name, "stored profile shadowed by a config-file profile of the same name");
+                continue;
+            }
+            let view = ProfileView::build(profile, &snapshot.tools);
+            snapshot
+                .profiles
+                .insert(view.profile.name.clone(), Arc::new(view));
+        }
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
     }
@@ -242,6 +303,7 @@ fn build(
     offers: &[(String, Arc<crate::upstream::Offer>)],
     overlays: &HashMap<(String, String), Overlay>,
     manual: &[ManualTool],
+    quarantined: &HashMap<(String, String), String>,
     mode: PrefixMode,
     sep: &str,
 ) -> Snapshot {
@@ -281,6 +343,7 @@ fn build(
             overlay,
             target,
             manual: Some(m.clone()),
+            quarantine: None,
             validator: OnceLock::new(),
         }));
     }
@@ -306,6 +369,9 @@ fn build(
                             original: tool.name.to_string(),
                         },
                         manual: None,
+                        quarantine: quarantined
+                            .get(&(server.clone(), tool.name.to_string()))
+                            .cloned(),
                         validator: OnceLock::new(),
                     }));
                 }
@@ -435,7 +501,8 @@ mod tests {
                 ..Default::default()
             },
         );
-        let snap = build(&offers, &overlays, &[], PrefixMode::Always, "__");
+        let none = HashMap::new();
+        let snap = build(&offers, &overlays, &[], &none, PrefixMode::Always, "__");
         let names: Vec<_> = snap.tools.iter().map(|t| t.public_name.as_str()).collect();
         assert_eq!(names, ["a__add", "a__echo", "b__add", "b__echo"]);
         assert_eq!(
@@ -446,7 +513,7 @@ mod tests {
                 .as_deref(),
             Some("custom")
         );
-        let never = build(&offers, &overlays, &[], PrefixMode::Never, "__");
+        let never = build(&offers, &overlays, &[], &none, PrefixMode::Never, "__");
         assert_eq!(never.tools.len(), 2);
         assert_eq!(never.conflicts["b"].len(), 2);
         assert_eq!(never.tool("echo").unwrap().server(), Some("a"));

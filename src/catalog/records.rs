@@ -129,6 +129,7 @@ pub struct ToolInput {
     pub annotations: Option<Value>,
     pub executable: Option<Value>,
     pub schema_error: Option<Value>,
+    pub quarantine: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -219,6 +220,10 @@ pub struct ToolRecord {
     pub annotations: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema_error: Option<String>,
+    /// Why the tool is quarantined (its definition changed and awaits
+    /// approval), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
 }
 
 impl ToolRecord {
@@ -259,6 +264,10 @@ impl ToolRecord {
                 .as_ref()
                 .and_then(|a| serde_json::to_value(a).ok()),
             schema_error: entry.validator().err(),
+            quarantine: entry
+                .quarantine
+                .as_ref()
+                .map(|r| r.replace("{name}", &entry.public_name)),
         }
     }
 }

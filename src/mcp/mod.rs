@@ -37,7 +37,12 @@ use crate::{
 #[derive(Clone)]
 pub struct Gateway {
     state: Arc<AppState>,
+    /// The profile served (`/mcp/{profile}`), or the whole catalog.
+    profile: Option<Arc<str>>,
 }
+
+/// The Streamable HTTP service of `/mcp` or of one profile.
+pub type McpService = StreamableHttpService<Gateway, LocalSessionManager>;
 
 /// Builds the Streamable HTTP service for `/mcp`. Host and Origin are checked
 /// for the whole listener by the HTTP layer, so rmcp's own checks are off
@@ -45,7 +50,8 @@ pub struct Gateway {
 pub fn service(
     state: Arc<AppState>,
     shutdown: CancellationToken,
-) -> StreamableHttpService<Gateway, LocalSessionManager> {
+    profile: Option<Arc<str>>,
+) -> McpService {
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(true)
         .disable_allowed_hosts()
@@ -53,7 +59,7 @@ pub fn service(
         .with_max_request_body_bytes(state.settings.max_body_bytes)
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_cancellation_token(shutdown);
-    let handler = Gateway { state };
+    let handler = Gateway { state, profile };
     // The session manager is where a shared (Redis) session store plugs in
     // for many replicas; one process keeps sessions in memory.
     StreamableHttpService::new(
@@ -61,6 +67,57 @@ pub fn service(
         Arc::new(LocalSessionManager::default()),
         config,
     )
+}
+
+/// The services of the profile endpoints (`/mcp/{profile}`), made on first
+/// use; each keeps its own legacy sessions.
+#[derive(Default)]
+pub struct ProfileEndpoints {
+    services: parking_lot::Mutex<std::collections::HashMap<String, McpService>>,
+}
+
+impl ProfileEndpoints {
+    fn get_or_create(&self, profile: &str, make: impl FnOnce() -> McpService) -> McpService {
+        self.services
+            .lock()
+            .entry(profile.to_owned())
+            .or_insert_with(make)
+            .clone()
+    }
+
+    /// Forgets a profile's service (its sessions end with it).
+    pub fn remove(&self, profile: &str) {
+        self.services.lock().remove(profile);
+    }
+}
+
+/// `/mcp/{profile}`: the MCP endpoint of one profile.
+pub async fn profile_endpoint(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    axum::extract::Path(profile): axum::extract::Path<String>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+    if !state.catalog.snapshot().profiles.contains_key(&profile) {
+        return crate::api::error::Problem::not_found(
+            "unknown-profile",
+            format!("no profile named {profile}"),
+        )
+        .with("profile", profile)
+        .into_response();
+    }
+    let service = state.profile_endpoints.get_or_create(&profile, || {
+        service(
+            state.clone(),
+            state.shutdown.child_token(),
+            Some(Arc::from(profile.as_str())),
+        )
+    });
+    match service.oneshot(request).await {
+        Ok(response) => response.map(axum::body::Body::new),
+        Err(never) => match never {},
+    }
 }
 
 /// The principal the HTTP layer attached to this request.
@@ -120,15 +177,31 @@ impl ServerHandler for Gateway {
         let principal = principal(&context);
         let snapshot = self.state.catalog.snapshot();
         // Tools of a server that is reconnecting stay in the catalog (calls
-        // answer "unavailable") but are not offered to clients meanwhile.
+        // answer "unavailable") but are not offered to clients meanwhile;
+        // quarantined tools are neither offered nor callable.
         let ready = self.state.upstreams.ready_names();
-        let tools = snapshot
-            .tools
-            .iter()
-            .filter(|t| t.enabled() && policy::may_see(&principal, t))
-            .filter(|t| t.server().is_none_or(|s| ready.contains(s)))
-            .map(|t| t.definition.clone())
-            .collect();
+        let offered = |t: &crate::catalog::ToolEntry| {
+            t.enabled()
+                && t.quarantine.is_none()
+                && policy::may_see(&principal, t)
+                && t.server().is_none_or(|s| ready.contains(s))
+        };
+        let tools = match &self.profile {
+            Some(name) => {
+                let view = snapshot.profiles.get(&**name).ok_or_else(|| gone(name))?;
+                view.tools
+                    .iter()
+                    .filter(|t| offered(&t.entry))
+                    .map(|t| t.definition.clone())
+                    .collect()
+            }
+            None => snapshot
+                .tools
+                .iter()
+                .filter(|t| offered(t))
+                .map(|t| t.definition.clone())
+                .collect(),
+        };
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -146,6 +219,7 @@ impl ServerHandler for Gateway {
         let call = ToolCall {
             principal: principal(&context),
             name: request.name.to_string(),
+            profile: self.profile.as_deref().map(str::to_owned),
             arguments: request.arguments,
             progress,
         };
@@ -167,6 +241,9 @@ impl ServerHandler for Gateway {
                 "Invalid arguments for tool {tool}: {}",
                 errors.join("; ")
             ))),
+            Err(e @ CallError::Quarantined { .. }) => {
+                Err(McpError::invalid_params(e.to_string(), None))
+            }
             Err(CallError::Upstream(UpstreamError::Rpc { error, .. })) => Err(error),
             Err(
                 other @ (CallError::Upstream(_)
@@ -198,7 +275,10 @@ impl ServerHandler for Gateway {
         _context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
         let snapshot = self.state.catalog.snapshot();
-        let Some(prompt) = snapshot.prompt(&request.name) else {
+        let Some(prompt) = snapshot
+            .prompt(&request.name)
+            .filter(|p| self.serves(&snapshot, &p.server))
+        else {
             return Err(McpError::invalid_params(
                 format!("Unknown prompt: {}", request.name),
                 None,
@@ -227,7 +307,7 @@ impl ServerHandler for Gateway {
             snapshot
                 .resources
                 .iter()
-                .filter(|(server, _)| ready.contains(server))
+                .filter(|(server, _)| ready.contains(server) && self.serves(&snapshot, server))
                 .map(|(_, r)| r.clone())
                 .collect(),
         ))
@@ -244,7 +324,7 @@ impl ServerHandler for Gateway {
             snapshot
                 .templates
                 .iter()
-                .filter(|(server, _)| ready.contains(server))
+                .filter(|(server, _)| ready.contains(server) && self.serves(&snapshot, server))
                 .map(|(_, t)| t.clone())
                 .collect(),
         ))
@@ -256,7 +336,10 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let snapshot = self.state.catalog.snapshot();
-        let Some(server) = snapshot.resource_server(&request.uri) else {
+        let Some(server) = snapshot
+            .resource_server(&request.uri)
+            .filter(|s| self.serves(&snapshot, s))
+        else {
             return Err(resource_not_found(&request.uri, &context));
         };
         let upstream = self.upstream(server)?;
@@ -269,11 +352,27 @@ impl ServerHandler for Gateway {
 }
 
 impl Gateway {
+    /// Whether this endpoint serves the prompts and resources of `server`:
+    /// the whole catalog does; a profile, those of the servers it names.
+    fn serves(&self, snapshot: &crate::catalog::Snapshot, server: &str) -> bool {
+        match &self.profile {
+            None => true,
+            Some(name) => snapshot
+                .profiles
+                .get(&**name)
+                .is_some_and(|v| v.servers.contains(server)),
+        }
+    }
+
     fn upstream(&self, server: &str) -> Result<Arc<crate::upstream::Upstream>, McpError> {
         self.state.upstreams.get(server).ok_or_else(|| {
             McpError::internal_error(format!("server {server} is not available"), None)
         })
     }
+}
+
+fn gone(profile: &str) -> McpError {
+    McpError::invalid_request(format!("profile {profile} no longer exists"), None)
 }
 
 /// Each era's resource-not-found: -32002 up to 2025-11-25, -32602 after.

@@ -27,8 +27,11 @@ use crate::{
 /// One tool call, as the front doors hand it to the pipeline.
 pub struct ToolCall {
     pub principal: Principal,
-    /// The public tool name.
+    /// The tool name as the caller knows it: the public name, or the name
+    /// within `profile`.
     pub name: String,
+    /// The profile the call came through; only its tools can be called.
+    pub profile: Option<String>,
     pub arguments: Option<JsonObject>,
     /// Where progress goes, if the caller asked for it.
     pub progress: Option<Arc<dyn ProgressSink>>,
@@ -43,6 +46,8 @@ pub enum CallError {
     UnknownTool(String),
     #[error("tool {0} is disabled")]
     Disabled(String),
+    #[error("tool {name} is quarantined: {reason}")]
+    Quarantined { name: String, reason: String },
     #[error("tool {name} cannot be executed: {reason}")]
     NotExecutable { name: String, reason: String },
     #[error("{0}")]
@@ -77,12 +82,19 @@ impl Pipeline {
     pub async fn call(&self, call: ToolCall) -> Result<CallToolResult, CallError> {
         let started = Instant::now();
         let snapshot = self.catalog.snapshot();
-        // catalog + policy: a tool the principal may not see is unknown.
-        let entry = snapshot
-            .tool(&call.name)
-            .filter(|t| policy::may_see(&call.principal, t))
-            .cloned()
-            .ok_or_else(|| CallError::UnknownTool(call.name.clone()))?;
+        // catalog + policy: a tool the principal may not see is unknown, and
+        // so is one outside the profile the call came through.
+        let entry = match &call.profile {
+            Some(profile) => snapshot
+                .profiles
+                .get(profile)
+                .and_then(|view| view.tool(&call.name))
+                .map(|t| &t.entry),
+            None => snapshot.tool(&call.name),
+        }
+        .filter(|t| policy::may_see(&call.principal, t))
+        .cloned()
+        .ok_or_else(|| CallError::UnknownTool(call.name.clone()))?;
         let result = self.call_entry(&entry, call).await;
         self.events.publish(Event::CallFinished {
             tool: entry.public_name.clone(),
@@ -104,6 +116,12 @@ impl Pipeline {
     ) -> Result<CallToolResult, CallError> {
         if !entry.enabled() {
             return Err(CallError::Disabled(entry.public_name.clone()));
+        }
+        if let Some(reason) = &entry.quarantine {
+            return Err(CallError::Quarantined {
+                name: entry.public_name.clone(),
+                reason: reason.replace("{name}", &entry.public_name),
+            });
         }
         policy::authorize(&call.principal, entry)?;
         validate(entry, call.arguments.as_ref())?;

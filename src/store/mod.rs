@@ -52,13 +52,23 @@ pub fn validate_database_url(url: &str) -> Result<Backend, String> {
 }
 
 fn migrator() -> Migrator {
-    let mut migrator = Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        sqlx::SqlSafeStr::into_sql_str(include_str!("../../migrations/0001_init.sql")),
-        false,
-    )]);
+    let migration = |version, description, sql: &'static str| {
+        Migration::new(
+            version,
+            Cow::Borrowed(description),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str(sql),
+            false,
+        )
+    };
+    let mut migrator = Migrator::with_migrations(vec![
+        migration(1, "init", include_str!("../../migrations/0001_init.sql")),
+        migration(
+            2,
+            "profiles and pins",
+            include_str!("../../migrations/0002_profiles_pins.sql"),
+        ),
+    ]);
     // Advisory locking makes concurrent starts of several replicas safe.
     migrator.set_locking(true);
     migrator
@@ -323,6 +333,217 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+/// One recorded change of a pinned tool definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRow {
+    pub id: String,
+    pub server: String,
+    pub tool: String,
+    pub old_hash: String,
+    pub new_hash: String,
+    pub change: String,
+    pub status: String,
+    pub detected_at: String,
+    pub decided_at: Option<String>,
+}
+
+impl Store {
+    // ---- profiles ------------------------------------------------------
+
+    pub async fn list_profiles<T: DeserializeOwned>(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = sqlx::query("SELECT profile FROM profiles WHERE tenant_id = $1 ORDER BY name")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| decode(r.try_get::<String, _>(0)?))
+            .collect()
+    }
+
+    pub async fn insert_profile<T: Serialize>(
+        &self,
+        tenant: &str,
+        name: &str,
+        profile: &T,
+    ) -> Result<(), StoreError> {
+        let ts = now();
+        sqlx::query("INSERT INTO profiles (tenant_id, name, profile, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(tenant)
+            .bind(name)
+            .bind(encode(profile)?)
+            .bind(&ts)
+            .bind(&ts)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict } else { e.into() })?;
+        Ok(())
+    }
+
+    pub async fn update_profile<T: Serialize>(
+        &self,
+        tenant: &str,
+        name: &str,
+        profile: &T,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE profiles SET profile = $1, updated_at = $2 WHERE tenant_id = $3 AND name = $4",
+        )
+        .bind(encode(profile)?)
+        .bind(now())
+        .bind(tenant)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn delete_profile(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM profiles WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---- tool pins and changes -----------------------------------------
+
+    /// Every pin of a tenant as (server, tool, hash).
+    pub async fn list_pins(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT server, tool, hash FROM tool_pins WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// The pinned definition of a tool, as stored JSON text.
+    pub async fn pinned_definition(
+        &self,
+        tenant: &str,
+        server: &str,
+        tool: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT definition FROM tool_pins WHERE tenant_id = $1 AND server = $2 AND tool = $3",
+        )
+        .bind(tenant)
+        .bind(server)
+        .bind(tool)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Pins a definition (inserting or replacing the pin).
+    pub async fn put_pin(
+        &self,
+        tenant: &str,
+        server: &str,
+        tool: &str,
+        hash: &str,
+        definition: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tool_pins (tenant_id, server, tool, hash, definition, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (tenant_id, server, tool) DO UPDATE SET hash = excluded.hash, definition = excluded.definition, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(server)
+        .bind(tool)
+        .bind(hash)
+        .bind(definition)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_change(&self, tenant: &str, row: &ChangeRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tool_changes (id, tenant_id, server, tool, old_hash, new_hash, change, status, detected_at, decided_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&row.id)
+        .bind(tenant)
+        .bind(&row.server)
+        .bind(&row.tool)
+        .bind(&row.old_hash)
+        .bind(&row.new_hash)
+        .bind(&row.change)
+        .bind(&row.status)
+        .bind(&row.detected_at)
+        .bind(&row.decided_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Changes, newest first, optionally of one tool and/or one status.
+    pub async fn list_changes(
+        &self,
+        tenant: &str,
+        tool: Option<(&str, &str)>,
+        status: Option<&str>,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, server, tool, old_hash, new_hash, change, status, detected_at, decided_at FROM tool_changes \
+             WHERE tenant_id = $1 AND ($2 = '' OR server = $2) AND ($3 = '' OR tool = $3) AND ($4 = '' OR status = $4) \
+             ORDER BY detected_at DESC, id",
+        )
+        .bind(tenant)
+        .bind(tool.map(|t| t.0).unwrap_or_default())
+        .bind(tool.map(|t| t.1).unwrap_or_default())
+        .bind(status.unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChangeRow {
+                    id: r.try_get(0)?,
+                    server: r.try_get(1)?,
+                    tool: r.try_get(2)?,
+                    old_hash: r.try_get(3)?,
+                    new_hash: r.try_get(4)?,
+                    change: r.try_get(5)?,
+                    status: r.try_get(6)?,
+                    detected_at: r.try_get(7)?,
+                    decided_at: r.try_get(8)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the status of the pending changes of a tool; returns how many.
+    pub async fn decide_changes(
+        &self,
+        tenant: &str,
+        server: &str,
+        tool: &str,
+        status: &str,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tool_changes SET status = $1, decided_at = $2 WHERE tenant_id = $3 AND server = $4 AND tool = $5 AND status = 'pending'",
+        )
+        .bind(status)
+        .bind(now())
+        .bind(tenant)
+        .bind(server)
+        .bind(tool)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 }
 

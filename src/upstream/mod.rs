@@ -466,7 +466,11 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
             Ok(ok) => ok,
             Err((error, pgid)) => {
                 tracing::warn!(server = %name, %error, "upstream connection failed");
-                *upstream.era.lock() = None;
+                // A server that answers server/discover without a version in
+                // common with us may still speak a legacy revision.
+                *upstream.era.lock() = error
+                    .contains("no compatible protocol version")
+                    .then_some(Era::Legacy);
                 if let Some(pgid) = pgid {
                     stdio::kill_group(pgid, Duration::from_secs(2)).await;
                 }
@@ -488,9 +492,9 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         };
         let peer = running.peer().clone();
         let info = peer.peer_info();
-        let modern = info.as_ref().is_some_and(|i| {
-            i.protocol_version.as_str() >= ProtocolVersion::V_2026_07_28.as_str()
-        });
+        let modern = info
+            .as_ref()
+            .is_some_and(|i| i.protocol_version.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
         *upstream.era.lock() = Some(if modern { Era::Modern } else { Era::Legacy });
         if let Err(error) = sync(&upstream, &peer).await {
             tracing::warn!(server = %name, %error, "listing the upstream's catalog failed");

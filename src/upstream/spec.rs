@@ -44,6 +44,18 @@ pub enum Transport {
     },
 }
 
+/// What happens when the server changes a tool's definition (see
+/// `catalog::pins`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeMode {
+    /// Record the change (with its diff) and use the new definition.
+    #[default]
+    Accept,
+    /// Record the change and hide the tool until an operator approves it.
+    Quarantine,
+}
+
 /// One upstream server definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerSpec {
@@ -55,6 +67,8 @@ pub struct ServerSpec {
     /// Per-call timeout override, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<f64>,
+    #[serde(default)]
+    pub on_tool_change: ChangeMode,
     #[serde(default = "api_source")]
     pub source: Source,
 }
@@ -81,13 +95,20 @@ impl ServerSpec {
     /// Parses one `mcpServers` entry (`command`/`args`/`env`/`cwd`, or `url`
     /// with optional `type` and `headers`).
     pub fn from_mcp_servers_entry(name: &str, entry: Value) -> Result<Self, SpecError> {
-        let mut spec = Self::from_api_json(with_name(name, entry)?)?;
+        let mut spec = Self::parse(with_name(name, entry)?, false)?;
         spec.source = Source::Config;
         Ok(spec)
     }
 
-    /// Parses the REST/`mcpServers` shape with a `name` field.
+    /// Parses the REST shape: an `mcpServers` entry with a `name` field.
+    /// Unknown fields are refused (they are most likely typos).
     pub fn from_api_json(value: Value) -> Result<Self, SpecError> {
+        Self::parse(value, true)
+    }
+
+    /// `strict` refuses unknown fields; config files from desktop clients
+    /// carry fields of their own (`autoApprove`, ...), which are ignored.
+    fn parse(value: Value, strict: bool) -> Result<Self, SpecError> {
         let Value::Object(mut map) = value else {
             return Err(SpecError::Invalid("expected a JSON object".into()));
         };
@@ -96,10 +117,12 @@ impl ServerSpec {
             _ => return Err(SpecError::Invalid("name is required".into())),
         };
         validate_name(&name)?;
-        let enabled = match map.remove("enabled") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(b)) => b,
-            Some(_) => return Err(SpecError::Invalid("enabled must be a boolean".into())),
+        let enabled = match (map.remove("enabled"), map.remove("disabled")) {
+            (None | Some(Value::Null), None | Some(Value::Null)) => true,
+            (Some(Value::Bool(b)), None) => b,
+            // `disabled` is how several desktop clients spell it.
+            (None, Some(Value::Bool(b))) => !b,
+            _ => return Err(SpecError::Invalid("enabled must be a boolean".into())),
         };
         let timeout_secs = match map.remove("timeout_secs") {
             None | Some(Value::Null) => None,
@@ -111,8 +134,15 @@ impl ServerSpec {
                     })?,
             ),
         };
-        map.remove("source");
-        map.remove("status");
+        let on_tool_change = match map.remove("on_tool_change") {
+            None | Some(Value::Null) => ChangeMode::Accept,
+            Some(v) => serde_json::from_value(v).map_err(|_| {
+                SpecError::Invalid("on_tool_change must be accept or quarantine".into())
+            })?,
+        };
+        for read_only in ["source", "status", "tools", "conflicts", "stderr_tail"] {
+            map.remove(read_only);
+        }
         let kind = map
             .remove("type")
             .or_else(|| map.remove("transport"))
@@ -178,11 +208,19 @@ impl ServerSpec {
                 }
             }
         };
+        let known = |k: &str| matches!(k, "command" | "args" | "env" | "cwd" | "url" | "headers");
+        if let Some(key) = map.keys().find(|k| !known(k)) {
+            if strict {
+                return Err(SpecError::Invalid(format!("unknown field {key:?}")));
+            }
+            tracing::debug!(server = %name, field = %key, "config entry field ignored");
+        }
         Ok(Self {
             name,
             transport,
             enabled,
             timeout_secs,
+            on_tool_change,
             source: Source::Api,
         })
     }

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod catalog;
 mod core;
 mod peers;
 mod store;

@@ -390,3 +390,55 @@ pub async fn everything_http(bin: &Path) -> (Proc, String) {
     }
     (Proc(child), url)
 }
+
+/// One stateless (2026-07-28) MCP request to `url`; returns the JSON-RPC
+/// response (the last `data:` event of an SSE answer, or the JSON body).
+pub async fn mcp_request(url: &str, method: &str, mut params: Value) -> Value {
+    if let Some(obj) = params.as_object_mut() {
+        obj.insert(
+            "_meta".into(),
+            json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "0"},
+            }),
+        );
+    }
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = params
+        .get("name")
+        .or_else(|| params.get("uri"))
+        .and_then(Value::as_str)
+    {
+        request = request.header("mcp-name", name);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let response = request.json(&body).send().await.expect("MCP request");
+    let text = response.text().await.unwrap_or_default();
+    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+        return v;
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .filter(|v| v.get("id").is_some())
+        .last()
+        .unwrap_or_else(|| panic!("no JSON-RPC response in: {text}"))
+}
+
+/// The tool names of a `tools/list` answer.
+pub fn tool_names(response: &Value) -> Vec<String> {
+    let mut names: Vec<String> = response["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a tools/list result: {response}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    names
+}

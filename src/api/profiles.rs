@@ -1,0 +1,180 @@
+//! `/api/v1/profiles`: named subsets of the catalog, each served as its own
+//! MCP endpoint at `/mcp/{profile}`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::get,
+};
+use serde_json::{Value, json};
+
+use super::error::{ApiJson, Problem, Result};
+use crate::{
+    app::AppState,
+    auth::DEFAULT_TENANT,
+    catalog::profiles::{Profile, ProfileView},
+    upstream::spec::Source,
+};
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/profiles", get(list).post(create))
+        .route("/profiles/{name}", get(read).put(update).delete(remove))
+}
+
+/// A profile as the API shows it: its definition, its endpoint, and the
+/// tools it selects now.
+fn describe(state: &AppState, view: &ProfileView) -> Value {
+    let mut value = serde_json::to_value(&view.profile).unwrap_or_default();
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert(
+            "endpoint".into(),
+            json!(format!(
+                "{}/mcp/{}",
+                state.settings.base_url(state.settings.port),
+                view.profile.name
+            )),
+        );
+        obj.insert(
+            "tool_names".into(),
+            json!(
+                view.tools
+                    .iter()
+                    .map(|t| t.name.clone())
+                    .collect::<Vec<_>>()
+            ),
+        );
+    }
+    value
+}
+
+fn unknown(name: &str) -> Problem {
+    Problem::not_found("unknown-profile", format!("no profile named {name}")).with("profile", name)
+}
+
+async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let snapshot = state.catalog.snapshot();
+    let mut views: Vec<_> = snapshot.profiles.values().collect();
+    views.sort_by(|a, b| a.profile.name.cmp(&b.profile.name));
+    let profiles: Vec<Value> = views.iter().map(|v| describe(&state, v)).collect();
+    Json(json!({"profiles": profiles, "total": profiles.len()}))
+}
+
+async fn read(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<Value>> {
+    let snapshot = state.catalog.snapshot();
+    let view = snapshot.profiles.get(&name).ok_or_else(|| unknown(&name))?;
+    Ok(Json(describe(&state, view)))
+}
+
+fn parse(body: Value) -> Result<Profile> {
+    let mut profile: Profile =
+        serde_json::from_value(body).map_err(|e| Problem::invalid(e.to_string()))?;
+    profile.source = Source::Api;
+    profile.validate().map_err(Problem::invalid)?;
+    Ok(profile)
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<impl IntoResponse> {
+    let profile = parse(body)?;
+    if state
+        .catalog
+        .snapshot()
+        .profiles
+        .contains_key(&profile.name)
+    {
+        return Err(Problem::conflict(
+            "profile-exists",
+            format!("a profile named {} already exists", profile.name),
+        ));
+    }
+    state
+        .store
+        .insert_profile(DEFAULT_TENANT, &profile.name, &profile)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict => {
+                Problem::conflict("profile-exists", "a profile with this name already exists")
+            }
+            other => other.into(),
+        })?;
+    state.refresh_catalog().await?;
+    let snapshot = state.catalog.snapshot();
+    let view = snapshot
+        .profiles
+        .get(&profile.name)
+        .ok_or_else(Problem::internal)?;
+    Ok((StatusCode::CREATED, Json(describe(&state, view))))
+}
+
+fn read_only(name: &str) -> Problem {
+    Problem::conflict(
+        "read-only-profile",
+        format!("profile {name} is declared in the config file; change it there"),
+    )
+    .with("profile", name)
+}
+
+async fn update(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    ApiJson(mut body): ApiJson<Value>,
+) -> Result<Json<Value>> {
+    if let Some(obj) = body.as_object_mut() {
+        match obj.get("name") {
+            None => {
+                obj.insert("name".into(), Value::String(name.clone()));
+            }
+            Some(Value::String(n)) if *n == name => {}
+            Some(_) => return Err(Problem::invalid("a profile cannot be renamed")),
+        }
+        for read_only_field in ["endpoint", "tool_names", "source"] {
+            obj.remove(read_only_field);
+        }
+    }
+    let profile = parse(body)?;
+    let current = state
+        .catalog
+        .snapshot()
+        .profiles
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| unknown(&name))?;
+    if current.profile.source == Source::Config {
+        return Err(read_only(&name));
+    }
+    state
+        .store
+        .update_profile(DEFAULT_TENANT, &name, &profile)
+        .await?;
+    state.refresh_catalog().await?;
+    let snapshot = state.catalog.snapshot();
+    let view = snapshot.profiles.get(&name).ok_or_else(Problem::internal)?;
+    Ok(Json(describe(&state, view)))
+}
+
+async fn remove(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    let current = state
+        .catalog
+        .snapshot()
+        .profiles
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| unknown(&name))?;
+    if current.profile.source == Source::Config {
+        return Err(read_only(&name));
+    }
+    state.store.delete_profile(DEFAULT_TENANT, &name).await?;
+    state.refresh_catalog().await?;
+    state.profile_endpoints.remove(&name);
+    Ok(StatusCode::NO_CONTENT)
+}

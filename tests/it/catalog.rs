@@ -1,0 +1,278 @@
+//! Catalog management: profiles served as their own MCP endpoints, and tool
+//! pinning against definitions that change under the gateway.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Gateway, Options, fixture_stdio, mcp_request, tool_names};
+
+#[tokio::test]
+async fn a_profile_serves_exactly_its_tools_under_its_own_names() {
+    let m = common::marker("fx-prof");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({
+                "mcpServers": {"fx": fixture_stdio(&m)},
+                "profiles": {"readonly": {"description": "from the file", "tools": ["fx__count_calls"]}}
+            }))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let (code, body) = gw
+        .post(
+            "/api/v1/profiles",
+            json!({
+                "name": "mini",
+                "description": "echo and add only",
+                "tools": ["fx/echo"],
+                "patterns": ["fx__ad?"],
+                "overrides": {"fx/echo": {"name": "say", "description": "Say it back"}}
+            }),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["tool_names"], json!(["fx__add", "say"]));
+    assert!(body["endpoint"].as_str().unwrap().ends_with("/mcp/mini"));
+
+    let url = gw.url("/mcp/mini");
+    let listed = mcp_request(&url, "tools/list", json!({})).await;
+    assert_eq!(tool_names(&listed), ["fx__add", "say"]);
+    let say = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "say")
+        .unwrap()
+        .clone();
+    assert_eq!(say["description"], "Say it back");
+    let called = mcp_request(
+        &url,
+        "tools/call",
+        json!({"name": "say", "arguments": {"message": "renamed"}}),
+    )
+    .await;
+    assert_eq!(
+        called["result"]["content"][0]["text"], "renamed",
+        "{called}"
+    );
+    // Tools outside the profile are refused, under any of their names.
+    for name in ["fx__slow", "fx__echo"] {
+        let refused = mcp_request(
+            &url,
+            "tools/call",
+            json!({"name": name, "arguments": {"ms": 1, "message": "x"}}),
+        )
+        .await;
+        assert_eq!(refused["error"]["code"], -32602, "{name}: {refused}");
+    }
+    // The whole catalog is still at /mcp.
+    let all = mcp_request(&gw.mcp_url(), "tools/list", json!({})).await;
+    assert!(tool_names(&all).len() > 5);
+
+    let (_, listed) = gw.get("/api/v1/tools?profile=mini").await;
+    let names: Vec<&str> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fx__add", "fx__echo"]);
+    let (code, _) = gw.get("/api/v1/tools?profile=nope").await;
+    assert_eq!(code, 404);
+
+    // A real client sees the same through the profile endpoint.
+    if let Some(python) = common::external(
+        "METAMCP_TEST_PYTHON",
+        "a_profile_serves_exactly_its_tools (Python client)",
+    ) {
+        for mode in ["legacy", "modern"] {
+            let (code, out) =
+                common::python_client(&python, &["--url", &url, "--mode", mode, "list-tools"]);
+            assert_eq!(code, 0, "{out}");
+            let mut names: Vec<&str> = out["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["fx__add", "say"], "{mode}");
+            let (code, out) = common::python_client(
+                &python,
+                &[
+                    "--url",
+                    &url,
+                    "--mode",
+                    mode,
+                    "call",
+                    "say",
+                    r#"{"message": "py"}"#,
+                ],
+            );
+            assert_eq!(code, 0, "{out}");
+            assert_eq!(out["content"][0]["text"], "py");
+            let (code, out) = common::python_client(
+                &python,
+                &[
+                    "--url",
+                    &url,
+                    "--mode",
+                    mode,
+                    "call",
+                    "fx__slow",
+                    r#"{"ms": 1}"#,
+                ],
+            );
+            assert_eq!(code, 2, "{out}");
+        }
+    }
+
+    // Updates apply at once; the config-file profile is read-only.
+    let (code, body) = gw
+        .send("PUT", "/api/v1/profiles/mini", json!({"servers": ["fx"]}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let listed = mcp_request(&url, "tools/list", json!({})).await;
+    assert!(tool_names(&listed).contains(&"fx__slow".to_owned()));
+    let (code, body) = gw
+        .send("DELETE", "/api/v1/profiles/readonly", json!({}))
+        .await;
+    assert_eq!(code, 409, "{body}");
+    let (code, _) = gw.send("DELETE", "/api/v1/profiles/mini", json!({})).await;
+    assert_eq!(code, 204);
+    let r = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (code, body) = gw
+        .post(
+            "/api/v1/profiles",
+            json!({"name": "bad", "overrides": {"x": {"name": "no spaces allowed"}}}),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+}
+
+async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn legacy_fixture(marker: &str, mode: &str) -> Value {
+    json!({"command": common::fixture_bin(), "args": ["--name", marker, "--legacy"], "on_tool_change": mode})
+}
+
+#[tokio::test]
+async fn a_changed_tool_is_quarantined_until_approved() {
+    let (q, a) = (common::marker("fx-q"), common::marker("fx-acc"));
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"q": legacy_fixture(&q, "quarantine"), "a": legacy_fixture(&a, "accept")}}))
+            .ready(),
+    )
+    .await;
+    let status = gw.wait_server("q", "ready").await;
+    assert_eq!(
+        status["status"]["protocol_version"], "2025-11-25",
+        "a legacy upstream: {status}"
+    );
+    gw.wait_server("a", "ready").await;
+    gw.wait_tool("q__echo", true).await;
+
+    // The upstream changes echo's description and schema at run time.
+    let (code, body) = gw.execute("q__mutate", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    wait_until("q__echo to be quarantined", async || {
+        gw.get("/api/v1/tools/q__echo").await.1["quarantine"].is_string()
+    })
+    .await;
+    let (_, listed) = gw.get("/api/v1/tools?server=q").await;
+    let names: Vec<&str> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"q__echo"),
+        "hidden from REST listings: {names:?}"
+    );
+    let mcp = tool_names(&mcp_request(&gw.mcp_url(), "tools/list", json!({})).await);
+    assert!(
+        !mcp.contains(&"q__echo".to_owned()) && mcp.contains(&"q__add".to_owned()),
+        "{mcp:?}"
+    );
+    let (code, body) = gw.execute("q__echo", json!({"message": "x"})).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["type"], "urn:metamcp:problem:tool-quarantined");
+    assert!(
+        body["detail"].as_str().unwrap().contains("approve"),
+        "{body}"
+    );
+    let refused = mcp_request(
+        &gw.mcp_url(),
+        "tools/call",
+        json!({"name": "q__echo", "arguments": {"message": "x"}}),
+    )
+    .await;
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("quarantined"),
+        "{refused}"
+    );
+
+    let (_, changes) = gw.get("/api/v1/tools/q__echo/changes").await;
+    let change = &changes["changes"][0];
+    assert_eq!(change["status"], "pending", "{changes}");
+    let paths: Vec<&str> = change["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/description", "/inputSchema/properties/path"],
+        "{change}"
+    );
+    let (_, pending) = gw.get("/api/v1/changes?status=pending").await;
+    assert_eq!(pending["total"], 1);
+
+    let (code, body) = gw.post("/api/v1/tools/q__echo/approve", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body["quarantine"].is_null(), "{body}");
+    assert!(body["description"].as_str().unwrap().contains("v2"));
+    let (code, body) = gw.execute("q__echo", json!({"message": "approved"})).await;
+    assert_eq!(code, 200, "{body}");
+    let (_, changes) = gw.get("/api/v1/tools/q__echo/changes").await;
+    assert_eq!(changes["changes"][0]["status"], "approved");
+
+    // In accept mode the change is recorded with its diff and the new
+    // definition is used at once.
+    let (code, _) = gw.execute("a__mutate", json!({})).await;
+    assert_eq!(code, 200);
+    wait_until("a__echo's change to be recorded", async || {
+        gw.get("/api/v1/tools/a__echo/changes").await.1["changes"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    })
+    .await;
+    let (_, changes) = gw.get("/api/v1/tools/a__echo/changes").await;
+    assert_eq!(changes["changes"][0]["status"], "accepted");
+    assert_eq!(changes["changes"][0]["diff"][0]["path"], "/description");
+    let (_, echo) = gw.get("/api/v1/tools/a__echo").await;
+    assert!(echo["quarantine"].is_null());
+    assert!(echo["description"].as_str().unwrap().contains("v2"));
+}
