@@ -3,6 +3,7 @@
 #
 #   bash bench/core.sh [--duration 10s] [--rounds 3] [--warmup 2s]
 #                      [--startup-runs 9] [--out FILE] [--no-build]
+#                      [--env META_MCP_NAME=VALUE]...
 #
 # Measures, in one run:
 #   * tools/call of the fixture's `echo` tool with wrk at concurrency 1 and 32,
@@ -15,6 +16,9 @@
 #   * time from spawning metamcp (empty config, fresh data dir) to the first
 #     200 from /api/v1/health/live, median of several starts.
 #
+# --env sets a metamcp setting for the measured gateway (repeatable), e.g.
+# --env META_MCP_LOGGING_LEVEL=warn; by default it runs with its defaults.
+#
 # Results go to stdout and, as Markdown, to --out (default
 # bench/results/core-latest.md; bench/results/ is git-ignored).
 # See BENCHMARKS.md for what the numbers mean.
@@ -26,11 +30,12 @@ ROUNDS=3
 WARMUP=2s
 STARTUP_RUNS=9
 BUILD=1
+GW_ENV=()
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$ROOT/bench/results/core-latest.md
 
 usage() {
-    sed -n '2,4p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -42,6 +47,9 @@ while (($#)); do
         --startup-runs) STARTUP_RUNS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --env)
+            [[ $2 == META_MCP_*=* ]] || { echo "core.sh: --env wants META_MCP_NAME=VALUE" >&2; exit 2; }
+            GW_ENV+=("$2"); shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "core.sh: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -154,8 +162,13 @@ NPROC=$(nproc)
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 KERNEL=$(uname -r)
 WRK_VERSION=$(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}')
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || GIT_REV="$GIT_REV+changes"
+# METAMCP_REV names the source when it is not a git checkout.
+if [[ -n ${METAMCP_REV:-} ]]; then
+    GIT_REV=$METAMCP_REV
+else
+    GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || GIT_REV="$GIT_REV+changes"
+fi
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 log "machine: $NPROC CPUs, $CPU_MODEL, Linux $KERNEL; $WRK_VERSION; metamcp $GIT_REV"
 
@@ -214,7 +227,7 @@ cat >"$TMP/gateway.json" <<EOF
 EOF
 mkdir "$TMP/gw-data"
 log "starting metamcp on port $GW_PORT"
-META_MCP_PORT=$GW_PORT META_MCP_DATA_DIR=$TMP/gw-data \
+env "${GW_ENV[@]}" META_MCP_PORT="$GW_PORT" META_MCP_DATA_DIR="$TMP/gw-data" \
     "$BIN/metamcp" serve --config "$TMP/gateway.json" 2>"$TMP/gateway.log" &
 GW_PID=$!
 PIDS+=("$GW_PID")
@@ -361,7 +374,7 @@ verdict() { awk -v x="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == ">=") ? x >= 
     echo "### metamcp core benchmark — $DATE"
     echo
     echo "Machine: $NPROC × $CPU_MODEL, Linux $KERNEL. Load generator: $WRK_VERSION."
-    echo "metamcp $GIT_REV (release build). Upstream: metamcp-fixture over Streamable HTTP, 1 thread."
+    echo "metamcp $GIT_REV (release build)${GW_ENV[*]:+, with ${GW_ENV[*]}}. Upstream: metamcp-fixture over Streamable HTTP, 1 thread."
     echo "Each cell: median of $ROUNDS rounds of $DURATION per path, paths alternating;"
     echo "ratios and added latencies are medians of the per-round pairs."
     echo

@@ -38,6 +38,16 @@ pub struct AppState {
     pub profile_endpoints: crate::mcp::ProfileEndpoints,
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
+    /// The port actually listened on (the setting may be 0).
+    pub bound_port: std::sync::atomic::AtomicU16,
+}
+
+impl AppState {
+    /// The base URL clients use to reach this gateway.
+    pub fn base_url(&self) -> String {
+        self.settings
+            .base_url(self.bound_port.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl AppState {
@@ -105,6 +115,7 @@ impl App {
             servers_lock: tokio::sync::Mutex::new(()),
             profile_endpoints: Default::default(),
             shutdown: CancellationToken::new(),
+            bound_port: std::sync::atomic::AtomicU16::new(settings.port),
         });
 
         // Rebuild the catalog whenever something it is made of changes.
@@ -122,6 +133,9 @@ impl App {
             }
         }
         state.refresh_catalog().await?;
+        if let (Some(path), Some(every)) = (&settings.config_file, settings.config_watch) {
+            crate::live_config::spawn(state.clone(), path.clone(), every);
+        }
 
         let addr = SocketAddr::new(settings.host, settings.port);
         let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -184,8 +198,8 @@ impl App {
         let router = Self::router(state.clone(), self.shutdown.child_token());
         tracing::info!(
             %addr,
-            mcp = %format!("{}/mcp", state.settings.base_url(addr.port())),
-            api = %format!("{}/api/v1", state.settings.base_url(addr.port())),
+            mcp = %format!("{}/mcp", state.base_url()),
+            api = %format!("{}/api/v1", state.base_url()),
             "metamcp listening"
         );
         let shutdown = self.shutdown.clone();

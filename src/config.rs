@@ -113,6 +113,11 @@ pub struct Settings {
     pub servers: Vec<ServerSpec>,
     /// Profiles declared in the config file (`source: config`).
     pub profiles: Vec<Profile>,
+    /// The settings given beside `mcpServers` in the config file, as read
+    /// (live config warns when they change: they need a restart).
+    pub file_settings: Vec<(String, String)>,
+    /// How often the config file is checked for changes; `None` is off.
+    pub config_watch: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -147,6 +152,8 @@ impl Default for Settings {
             },
             servers: Vec::new(),
             profiles: Vec::new(),
+            file_settings: Vec::new(),
+            config_watch: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -173,6 +180,7 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_CONNECT_TIMEOUT_SECS",
     "META_MCP_HEALTH_INTERVAL_SECS",
     "META_MCP_SHUTDOWN_GRACE_SECS",
+    "META_MCP_CONFIG_WATCH_SECS",
     "META_MCP_OUTBOUND_ALLOW_LOOPBACK",
     "META_MCP_OUTBOUND_ALLOW_PRIVATE",
     "META_MCP_OUTBOUND_ALLOW_LINK_LOCAL",
@@ -208,6 +216,7 @@ impl Settings {
             for (key, value) in &file.settings {
                 settings.apply(&format!("{key} (in {})", path.display()), key, value)?;
             }
+            settings.file_settings = file.settings;
         }
         settings.config_file = config_file;
         for (name, value) in env {
@@ -337,6 +346,13 @@ impl Settings {
             "connect_timeout_secs" => self.connect_timeout = secs(value)?,
             "health_interval_secs" => self.health_interval = secs(value)?,
             "shutdown_grace_secs" => self.shutdown_grace = secs(value)?,
+            "config_watch_secs" => {
+                self.config_watch = if value.trim() == "0" {
+                    None
+                } else {
+                    Some(secs(value)?)
+                }
+            }
             "outbound_allow_loopback" => {
                 self.outbound.allow_loopback = parse_bool(value).map_err(err)?
             }

@@ -38,7 +38,11 @@ async fn detailed(State(state): State<Arc<AppState>>) -> Json<Value> {
             "backend": format!("{:?}", state.store.backend()).to_lowercase(),
             "latency_ms": latency.as_secs_f64() * 1000.0,
         }),
-        Err(e) => json!({ "status": "unhealthy", "error": e.to_string() }),
+        Err(e) => {
+            // Details (which may name hosts) go to the log, not the caller.
+            tracing::error!(error = %e, "store health check failed");
+            json!({ "status": "unhealthy", "error": "the store does not answer" })
+        }
     };
     let store_ok = store["status"] == "healthy";
     let upstreams: Vec<Value> = state

@@ -23,6 +23,16 @@ pub fn router() -> Router<Arc<AppState>> {
         .merge(profiles::router())
         .merge(docs::router())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> error::Problem {
+    error::Problem::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> error::Problem {

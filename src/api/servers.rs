@@ -141,6 +141,30 @@ async fn create(
     ))
 }
 
+/// A definition read with GET shows secrets as `********`; sending it back
+/// with PUT keeps the stored values rather than storing the mask.
+fn keep_masked_secrets(spec: &mut ServerSpec, current: &ServerSpec) {
+    use crate::upstream::spec::{MASK, Transport};
+    let keep = |new: &mut std::collections::BTreeMap<String, String>,
+                old: &std::collections::BTreeMap<String, String>| {
+        for (key, value) in new.iter_mut() {
+            if value == MASK
+                && let Some(previous) = old.get(key)
+            {
+                value.clone_from(previous);
+            }
+        }
+    };
+    match (&mut spec.transport, &current.transport) {
+        (Transport::Stdio { env, .. }, Transport::Stdio { env: old, .. }) => keep(env, old),
+        (
+            Transport::StreamableHttp { headers, .. } | Transport::Sse { headers, .. },
+            Transport::StreamableHttp { headers: old, .. } | Transport::Sse { headers: old, .. },
+        ) => keep(headers, old),
+        _ => {}
+    }
+}
+
 fn read_only(name: &str) -> Problem {
     Problem::conflict(
         "read-only-server",
@@ -167,12 +191,13 @@ async fn update(
             }
         }
     }
-    let spec = admit(&state, body).await?;
     let _guard = state.servers_lock.lock().await;
     let current = state.upstreams.get(&name).ok_or_else(|| unknown(&name))?;
     if current.spec.source == Source::Config {
         return Err(read_only(&name));
     }
+    let mut spec = admit(&state, body).await?;
+    keep_masked_secrets(&mut spec, &current.spec);
     state
         .store
         .update_server(DEFAULT_TENANT, &name, &spec)

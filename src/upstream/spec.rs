@@ -73,6 +73,9 @@ pub struct ServerSpec {
     pub source: Source,
 }
 
+/// What secret values look like in API responses.
+pub const MASK: &str = "********";
+
 fn yes() -> bool {
     true
 }
@@ -208,10 +211,22 @@ impl ServerSpec {
                 }
             }
         };
-        let known = |k: &str| matches!(k, "command" | "args" | "env" | "cwd" | "url" | "headers");
+        let stdio = matches!(transport, Transport::Stdio { .. });
+        let known = |k: &str| match k {
+            "command" | "args" | "env" | "cwd" => stdio,
+            "url" | "headers" => !stdio,
+            _ => false,
+        };
         if let Some(key) = map.keys().find(|k| !known(k)) {
             if strict {
-                return Err(SpecError::Invalid(format!("unknown field {key:?}")));
+                let kind = if stdio {
+                    "a stdio server"
+                } else {
+                    "a remote server"
+                };
+                return Err(SpecError::Invalid(format!(
+                    "unknown field {key:?} for {kind}"
+                )));
             }
             tracing::debug!(server = %name, field = %key, "config entry field ignored");
         }
@@ -245,7 +260,7 @@ impl ServerSpec {
             for key in ["env", "headers"] {
                 if let Some(Value::Object(items)) = map.get_mut(key) {
                     for v in items.values_mut() {
-                        *v = Value::String("********".into());
+                        *v = Value::String(MASK.into());
                     }
                 }
             }

@@ -276,3 +276,58 @@ async fn a_changed_tool_is_quarantined_until_approved() {
     assert!(echo["quarantine"].is_null());
     assert!(echo["description"].as_str().unwrap().contains("v2"));
 }
+
+#[tokio::test]
+async fn config_file_edits_apply_live_and_a_broken_edit_is_refused() {
+    let (a, b) = (common::marker("fx-live-a"), common::marker("fx-live-b"));
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"a": fixture_stdio(&a)}}))
+            .env("META_MCP_CONFIG_WATCH_SECS", "0.1")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("a", "ready").await;
+    let config = gw.data_dir.join("config.json");
+    let write = |v: &Value| std::fs::write(&config, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+
+    // Add b, remove a, add a profile: all without a restart.
+    write(&json!({
+        "mcpServers": {"b": fixture_stdio(&b)},
+        "profiles": {"only_echo": {"tools": ["b/echo"]}}
+    }));
+    gw.wait_server("b", "ready").await;
+    wait_until("server a to go", async || {
+        gw.get("/api/v1/servers/a").await.0 == 404
+    })
+    .await;
+    let left = common::wait_no_processes(&a, Duration::from_secs(10)).await;
+    assert!(left.is_empty(), "a's processes are gone: {left:?}");
+    let (code, body) = gw.execute("b__echo", json!({"message": "live"})).await;
+    assert_eq!(code, 200, "{body}");
+    wait_until("the profile", async || {
+        gw.get("/api/v1/profiles/only_echo").await.0 == 200
+    })
+    .await;
+    let listed = mcp_request(&gw.url("/mcp/only_echo"), "tools/list", json!({})).await;
+    assert_eq!(tool_names(&listed), ["b__echo"]);
+
+    // A malformed edit is refused and logged; the running config keeps serving.
+    std::fs::write(&config, b"{\"mcpServers\": {\"b\": ").unwrap();
+    wait_until("the refusal in the log", async || {
+        gw.log_text().contains("config file change refused")
+    })
+    .await;
+    let (code, _) = gw.execute("b__echo", json!({"message": "still"})).await;
+    assert_eq!(code, 200);
+    // So is an edit that parses but is invalid.
+    write(&json!({"mcpServers": {"b": {"command": "x", "url": "http://h"}}}));
+    wait_until("the second refusal", async || {
+        gw.log_text().matches("config file change refused").count() >= 2
+    })
+    .await;
+    let (code, body) = gw.get("/api/v1/servers/b").await;
+    assert_eq!(code, 200);
+    assert_eq!(body["status"]["status"], "ready");
+    assert_eq!(common::processes_with(&b).len(), 1, "b was not restarted");
+}
