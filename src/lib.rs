@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod events;
 pub mod http_guard;

@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use metamcp::{app::App, config::Settings};
+use metamcp::{
+    app::App,
+    cli::{self, Connection, ProfilesCommand, ServersCommand, ToolsCommand},
+    config::Settings,
+};
 
 #[derive(Parser)]
 #[command(
@@ -25,11 +29,35 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Manage the servers of a running gateway.
+    Servers {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: ServersCommand,
+    },
+    /// List, inspect and call the tools of a running gateway.
+    Tools {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+    /// Manage the profiles of a running gateway.
+    Profiles {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: ProfilesCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Servers { conn, command } => cli::run_servers(conn, command),
+        Command::Tools { conn, command } => cli::run_tools(conn, command),
+        Command::Profiles { conn, command } => cli::run_profiles(conn, command),
         Command::Serve { config } => {
             let settings = match Settings::load(config.as_deref()) {
                 Ok(s) => s,

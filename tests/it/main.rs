@@ -10,6 +10,7 @@
 mod common;
 
 mod catalog;
+mod cli;
 mod core;
 mod peers;
 mod store;

@@ -1,0 +1,167 @@
+//! The CLI client, run as the real binary against a running gateway.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Gateway, Options, fixture_stdio};
+
+fn cli(gw_url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_metamcp"))
+        .args(args)
+        .env("META_MCP_URL", gw_url)
+        .env_remove("META_MCP_TOKEN")
+        .output()
+        .expect("run metamcp");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_of(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test]
+async fn the_cli_manages_servers_tools_and_profiles() {
+    let m = common::marker("fx-cli");
+    let remote = common::marker("fx-cli-remote");
+    let (_fixture, url) = common::fixture_http(&remote);
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let base = gw.base.clone();
+    let run = move |args: Vec<String>| {
+        let base = base.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                cli(&base, &args)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let (code, out, err) = run(args(&["servers", "list"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("NAME"), "a table: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("fx") && l.contains("ready") && l.contains("config")),
+        "{out}"
+    );
+
+    let (code, out, err) = run(args(&[
+        "servers",
+        "add",
+        "remote",
+        "--http",
+        &url,
+        "--header",
+        "X-Team: core",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("added server remote"), "{out}");
+    gw.wait_server("remote", "ready").await;
+    let (code, out, _) = run(args(&["servers", "status", "remote", "--json"])).await;
+    assert_eq!(code, 0);
+    let status = json_of(&out);
+    assert_eq!(status["status"]["status"], "ready");
+    assert_eq!(status["headers"]["X-Team"], "********");
+    let (code, out, _) = run(args(&["servers", "status"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("remote") && out.contains("fx"), "{out}");
+
+    let (code, out, _) = run(args(&["tools", "list", "--server", "fx"])).await;
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("fx__echo")), "{out}");
+    assert!(!out.contains("remote__echo"), "filtered by server: {out}");
+    let (code, out, _) = run(args(&["tools", "list", "--json"])).await;
+    assert_eq!(code, 0);
+    assert!(json_of(&out)["total"].as_u64().unwrap() >= 18);
+    let (code, out, _) = run(args(&["tools", "show", "remote__echo"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("original_name   echo") && out.contains("\"message\""),
+        "{out}"
+    );
+    let (code, out, _) = run(args(&[
+        "tools",
+        "call",
+        "remote__echo",
+        "-a",
+        "message=from the cli",
+    ]))
+    .await;
+    assert_eq!((code, out.trim()), (0, "from the cli"));
+    let (code, out, _) = run(args(&[
+        "tools",
+        "call",
+        "fx__add",
+        "--args",
+        r#"{"a": 2, "b": 40}"#,
+        "--json",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["result"]["structuredContent"]["sum"], 42);
+    let (code, _, err) = run(args(&["tools", "call", "fx__fail", "-a", "message=x"])).await;
+    assert_eq!(code, 1, "a tool error is a failing exit: {err}");
+    let (code, _, err) = run(args(&[
+        "tools", "call", "fx__add", "-a", "a=oops", "-a", "b=1",
+    ]))
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("422") && err.contains("a:"), "{err}");
+
+    let (code, out, err) = run(args(&[
+        "profiles",
+        "add",
+        r#"{"name": "ops", "servers": ["remote"]}"#,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/mcp/ops"), "{out}");
+    let (code, out, _) = run(args(&["profiles", "show", "ops"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("remote__echo") && !out.contains("fx__echo"),
+        "{out}"
+    );
+    let (code, out, _) = run(args(&["profiles", "list"])).await;
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("ops")), "{out}");
+    let (code, _, _) = run(args(&["profiles", "remove", "ops"])).await;
+    assert_eq!(code, 0);
+    let (code, _, err) = run(args(&["profiles", "show", "ops"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+
+    let (code, _, err) = run(args(&["servers", "remove", "fx"])).await;
+    assert_eq!(code, 1, "config servers are read-only");
+    assert!(err.contains("config file"), "{err}");
+    let (code, out, _) = run(args(&["servers", "remove", "remote"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("removed server remote"));
+}
+
+#[test]
+fn the_cli_says_clearly_when_the_gateway_is_unreachable() {
+    let port = common::free_port();
+    let (code, out, err) = cli(&format!("http://127.0.0.1:{port}"), &["servers", "list"]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("cannot reach the gateway") && err.contains("metamcp serve"),
+        "{err}"
+    );
+}
