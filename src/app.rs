@@ -40,6 +40,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The port actually listened on (the setting may be 0).
     pub bound_port: std::sync::atomic::AtomicU16,
+    pub search: crate::search::Search,
 }
 
 impl AppState {
@@ -116,6 +117,7 @@ impl App {
             profile_endpoints: Default::default(),
             shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
+            search: Default::default(),
         });
 
         // Rebuild the catalog whenever something it is made of changes.

@@ -76,6 +76,22 @@ pub enum ToolsCommand {
     },
     /// Show one tool with its schema.
     Show { name: String },
+    /// Search tools by what they do.
+    Search {
+        query: String,
+        /// keyword, semantic or hybrid (the gateway's default: hybrid).
+        #[arg(long = "type")]
+        search_type: Option<String>,
+        #[arg(long)]
+        max: Option<usize>,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        category: Option<String>,
+        /// Comma-separated tags a tool must all carry.
+        #[arg(long)]
+        tags: Option<String>,
+    },
     /// Call a tool through the gateway's pipeline.
     Call {
         name: String,
@@ -418,6 +434,53 @@ fn tools(client: &Client, cmd: ToolsCommand) -> Outcome {
             print!(
                 "{}",
                 table(&["NAME", "SERVER", "ENABLED", "DESCRIPTION"], &rows)
+            );
+        }
+        ToolsCommand::Search {
+            query,
+            search_type,
+            max,
+            server,
+            category,
+            tags,
+        } => {
+            let mut params = vec![("q".to_owned(), query)];
+            for (k, v) in [
+                ("search_type", search_type),
+                ("max_results", max.map(|m| m.to_string())),
+                ("server", server),
+                ("category", category),
+                ("tags", tags),
+            ] {
+                if let Some(v) = v {
+                    params.push((k.to_owned(), v));
+                }
+            }
+            let qs: String = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(params)
+                .finish();
+            let body = client.get(&format!("/tools/search?{qs}"))?;
+            if json_out {
+                print_json(&body);
+                return Ok(());
+            }
+            if let Some(note) = body["note"].as_str() {
+                eprintln!("note: {note}");
+            }
+            let rows = rows(&body["results"], |r| {
+                vec![
+                    text(&r["tool"]["name"]),
+                    r["score"]
+                        .as_f64()
+                        .map(|s| format!("{s:.2}"))
+                        .unwrap_or_default(),
+                    text(&r["matched"]),
+                    truncate(&text(&r["tool"]["description"]), 60),
+                ]
+            });
+            print!(
+                "{}",
+                table(&["NAME", "SCORE", "MATCHED", "DESCRIPTION"], &rows)
             );
         }
         ToolsCommand::Show { name } => {

@@ -17,6 +17,7 @@ pub mod live_config;
 pub mod mcp;
 pub mod outbound;
 pub mod pipeline;
+pub mod search;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -24,6 +24,7 @@ pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/tools", get(list).post(create))
         .route("/tools/import", post(import))
+        .route("/tools/search", get(search))
         .route(
             "/tools/{name}",
             get(read).put(update).patch(update).delete(remove),
@@ -625,4 +626,107 @@ async fn reject(
     Ok(Json(
         json!({"tool": name, "rejected": closed, "quarantined": entry.quarantine.is_some()}),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    q: String,
+    search_type: Option<String>,
+    max_results: Option<usize>,
+    similarity_threshold: Option<f64>,
+    server: Option<String>,
+    category: Option<String>,
+    /// Comma-separated; a tool must carry every one.
+    tags: Option<String>,
+}
+
+/// `GET /tools/search`: the tools the caller may see that best match `q`.
+async fn search(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>> {
+    let Query(q) = query.map_err(|e| Problem::invalid(e.body_text()))?;
+    if q.q.trim().is_empty() || q.q.len() > 1000 {
+        return Err(Problem::invalid("q must be 1 to 1000 characters"));
+    }
+    let max_results = q.max_results.unwrap_or(10);
+    if !(1..=100).contains(&max_results) {
+        return Err(Problem::invalid("max_results must be between 1 and 100"));
+    }
+    if let Some(t) = q.similarity_threshold
+        && !(0.0..=1.0).contains(&t)
+    {
+        return Err(Problem::invalid(
+            "similarity_threshold must be between 0 and 1",
+        ));
+    }
+    let requested = q.search_type.as_deref().unwrap_or("hybrid");
+    let note = match requested {
+        "keyword" => None,
+        "hybrid" => {
+            Some("no embedding model is configured: hybrid search answered with keyword results")
+        }
+        "semantic" => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "semantic-unavailable",
+                "Semantic search unavailable",
+                "semantic search needs an embedding model and none is configured; use search_type=keyword or hybrid",
+            ));
+        }
+        other => {
+            return Err(Problem::invalid(format!(
+                "search_type {other:?} unknown: use keyword, semantic or hybrid"
+            )));
+        }
+    };
+    let tags: Vec<String> = q
+        .tags
+        .as_deref()
+        .map(|t| {
+            t.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let snapshot = state.catalog.snapshot();
+    let hits = state
+        .search
+        .keyword(&snapshot, &q.q, max_results, |t| {
+            t.enabled()
+                && t.quarantine.is_none()
+                && policy::may_see(&principal, t)
+                && q.server.as_deref().is_none_or(|s| t.server() == Some(s))
+                && q.category
+                    .as_deref()
+                    .is_none_or(|c| t.overlay.category.as_deref() == Some(c))
+                && tags.iter().all(|tag| {
+                    t.overlay
+                        .tags
+                        .as_ref()
+                        .is_some_and(|have| have.contains(tag))
+                })
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "keyword search failed");
+            Problem::internal()
+        })?;
+    let results: Vec<Value> = hits
+        .iter()
+        .map(|h| json!({"tool": record(&state, &h.entry), "score": h.score, "matched": h.matched}))
+        .collect();
+    let mut body = json!({
+        "query": q.q,
+        "search_type": requested,
+        "used": "keyword",
+        "results": results,
+        "total": results.len(),
+    });
+    if let Some(note) = note {
+        body["note"] = json!(note);
+    }
+    Ok(Json(body))
 }

@@ -165,3 +165,66 @@ fn the_cli_says_clearly_when_the_gateway_is_unreachable() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn tools_search_finds_tools_by_what_they_do() {
+    let gw = Gateway::start(Options::default()).await;
+    let (code, body) = gw
+        .post(
+            "/api/v1/tools/import",
+            json!([
+                {"name": "readFile", "description": "Read the contents of a file from disk", "tags": ["fs"], "category": "files"},
+                {"name": "send_email", "description": "Send an email message to a recipient", "tags": ["mail"]},
+                {"name": "get_weather", "description": "Current weather forecast for a city", "category": "weather"},
+            ]),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = gw
+        .get("/api/v1/tools/search?q=reading%20files&search_type=keyword")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["results"][0]["tool"]["name"], "readFile",
+        "camelCase names and stems match: {body}"
+    );
+    let matched = body["results"][0]["matched"].as_array().unwrap();
+    assert!(
+        matched.contains(&json!("name")) && matched.contains(&json!("description")),
+        "{body}"
+    );
+    let (_, body) = gw.get("/api/v1/tools/search?q=email").await;
+    assert_eq!(body["results"][0]["tool"]["name"], "send_email");
+    assert_eq!(body["used"], "keyword");
+    assert!(body["note"].is_string(), "hybrid says it fell back: {body}");
+    let (_, body) = gw.get("/api/v1/tools/search?q=file&category=weather").await;
+    assert_eq!(body["total"], 0, "filters apply: {body}");
+    let (code, _) = gw.get("/api/v1/tools/search?q=x&search_type=fuzzy").await;
+    assert_eq!(code, 422);
+    let (code, _) = gw.get("/api/v1/tools/search?q=x&max_results=0").await;
+    assert_eq!(code, 422);
+    // A removed tool disappears from results at once.
+    let (code, _) = gw
+        .send("DELETE", "/api/v1/tools/send_email", json!({}))
+        .await;
+    assert_eq!(code, 204);
+    let (_, body) = gw.get("/api/v1/tools/search?q=email").await;
+    assert_eq!(body["total"], 0, "{body}");
+
+    let base = gw.base.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            &base,
+            &["tools", "search", "weather in a city", "--type", "keyword"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("get_weather")),
+        "{out}"
+    );
+}
