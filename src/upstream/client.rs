@@ -4,16 +4,12 @@
 // Logging is deprecated by SEP-2577 but legacy upstreams still send it.
 #![allow(deprecated)]
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use parking_lot::Mutex;
 use rmcp::{
     ClientHandler, RoleClient,
-    model::{
-        ClientCapabilities, ClientConfig, Implementation, LoggingMessageNotificationParam,
-        ProgressNotificationParam, ProgressToken,
-    },
+    model::{ClientCapabilities, ClientConfig, Implementation, LoggingMessageNotificationParam},
     service::NotificationContext,
 };
 use tokio::sync::Notify;
@@ -28,20 +24,16 @@ pub struct Progress {
 
 /// Where progress of one call goes: the front door that took the call
 /// implements it (the MCP door sends `notifications/progress` with the
-/// caller's own token). Updates are delivered in order.
+/// caller's own token). Updates are delivered in order, all of them before
+/// the call's result (see `relay`).
 pub trait ProgressSink: Send + Sync {
     fn send(&self, progress: Progress) -> BoxFuture<'static, ()>;
 }
-
-/// Progress relays in flight on one upstream connection: the upstream token
-/// the client peer stamped on a request → where that request's progress goes.
-pub type ProgressRelays = Arc<Mutex<HashMap<ProgressToken, Arc<dyn ProgressSink>>>>;
 
 /// The `ClientHandler` of every upstream connection.
 #[derive(Clone)]
 pub struct UpstreamClient {
     pub server: Arc<str>,
-    pub relays: ProgressRelays,
     /// Woken when the upstream says one of its lists changed.
     pub resync: Arc<Notify>,
 }
@@ -55,22 +47,6 @@ impl ClientHandler for UpstreamClient {
             ClientCapabilities::default(),
             Implementation::new("metamcp", env!("CARGO_PKG_VERSION")),
         )
-    }
-
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        let sink = self.relays.lock().get(&params.progress_token).cloned();
-        if let Some(sink) = sink {
-            sink.send(Progress {
-                progress: params.progress,
-                total: params.total,
-                message: params.message,
-            })
-            .await;
-        }
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod http;
+pub mod relay;
 pub mod spec;
 pub mod stdio;
 
@@ -20,6 +21,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::RwLock;
 use rmcp::{
     RoleClient, ServiceError,
+    model::GetExtensions,
     model::{
         CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotification,
         CancelledNotificationParam, ClientRequest, GetPromptRequest, GetPromptRequestParams,
@@ -38,8 +40,9 @@ use crate::{
     events::{Event, EventBus},
     outbound::OutboundPolicy,
 };
+use client::UpstreamClient;
 pub use client::{Progress, ProgressSink};
-use client::{ProgressRelays, UpstreamClient};
+use relay::{RelayHandle, RelayTransport, Relays};
 use spec::{ServerSpec, Transport};
 use stdio::StderrTail;
 
@@ -99,7 +102,7 @@ pub enum UpstreamError {
 /// A live connection to an upstream: a request handle shared by all callers.
 pub struct Connection {
     pub peer: Peer<RoleClient>,
-    relays: ProgressRelays,
+    relays: Relays,
 }
 
 /// One upstream server and its supervisor.
@@ -226,36 +229,45 @@ impl Upstream {
 
     async fn request(
         &self,
-        request: ClientRequest,
+        mut request: ClientRequest,
         progress: Option<Arc<dyn ProgressSink>>,
         timeout: Duration,
     ) -> Result<ServerResult, UpstreamError> {
         let Some(conn) = self.conn.load_full() else {
             return Err(self.unavailable());
         };
+        // Progress is queued in wire order by the relay transport and sent
+        // on by one task, so the caller gets it in order, before the result.
+        let relay = progress.map(|sink| {
+            let (handle, mut queue) = RelayHandle::new();
+            request.extensions_mut().insert(handle.clone());
+            let forward = tokio::spawn(async move {
+                while let Some(p) = queue.recv().await {
+                    sink.send(p).await;
+                }
+            });
+            (handle, forward)
+        });
         let handle = conn
             .peer
             .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
             .await
             .map_err(|_| self.unavailable())?;
-        let relay = progress.map(|sink| {
-            // The window between sending and registering is one await-free
-            // step, far shorter than any upstream's first progress message.
-            conn.relays
-                .lock()
-                .insert(handle.progress_token.clone(), sink);
-            RelayGuard {
-                relays: conn.relays.clone(),
-                token: handle.progress_token.clone(),
-            }
-        });
         let mut cancel = CancelOnDrop {
             peer: Some(conn.peer.clone()),
+            relays: conn.relays.clone(),
             id: handle.id.clone(),
         };
+        let id = handle.id.clone();
         let result = handle.await_response().await;
         cancel.peer = None;
-        drop(relay);
+        conn.relays.finish(&id);
+        if let Some((handle, forward)) = relay {
+            handle.close();
+            // Deliver what arrived before the response; a stuck caller
+            // stream must not hold the result back for long.
+            let _ = tokio::time::timeout(Duration::from_secs(5), forward).await;
+        }
         result.map_err(|e| match e {
             ServiceError::McpError(error) => UpstreamError::Rpc {
                 server: self.spec.name.clone(),
@@ -274,27 +286,17 @@ impl Upstream {
     }
 }
 
-/// Removes a progress relay when its call ends, however it ends.
-struct RelayGuard {
-    relays: ProgressRelays,
-    token: rmcp::model::ProgressToken,
-}
-
-impl Drop for RelayGuard {
-    fn drop(&mut self) {
-        self.relays.lock().remove(&self.token);
-    }
-}
-
 /// Tells the upstream to stop working on a request whose caller went away.
 struct CancelOnDrop {
     peer: Option<Peer<RoleClient>>,
+    relays: Relays,
     id: rmcp::model::RequestId,
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(peer) = self.peer.take() {
+            self.relays.finish(&self.id);
             let id = self.id.clone();
             tokio::spawn(async move {
                 let params =
@@ -448,12 +450,11 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         let resync = Arc::new(Notify::new());
         let handler = UpstreamClient {
             server: Arc::from(name.as_str()),
-            relays: Default::default(),
             resync: resync.clone(),
         };
-        let relays = handler.relays.clone();
+        let relays = Relays::default();
         let connected = tokio::select! {
-            r = tokio::time::timeout(cx.connect_timeout, connect(&upstream, &cx, handler)) => match r {
+            r = tokio::time::timeout(cx.connect_timeout, connect(&upstream, &cx, handler, relays.clone())) => match r {
                 Ok(r) => r,
                 Err(_) => Err((format!("no answer within {:?}", cx.connect_timeout), None)),
             },
@@ -585,6 +586,7 @@ async fn connect(
     upstream: &Upstream,
     cx: &Context,
     handler: UpstreamClient,
+    relays: Relays,
 ) -> Result<(Running, Option<i32>), (String, Option<i32>)> {
     let remembered = *upstream.era.lock();
     let lifecycle = match remembered {
@@ -615,7 +617,7 @@ async fn connect(
             )
             .map_err(|e| (format!("cannot start {command:?}: {e}"), None))?;
             let pgid = spawned.pgid;
-            serve(handler, spawned.transport, lifecycle)
+            serve(handler, RelayTransport::new(spawned.transport, relays), lifecycle)
                 .await
                 .map(|r| (r, pgid))
                 .map_err(|e| (e, pgid))
@@ -624,7 +626,7 @@ async fn connect(
             let transport = http::connect(url, headers, &cx.http, &cx.policy, cx.max_response_bytes)
                 .await
                 .map_err(|e| (e, None))?;
-            serve(handler, transport, lifecycle)
+            serve(handler, RelayTransport::new(transport, relays), lifecycle)
                 .await
                 .map(|r| (r, None))
                 .map_err(|e| (e, None))

@@ -2,9 +2,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::common::{self, Gateway, Options, fixture_stdio};
@@ -122,9 +123,29 @@ async fn everything_over_stdio_through_rest_and_both_mcp_eras() {
     .await;
     assert_eq!(call_ok("legacy", &legacy), ["Echo: hi"]);
     assert_eq!(call_ok("modern", &modern), ["Echo: hi"]);
+}
 
-    // The upstream's progress (its own token, one step every 1/3 s) reaches
-    // each caller under the caller's token, in order.
+#[tokio::test]
+async fn everything_progress_reaches_callers_of_both_eras() {
+    let test = "everything_progress_reaches_callers_of_both_eras";
+    let Some(everything) = common::external("METAMCP_TEST_EVERYTHING", test) else {
+        return;
+    };
+    let Some(python) = common::external("METAMCP_TEST_PYTHON", test) else {
+        return;
+    };
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"everything": everything_stdio(&everything)}}))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("everything", "ready").await;
+    gw.wait_tool("everything__trigger-long-running-operation", true)
+        .await;
+    // The upstream reports progress under the gateway's token, one step
+    // every 1/3 s, the last one just before its result; each caller gets
+    // every step under its own token (the SDK drops any other), in order.
     let args = [
         "call",
         "everything__trigger-long-running-operation",
@@ -133,7 +154,7 @@ async fn everything_over_stdio_through_rest_and_both_mcp_eras() {
     ];
     for (era, out) in ["legacy", "modern"]
         .into_iter()
-        .zip(py_both(&python, &url, &args).await)
+        .zip(py_both(&python, &gw.mcp_url(), &args).await)
     {
         let text = call_ok(era, &out);
         assert!(
@@ -147,8 +168,9 @@ async fn everything_over_stdio_through_rest_and_both_mcp_eras() {
         assert_eq!(
             steps,
             [(1.0, Some(3.0)), (2.0, Some(3.0)), (3.0, Some(3.0))],
-            "{era}: {}",
-            out.1
+            "{era}: {}\nprogress the gateway received:\n{}",
+            out.1,
+            progress_log(&gw)
         );
     }
 }
@@ -296,18 +318,66 @@ async fn mcp_server_time_over_stdio_through_rest() {
     assert_eq!(converted["time_difference"], "+9.0h", "{body}");
 }
 
-/// The fixture's tools, as the gateway names them.
-const FIXTURE_TOOLS: [&str; 9] = [
-    "fx__add",
-    "fx__count_calls",
-    "fx__echo",
-    "fx__env",
-    "fx__exit",
-    "fx__fail",
-    "fx__progress",
-    "fx__protocol_error",
-    "fx__slow",
-];
+/// The tools the fixture offers, asked over stdio from a fixture process of
+/// its own, each prefixed with `server__`, sorted.
+fn fixture_tools(server: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = common::Proc(
+        Command::new(common::fixture_bin())
+            .args(["--name", &common::marker("fx-list")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the fixture"),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    for message in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": LEGACY, "capabilities": {},
+            "clientInfo": {"name": "peers", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    ] {
+        writeln!(stdin, "{message}").unwrap();
+    }
+    let stdout = BufReader::new(child.0.stdout.take().unwrap());
+    for line in stdout.lines() {
+        let message: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if message["id"] == 2 {
+            let mut names: Vec<String> = message["result"]["tools"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{message}"))
+                .iter()
+                .map(|t| format!("{server}__{}", t["name"].as_str().unwrap()))
+                .collect();
+            names.sort_unstable();
+            return names;
+        }
+    }
+    panic!("the fixture ended without answering tools/list");
+}
+
+/// The progress notifications the gateway received from upstreams, one line
+/// each, from rmcp's log (what went downstream is logged only at trace level).
+fn progress_log(gw: &Gateway) -> String {
+    gw.log_text()
+        .lines()
+        .filter(|l| l.contains("ProgressNotification"))
+        .map(|l| {
+            let at = l
+                .get(14..50)
+                .and_then(|t| t.split('"').next())
+                .unwrap_or("");
+            let what = l
+                .split_once("progress_token: ")
+                .and_then(|(_, rest)| rest.split_once(", meta"))
+                .map_or(l, |(what, _)| what);
+            format!("{at} {what}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 #[tokio::test]
 async fn fixture_through_the_python_sdk_in_both_eras() {
@@ -324,13 +394,39 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
     .await;
     gw.wait_server("fx", "ready").await;
     gw.wait_tool("fx__echo", true).await;
-    let url = gw.mcp_url();
-    let eras = ["legacy", "modern"];
+    let expected_tools = fixture_tools("fx");
+    assert!(
+        expected_tools.iter().any(|t| t == "fx__echo"),
+        "{expected_tools:?}"
+    );
 
-    for (era, (code, out)) in eras
-        .into_iter()
-        .zip(py_both(&python, &url, &["list-tools"]).await)
-    {
+    // Every command in both eras, a few clients at a time; then the checks.
+    let commands: [&[&str]; 9] = [
+        &["list-tools"],
+        &["call", "fx__nope", "{}"],
+        &["call", "fx__add", r#"{"a": "x", "b": 1}"#],
+        &["list-prompts"],
+        &["get-prompt", "fx__greeting", r#"{"name": "Ann"}"#],
+        &["list-resources"],
+        &["read-resource", "fixture://readme"],
+        // Served through the fixture's template fixture://items/{id}.
+        &["read-resource", "fixture://items/42"],
+        &["read-resource", "fixture://nowhere"],
+    ];
+    let url = gw.mcp_url();
+    let answers: Vec<[(i32, Value); 2]> = futures::stream::iter(commands)
+        .map(|args| py_both(&python, &url, args))
+        .buffered(2)
+        .collect()
+        .await;
+    let mut answers = answers.into_iter();
+    let mut next = || {
+        ["legacy", "modern"]
+            .into_iter()
+            .zip(answers.next().unwrap())
+    };
+
+    for (era, (code, out)) in next() {
         assert_eq!(code, 0, "{era}: {out}");
         let mut names: Vec<&str> = out["tools"]
             .as_array()
@@ -339,7 +435,7 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
             .map(|t| t["name"].as_str().unwrap())
             .collect();
         names.sort_unstable();
-        assert_eq!(names, FIXTURE_TOOLS, "{era}");
+        assert_eq!(names, expected_tools, "{era}");
         let echo = out["tools"]
             .as_array()
             .unwrap()
@@ -349,33 +445,8 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
         assert_eq!(echo["inputSchema"]["required"], json!(["message"]), "{era}");
     }
 
-    // The fixture reports progress under the gateway's token; each client
-    // gets it under its own token (the SDK drops any other), in order.
-    let args = [
-        "call",
-        "fx__progress",
-        r#"{"steps": 4, "delay_ms": 5}"#,
-        "--progress",
-    ];
-    for (era, out) in eras.into_iter().zip(py_both(&python, &url, &args).await) {
-        assert_eq!(call_ok(era, &out), ["done 4 steps"]);
-        let expected: Vec<(f64, Option<f64>, Option<String>)> = (1..=4)
-            .map(|i| (f64::from(i), Some(4.0), Some(format!("step {i}"))))
-            .collect();
-        assert_eq!(
-            progress_of(&out.1),
-            expected,
-            "{era}: {}\ngateway log:\n{}",
-            out.1,
-            gw.log_text()
-        );
-    }
-
     // An unknown tool is a JSON-RPC error, not a tool result.
-    for (era, (code, out)) in eras
-        .into_iter()
-        .zip(py_both(&python, &url, &["call", "fx__nope", "{}"]).await)
-    {
+    for (era, (code, out)) in next() {
         assert_eq!(code, 2, "{era}: {out}");
         assert_eq!(out["code"], -32602, "{era}: {out}");
         assert!(
@@ -385,10 +456,7 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
     }
 
     // Invalid arguments are a tool result the model can correct from.
-    for (era, (code, out)) in eras
-        .into_iter()
-        .zip(py_both(&python, &url, &["call", "fx__add", r#"{"a": "x", "b": 1}"#]).await)
-    {
+    for (era, (code, out)) in next() {
         assert_eq!(code, 0, "{era}: {out}");
         assert_eq!(out["isError"], true, "{era}: {out}");
         let text = texts(&out).join(" ");
@@ -396,10 +464,7 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
         assert!(!text.contains("b:"), "b is fine: {era}: {text}");
     }
 
-    for (era, (code, out)) in eras
-        .into_iter()
-        .zip(py_both(&python, &url, &["list-prompts"]).await)
-    {
+    for (era, (code, out)) in next() {
         assert_eq!(code, 0, "{era}: {out}");
         let prompts = out["prompts"].as_array().unwrap();
         assert_eq!(prompts.len(), 1, "{era}: {out}");
@@ -408,14 +473,7 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
         assert_eq!(prompts[0]["arguments"][0]["required"], true, "{era}");
     }
 
-    for (era, (code, out)) in eras.into_iter().zip(
-        py_both(
-            &python,
-            &url,
-            &["get-prompt", "fx__greeting", r#"{"name": "Ann"}"#],
-        )
-        .await,
-    ) {
+    for (era, (code, out)) in next() {
         assert_eq!(code, 0, "{era}: {out}");
         assert_eq!(out["messages"][0]["role"], "user", "{era}: {out}");
         assert_eq!(
@@ -424,10 +482,7 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
         );
     }
 
-    for (era, (code, out)) in eras
-        .into_iter()
-        .zip(py_both(&python, &url, &["list-resources"]).await)
-    {
+    for (era, (code, out)) in next() {
         assert_eq!(code, 0, "{era}: {out}");
         let uris: Vec<&str> = out["resources"]
             .as_array()
@@ -440,13 +495,9 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
 
     for (uri, text) in [
         ("fixture://readme", "fixture readme"),
-        // Served through the fixture's template fixture://items/{id}.
         ("fixture://items/42", "item 42"),
     ] {
-        for (era, (code, out)) in eras
-            .into_iter()
-            .zip(py_both(&python, &url, &["read-resource", uri]).await)
-        {
+        for (era, (code, out)) in next() {
             assert_eq!(code, 0, "{era} {uri}: {out}");
             assert_eq!(out["contents"][0]["uri"], uri, "{era}: {out}");
             assert_eq!(out["contents"][0]["text"], text, "{era}: {out}");
@@ -454,19 +505,61 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
     }
 
     // A URI no server offers: each era's own not-found code.
-    let [(lc, legacy), (mc, modern)] =
-        py_both(&python, &url, &["read-resource", "fixture://nowhere"]).await;
+    let [(lc, legacy), (mc, modern)] = answers.next().unwrap();
     assert_eq!((lc, &legacy["code"]), (2, &json!(-32002)), "{legacy}");
     assert_eq!((mc, &modern["code"]), (2, &json!(-32602)), "{modern}");
 }
 
-/// Legacy (2025-11-25) sessions over plain HTTP: every `notifications/progress`
-/// an upstream sends must reach the caller, the first one included, however
-/// soon after the request the upstream sends it (the fixture sends "step 1"
-/// at once). Many calls in one session make a lost notification likely to
-/// show.
 #[tokio::test]
-async fn legacy_session_progress_keeps_every_notification() {
+async fn fixture_progress_reaches_callers_of_both_eras() {
+    let test = "fixture_progress_reaches_callers_of_both_eras";
+    let Some(python) = common::external("METAMCP_TEST_PYTHON", test) else {
+        return;
+    };
+    let m = common::marker("fx-pyprog");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    gw.wait_tool("fx__progress", true).await;
+    // The fixture reports "step 1" at once under the gateway's token; each
+    // client gets every step under its own token (the SDK drops any other),
+    // in order.
+    let args = [
+        "call",
+        "fx__progress",
+        r#"{"steps": 4, "delay_ms": 5}"#,
+        "--progress",
+    ];
+    let expected: Vec<(f64, Option<f64>, Option<String>)> = (1..=4)
+        .map(|i| (f64::from(i), Some(4.0), Some(format!("step {i}"))))
+        .collect();
+    for (era, out) in ["legacy", "modern"]
+        .into_iter()
+        .zip(py_both(&python, &gw.mcp_url(), &args).await)
+    {
+        assert_eq!(call_ok(era, &out), ["done 4 steps"]);
+        assert_eq!(
+            progress_of(&out.1),
+            expected,
+            "{era}: {}\nprogress the gateway received:\n{}",
+            out.1,
+            progress_log(&gw)
+        );
+    }
+}
+
+/// A legacy (2025-11-25) session over plain HTTP, many calls: every
+/// `notifications/progress` the upstream sends reaches the caller, in order,
+/// the first one included however soon after the request the upstream sends
+/// it (the fixture sends "step 1" at once), and the last one included however
+/// soon before its result. Many calls, a few at a time, make a lost or
+/// reordered notification likely to show in one run.
+#[tokio::test]
+async fn progress_relay_keeps_every_notification_in_order() {
     let m = common::marker("fx-prog");
     let gw = Gateway::start(
         Options::default()
@@ -508,44 +601,53 @@ async fn legacy_session_progress_keeps_every_notification() {
     .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
 
-    let mut incomplete = Vec::new();
-    for i in 1..=40 {
+    // Four calls at a time in the one session, CALLS in all.
+    const CALLS: u64 = 128;
+    let call = |i: u64| {
         let token = format!("peers-{i}");
-        let r = post(
+        let request = post(
             Some(session.clone()),
             json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {
                 "name": "fx__progress", "arguments": {"steps": 4, "delay_ms": 1},
                 "_meta": {"progressToken": token}}}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status(), 200);
-        let body = r.text().await.unwrap();
-        let messages: Vec<Value> = body
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .filter_map(|d| serde_json::from_str(d.trim()).ok())
-            .collect();
-        assert!(
-            messages
-                .iter()
-                .any(|m| m["id"] == i && m["result"]["content"][0]["text"] == "done 4 steps"),
-            "call {i}: {body}"
         );
-        let steps: Vec<String> = messages
-            .iter()
-            .filter(|m| {
-                m["method"] == "notifications/progress" && m["params"]["progressToken"] == token
-            })
-            .filter_map(|m| m["params"]["message"].as_str().map(str::to_owned))
-            .collect();
-        if steps != ["step 1", "step 2", "step 3", "step 4"] {
-            incomplete.push((i, steps));
+        async move {
+            let r = request.await.unwrap();
+            assert_eq!(r.status(), 200, "call {i}");
+            let body = r.text().await.unwrap();
+            let messages: Vec<Value> = body
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str(d.trim()).ok())
+                .collect();
+            assert!(
+                messages
+                    .iter()
+                    .any(|m| m["id"] == i && m["result"]["content"][0]["text"] == "done 4 steps"),
+                "call {i}: {body}"
+            );
+            let steps: Vec<String> = messages
+                .iter()
+                .filter(|m| {
+                    m["method"] == "notifications/progress"
+                        && m["params"]["progressToken"] == token.as_str()
+                })
+                .filter_map(|m| m["params"]["message"].as_str().map(str::to_owned))
+                .collect();
+            (i, steps)
+        }
+    };
+    let mut incomplete = Vec::new();
+    for batch in (1..=CALLS).collect::<Vec<_>>().chunks(4) {
+        for (i, steps) in futures::future::join_all(batch.iter().map(|&i| call(i))).await {
+            if steps != ["step 1", "step 2", "step 3", "step 4"] {
+                incomplete.push((i, steps));
+            }
         }
     }
     assert!(
         incomplete.is_empty(),
-        "calls whose progress was incomplete (of 40): {incomplete:?}"
+        "calls whose progress was lost or reordered (of {CALLS}): {incomplete:?}"
     );
 }
 
@@ -612,8 +714,10 @@ async fn inspector_cli_lists_and_calls_through_the_gateway() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"fx__echo"), "{names:?}");
-    assert_eq!(names.len(), FIXTURE_TOOLS.len(), "{names:?}");
+    let mut names: Vec<String> = names.into_iter().map(str::to_owned).collect();
+    names.sort_unstable();
+    assert_eq!(names, fixture_tools("fx"));
+    assert!(names.iter().any(|n| n == "fx__echo"), "{names:?}");
 
     for era in ["legacy", "modern"] {
         let mut args = base("tools/call");
