@@ -36,8 +36,11 @@ pub struct AppState {
     /// Serializes server create/update/delete so checks and effects agree.
     pub servers_lock: tokio::sync::Mutex<()>,
     pub profile_endpoints: crate::mcp::ProfileEndpoints,
-    /// Cancelled when the gateway stops.
+    /// Cancelled when the gateway is asked to stop.
     pub shutdown: CancellationToken,
+    /// Cancelled once tool calls in flight have finished (or the grace
+    /// period ran out): ends MCP sessions and their streams.
+    pub mcp_shutdown: CancellationToken,
     /// The port actually listened on (the setting may be 0).
     pub bound_port: std::sync::atomic::AtomicU16,
     pub search: crate::search::Search,
@@ -101,6 +104,9 @@ impl App {
             events: events.clone(),
             http,
             outbound: outbound_policy.clone(),
+            guard: Arc::new(crate::guard::Guard::new(settings.rate_limits.clone())),
+            in_flight: Default::default(),
+            retry: settings.retry,
             call_timeout: settings.call_timeout,
             max_response_bytes: settings.outbound.max_response_bytes,
         };
@@ -116,6 +122,7 @@ impl App {
             servers_lock: tokio::sync::Mutex::new(()),
             profile_endpoints: Default::default(),
             shutdown: CancellationToken::new(),
+            mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
             search: Default::default(),
         });
@@ -197,7 +204,7 @@ impl App {
     pub async fn run(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let state = self.state.clone();
-        let router = Self::router(state.clone(), self.shutdown.child_token());
+        let router = Self::router(state.clone(), state.mcp_shutdown.clone());
         tracing::info!(
             %addr,
             mcp = %format!("{}/mcp", state.base_url()),
@@ -206,13 +213,28 @@ impl App {
         );
         let shutdown = self.shutdown.clone();
         let grace = state.settings.shutdown_grace;
+        // On shutdown: stop accepting at once, let tool calls in flight
+        // finish (up to the grace period), then end MCP sessions, whose
+        // standing streams would otherwise keep the server draining.
+        {
+            let state = state.clone();
+            tokio::spawn(async move {
+                state.shutdown.cancelled().await;
+                tracing::info!(
+                    in_flight = state.pipeline.in_flight.count(),
+                    "draining calls in flight"
+                );
+                let _ = tokio::time::timeout(grace, state.pipeline.in_flight.idle()).await;
+                state.mcp_shutdown.cancel();
+            });
+        }
         let server = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result?,
-            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace + std::time::Duration::from_secs(1)).await } => {
                 tracing::warn!("requests still in flight after the grace period; stopping anyway");
             }
         }

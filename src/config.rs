@@ -118,6 +118,16 @@ pub struct Settings {
     pub file_settings: Vec<(String, String)>,
     /// How often the config file is checked for changes; `None` is off.
     pub config_watch: Option<Duration>,
+    /// Circuit breaker defaults (servers may override them).
+    pub breaker: crate::guard::breaker::BreakerConfig,
+    pub retry: crate::guard::retry::RetryPolicy,
+    pub rate_limits: crate::guard::RateLimits,
+    /// Consecutive failed connection attempts after which a server is left
+    /// failed (until restarted over the API); 0 retries for ever.
+    pub max_restarts: u32,
+    /// Consecutive failed health probes after which a connection is
+    /// considered hung and is replaced.
+    pub health_failures: u32,
 }
 
 impl Default for Settings {
@@ -154,6 +164,11 @@ impl Default for Settings {
             profiles: Vec::new(),
             file_settings: Vec::new(),
             config_watch: Some(Duration::from_secs(2)),
+            breaker: Default::default(),
+            retry: Default::default(),
+            rate_limits: Default::default(),
+            max_restarts: 10,
+            health_failures: 3,
         }
     }
 }
@@ -181,6 +196,17 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_HEALTH_INTERVAL_SECS",
     "META_MCP_SHUTDOWN_GRACE_SECS",
     "META_MCP_CONFIG_WATCH_SECS",
+    "META_MCP_BREAKER_FAILURE_THRESHOLD",
+    "META_MCP_BREAKER_RECOVERY_TIMEOUT_SECS",
+    "META_MCP_BREAKER_WINDOW_SECS",
+    "META_MCP_RETRY_MAX_ATTEMPTS",
+    "META_MCP_RETRY_BASE_DELAY_MS",
+    "META_MCP_RATE_LIMIT_PRINCIPAL",
+    "META_MCP_RATE_LIMIT_TOOL",
+    "META_MCP_RATE_LIMIT_TENANT",
+    "META_MCP_RATE_LIMIT_UPSTREAM",
+    "META_MCP_MAX_RESTARTS",
+    "META_MCP_HEALTH_FAILURES",
     "META_MCP_OUTBOUND_ALLOW_LOOPBACK",
     "META_MCP_OUTBOUND_ALLOW_PRIVATE",
     "META_MCP_OUTBOUND_ALLOW_LINK_LOCAL",
@@ -346,6 +372,59 @@ impl Settings {
             "connect_timeout_secs" => self.connect_timeout = secs(value)?,
             "health_interval_secs" => self.health_interval = secs(value)?,
             "shutdown_grace_secs" => self.shutdown_grace = secs(value)?,
+            "breaker_failure_threshold" => {
+                self.breaker.failure_threshold = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| err(format!("expected a whole number >= 1, got {value:?}")))?
+            }
+            "breaker_recovery_timeout_secs" => {
+                self.breaker.recovery_timeout = secs(value)?.as_secs_f64()
+            }
+            "breaker_window_secs" => self.breaker.window = secs(value)?.as_secs_f64(),
+            "retry_max_attempts" => {
+                self.retry.max_attempts = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 10, got {value:?}")))?
+            }
+            "retry_base_delay_ms" => {
+                let ms: u64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= 60_000)
+                    .ok_or_else(|| {
+                        err(format!("expected 0 to 60000 milliseconds, got {value:?}"))
+                    })?;
+                self.retry.base_delay = Duration::from_millis(ms);
+            }
+            "rate_limit_principal" => {
+                self.rate_limits.per_principal = Some(value.parse().map_err(err)?)
+            }
+            "rate_limit_tool" => self.rate_limits.per_tool = Some(value.parse().map_err(err)?),
+            "rate_limit_tenant" => self.rate_limits.per_tenant = Some(value.parse().map_err(err)?),
+            "rate_limit_upstream" => {
+                self.rate_limits.per_upstream = Some(value.parse().map_err(err)?)
+            }
+            "max_restarts" => {
+                self.max_restarts = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| err(format!("expected a whole number, got {value:?}")))?
+            }
+            "health_failures" => {
+                self.health_failures = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| err(format!("expected a whole number >= 1, got {value:?}")))?
+            }
             "config_watch_secs" => {
                 self.config_watch = if value.trim() == "0" {
                     None

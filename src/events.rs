@@ -29,6 +29,11 @@ pub enum Event {
         change_id: String,
         quarantined: bool,
     },
+    /// An upstream's circuit breaker opened, half-opened or closed.
+    BreakerChanged {
+        server: String,
+        transition: crate::guard::breaker::Transition,
+    },
     /// A tool call finished, successfully or not.
     CallFinished {
         tool: String,

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod guard;
 pub mod http_guard;
 pub mod live_config;
 pub mod mcp;

@@ -51,6 +51,17 @@ impl Problem {
         self
     }
 
+    /// Adds `Retry-After` (whole seconds, rounded up, at least 1).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        self.headers.push((
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs.to_string()).unwrap_or(HeaderValue::from_static("1")),
+        ));
+        self.extra.insert("retry_after".into(), Value::from(secs));
+        self
+    }
+
     pub fn not_found(kind: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, kind, "Not found", detail)
     }
@@ -153,6 +164,32 @@ impl From<CallError> for Problem {
                 detail,
             )
             .with("server", server),
+            CallError::Upstream(UpstreamError::ConnectionLost { server }) => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-connection-lost",
+                "Upstream connection lost",
+                detail,
+            )
+            .with("server", server),
+            CallError::RateLimited { scope, retry_after } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                detail,
+            )
+            .with("scope", scope.to_string())
+            .retry_after(retry_after),
+            CallError::BreakerOpen {
+                server,
+                retry_after,
+            } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit-open",
+                "Upstream circuit open",
+                detail,
+            )
+            .with("server", server)
+            .retry_after(retry_after),
             CallError::Upstream(UpstreamError::Timeout { server, .. }) => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream-timeout",

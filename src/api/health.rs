@@ -57,6 +57,7 @@ async fn detailed(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "latency_ms": status.latency_ms,
                 "last_error": status.last_error,
                 "protocol_version": status.protocol_version,
+                "breaker": u.breaker.state(),
                 "tools": u.offer().tools.len(),
             })
         })

@@ -37,6 +37,7 @@ pub fn describe(state: &AppState, upstream: &Upstream, with_logs: bool) -> Value
     if let Some(obj) = value.as_object_mut() {
         obj.insert("status".into(), json!(*upstream.status()));
         obj.insert("tools".into(), json!(upstream.offer().tools.len()));
+        obj.insert("breaker".into(), json!(upstream.breaker.state()));
         obj.insert(
             "conflicts".into(),
             json!(

@@ -482,7 +482,7 @@ async fn execute(
         .snapshot()
         .tool(&name)
         .and_then(|t| t.server().map(str::to_owned));
-    let result = state
+    let called = state
         .pipeline
         .call(ToolCall {
             principal,
@@ -492,7 +492,7 @@ async fn execute(
             progress: None,
         })
         .await?;
-    let mut result = serde_json::to_value(&result).unwrap_or_default();
+    let mut result = serde_json::to_value(&called.result).unwrap_or_default();
     if let Some(obj) = result.as_object_mut() {
         obj.remove("resultType");
     }
@@ -500,6 +500,7 @@ async fn execute(
         "tool": name,
         "server": server,
         "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "attempts": called.attempts,
         "result": result,
     })))
 }

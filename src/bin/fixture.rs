@@ -130,6 +130,9 @@ fn tool_definitions(mutated: bool) -> Vec<Tool> {
                          "properties": {"name": {"type": "string"}}}},
         {"name": "count_calls", "description": "Tool calls served by this process, this one included",
          "inputSchema": {"type": "object", "required": [], "properties": {}}},
+        {"name": "flaky", "description": "Fail (JSON-RPC internal error) for the first `failures` calls with this key, then succeed",
+         "inputSchema": {"type": "object", "required": ["key"], "properties": {
+             "key": {"type": "string"}, "failures": {"type": "integer", "minimum": 0, "default": 2}}}},
         {"name": "mutate", "description": "Change echo's description and schema, then announce tools/list_changed",
          "inputSchema": {"type": "object", "required": [], "properties": {}}},
     ]);
@@ -137,6 +140,21 @@ fn tool_definitions(mutated: bool) -> Vec<Tool> {
         list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     }
     serde_json::from_value(tools).expect("the fixed tool list is well-formed")
+}
+
+/// Calls seen per `flaky` key.
+static FLAKY: std::sync::Mutex<Option<std::collections::HashMap<String, u64>>> =
+    std::sync::Mutex::new(None);
+
+#[derive(Deserialize)]
+struct FlakyArgs {
+    key: String,
+    #[serde(default = "two")]
+    failures: u64,
+}
+
+fn two() -> u64 {
+    2
 }
 
 #[derive(Deserialize)]
@@ -320,6 +338,26 @@ impl ServerHandler for Fixture {
                 Ok(text_result(value))
             }
             "count_calls" => Ok(text_result(served.to_string())),
+            "flaky" => {
+                let FlakyArgs { key, failures } = parse(args)?;
+                let attempt = {
+                    let mut seen = FLAKY.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = seen
+                        .get_or_insert_with(Default::default)
+                        .entry(key)
+                        .or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                if attempt <= failures {
+                    Err(McpError::internal_error(
+                        format!("flaky failure {attempt} of {failures}"),
+                        None,
+                    ))
+                } else {
+                    Ok(text_result(format!("ok after {attempt} attempts")))
+                }
+            }
             "mutate" => {
                 MUTATED.store(true, Ordering::Relaxed);
                 // Legacy peers hear about it at once; 2026-07-28 peers have

@@ -30,6 +30,12 @@ pub struct Overlay {
     pub author: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Calls may be retried after they may have reached the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+    /// Per-tool call timeout, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
 }
 
 impl Overlay {
@@ -47,7 +53,9 @@ impl Overlay {
             metadata,
             version,
             author,
-            enabled
+            enabled,
+            idempotent,
+            timeout_secs
         );
     }
 }
@@ -121,6 +129,8 @@ pub struct ToolInput {
     pub author: Option<String>,
     pub tags: Option<Vec<String>>,
     pub enabled: Option<bool>,
+    pub idempotent: Option<bool>,
+    pub timeout_secs: Option<f64>,
     /// Read-only fields of a record, accepted (and ignored) so a record read
     /// with GET can be sent back with PUT.
     pub server: Option<Value>,
@@ -162,6 +172,11 @@ impl ToolInput {
         {
             return Err("tags must be 1 to 64 characters each".into());
         }
+        if let Some(t) = self.timeout_secs
+            && !(t > 0.0 && t <= 86_400.0)
+        {
+            return Err("timeout_secs must be 0 < seconds <= 86400".into());
+        }
         Ok(())
     }
 
@@ -189,6 +204,8 @@ impl ToolInput {
             version: self.version.clone(),
             author: self.author.clone(),
             enabled: self.enabled,
+            idempotent: self.idempotent,
+            timeout_secs: self.timeout_secs,
         }
     }
 }
@@ -212,6 +229,11 @@ pub struct ToolRecord {
     pub server: Option<String>,
     pub original_name: String,
     pub enabled: bool,
+    /// Set by hand: calls may be retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
     /// `upstream` (discovered), `http` or `catalog` (registered by hand).
     pub source: &'static str,
     /// Whether executing it can succeed at all.
@@ -257,6 +279,8 @@ impl ToolRecord {
             server: entry.server().map(str::to_owned),
             original_name: entry.original_name().to_owned(),
             enabled: entry.enabled(),
+            idempotent: o.idempotent,
+            timeout_secs: o.timeout_secs,
             source,
             executable: !matches!(entry.target, Target::CatalogOnly),
             annotations: d

@@ -110,7 +110,7 @@ pub async fn profile_endpoint(
     let service = state.profile_endpoints.get_or_create(&profile, || {
         service(
             state.clone(),
-            state.shutdown.child_token(),
+            state.mcp_shutdown.child_token(),
             Some(Arc::from(profile.as_str())),
         )
     });
@@ -231,7 +231,7 @@ impl ServerHandler for Gateway {
             }
         };
         match outcome {
-            Ok(result) => Ok(result.into()),
+            Ok(called) => Ok(called.result.into()),
             Err(CallError::UnknownTool(name) | CallError::Disabled(name)) => Err(
                 McpError::invalid_params(format!("Unknown tool: {name}"), None),
             ),
@@ -245,6 +245,14 @@ impl ServerHandler for Gateway {
                 Err(McpError::invalid_params(e.to_string(), None))
             }
             Err(CallError::Upstream(UpstreamError::Rpc { error, .. })) => Err(error),
+            Err(
+                e @ (CallError::RateLimited { retry_after, .. }
+                | CallError::BreakerOpen { retry_after, .. }),
+            ) => Err(McpError::new(
+                rmcp::model::ErrorCode(-32000),
+                e.to_string(),
+                Some(serde_json::json!({ "retryAfterSeconds": retry_after.as_secs_f64().ceil() })),
+            )),
             Err(
                 other @ (CallError::Upstream(_)
                 | CallError::HttpTool { .. }

@@ -20,6 +20,12 @@ use crate::{
     auth::Principal,
     catalog::{Catalog, Target, ToolEntry},
     events::{CallOutcome, Event, EventBus},
+    guard::{
+        Guard, LimitScope,
+        breaker::{Admission, Transition},
+        is_idempotent,
+        retry::RetryPolicy,
+    },
     outbound,
     upstream::{ProgressSink, UpstreamError, UpstreamManager},
 };
@@ -59,6 +65,23 @@ pub enum CallError {
     Upstream(#[from] UpstreamError),
     #[error("HTTP tool {tool} failed: {detail}")]
     HttpTool { tool: String, detail: String },
+    #[error("rate limit of the {scope} exceeded; retry in {:.1}s", .retry_after.as_secs_f64())]
+    RateLimited {
+        scope: LimitScope,
+        retry_after: Duration,
+    },
+    #[error("server {server} is failing and its circuit breaker is open; retry in {:.1}s", .retry_after.as_secs_f64())]
+    BreakerOpen {
+        server: String,
+        retry_after: Duration,
+    },
+}
+
+/// A call's result, with how many attempts it took.
+#[derive(Debug)]
+pub struct Called {
+    pub result: CallToolResult,
+    pub attempts: u32,
 }
 
 /// The pipeline, with everything its stages need.
@@ -69,8 +92,57 @@ pub struct Pipeline {
     pub events: EventBus,
     pub http: reqwest::Client,
     pub outbound: outbound::OutboundPolicy,
+    pub guard: Arc<Guard>,
+    pub retry: RetryPolicy,
+    /// Calls running now, so shutdown can wait for them.
+    pub in_flight: Arc<InFlight>,
     pub call_timeout: Duration,
     pub max_response_bytes: usize,
+}
+
+/// Counts calls in flight.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Holds one call's place in [`InFlight`].
+pub struct Running<'a>(&'a InFlight);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    pub fn enter(&self) -> Running<'_> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Running(self)
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once no call is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Most validation errors reported for one call.
@@ -79,7 +151,8 @@ const MAX_REPORTED_ERRORS: usize = 8;
 impl Pipeline {
     /// Runs one call through every stage.
     #[tracing::instrument(name = "tool_call", skip_all, fields(tool = %call.name, user = %call.principal.user_id))]
-    pub async fn call(&self, call: ToolCall) -> Result<CallToolResult, CallError> {
+    pub async fn call(&self, call: ToolCall) -> Result<Called, CallError> {
+        let _running = self.in_flight.enter();
         let started = Instant::now();
         let snapshot = self.catalog.snapshot();
         // catalog + policy: a tool the principal may not see is unknown, and
@@ -100,7 +173,7 @@ impl Pipeline {
             tool: entry.public_name.clone(),
             server: entry.server().map(str::to_owned),
             outcome: match &result {
-                Ok(r) if r.is_error == Some(true) => CallOutcome::ToolError,
+                Ok(r) if r.result.is_error == Some(true) => CallOutcome::ToolError,
                 Ok(_) => CallOutcome::Success,
                 Err(_) => CallOutcome::Failed,
             },
@@ -109,11 +182,7 @@ impl Pipeline {
         result
     }
 
-    async fn call_entry(
-        &self,
-        entry: &ToolEntry,
-        call: ToolCall,
-    ) -> Result<CallToolResult, CallError> {
+    async fn call_entry(&self, entry: &ToolEntry, call: ToolCall) -> Result<Called, CallError> {
         if !entry.enabled() {
             return Err(CallError::Disabled(entry.public_name.clone()));
         }
@@ -125,37 +194,138 @@ impl Pipeline {
         }
         policy::authorize(&call.principal, entry)?;
         validate(entry, call.arguments.as_ref())?;
-        // guard and cache stages arrive with "Resilience and traffic control".
+        // guard: rate limits (breakers and concurrency apply per attempt).
+        self.guard
+            .admit(&call.principal, entry)
+            .map_err(|(scope, retry_after)| CallError::RateLimited { scope, retry_after })?;
+        // The cache stage arrives with cacheable tools.
         match &entry.target {
             Target::Upstream { server, original } => {
-                let upstream = self.upstreams.get(server).ok_or_else(|| {
-                    CallError::Upstream(UpstreamError::Unavailable {
-                        server: server.clone(),
-                        reason: "removed".into(),
-                    })
-                })?;
-                let timeout = upstream
-                    .spec
-                    .timeout_secs
-                    .map(Duration::from_secs_f64)
-                    .unwrap_or(self.call_timeout);
-                let mut result = upstream
-                    .call_tool(original, call.arguments, call.progress, timeout)
-                    .await?;
-                // Results of pre-2026 upstreams have no resultType, which a
-                // 2026-07-28 caller requires; rmcp strips it again for
-                // callers of older revisions.
-                result.result_type = Some(rmcp::model::ResultType::COMPLETE);
-                Ok(result)
+                self.call_upstream(entry, server, original, call).await
             }
-            Target::Http { url } => {
-                self.call_http(&entry.public_name, url, call.arguments)
-                    .await
-            }
+            Target::Http { url } => Ok(Called {
+                result: self
+                    .call_http(&entry.public_name, url, call.arguments)
+                    .await?,
+                attempts: 1,
+            }),
             Target::CatalogOnly => Err(CallError::NotExecutable {
                 name: entry.public_name.clone(),
                 reason: "it was registered without an endpoint".into(),
             }),
+        }
+    }
+
+    /// The upstream call: breaker, concurrency limit, timeout, and retries
+    /// with backoff where they are safe, all within one deadline.
+    async fn call_upstream(
+        &self,
+        entry: &ToolEntry,
+        server: &str,
+        original: &str,
+        call: ToolCall,
+    ) -> Result<Called, CallError> {
+        let upstream = self.upstreams.get(server).ok_or_else(|| {
+            CallError::Upstream(UpstreamError::Unavailable {
+                server: server.to_owned(),
+                reason: "removed".into(),
+            })
+        })?;
+        let timeout = entry
+            .overlay
+            .timeout_secs
+            .or(upstream.spec.timeout_secs)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(self.call_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let idempotent = is_idempotent(entry, upstream.spec.trusted);
+        let timed_out = || {
+            CallError::Upstream(UpstreamError::Timeout {
+                server: server.to_owned(),
+                timeout,
+            })
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (admission, transition) = upstream.breaker.admit();
+            self.announce(server, transition);
+            if let Admission::Refused { retry_after } = admission {
+                return Err(CallError::BreakerOpen {
+                    server: server.to_owned(),
+                    retry_after,
+                });
+            }
+            let _slot = match &upstream.slots {
+                Some(slots) => {
+                    match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+                        Ok(Ok(permit)) => Some(permit),
+                        _ => {
+                            self.announce(server, upstream.breaker.record(true));
+                            return Err(timed_out());
+                        }
+                    }
+                }
+                None => None,
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(timed_out());
+            }
+            let outcome = upstream
+                .call_tool(
+                    original,
+                    call.arguments.clone(),
+                    call.progress.clone(),
+                    remaining,
+                )
+                .await;
+            let failed = outcome.as_ref().err().is_some_and(counts_against_breaker);
+            self.announce(server, upstream.breaker.record(!failed));
+            let error = match outcome {
+                Ok(mut result) => {
+                    // Results of pre-2026 upstreams have no resultType, which
+                    // a 2026-07-28 caller requires; rmcp strips it again for
+                    // callers of older revisions.
+                    result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+                    return Ok(Called {
+                        result,
+                        attempts: attempt,
+                    });
+                }
+                Err(e) => e,
+            };
+            // Nothing was sent when the server was not connected: always
+            // safe to try again. Anything else may have reached it: only for
+            // idempotent tools.
+            let retryable = match &error {
+                UpstreamError::Unavailable { .. } => true,
+                UpstreamError::ConnectionLost { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::Protocol { .. } => idempotent,
+                UpstreamError::Rpc { error, .. } => {
+                    idempotent && error.code == rmcp::model::ErrorCode::INTERNAL_ERROR
+                }
+            };
+            let pause = self.retry.backoff(attempt);
+            if !retryable
+                || attempt >= self.retry.max_attempts
+                || tokio::time::Instant::now() + pause >= deadline
+            {
+                return Err(CallError::Upstream(error));
+            }
+            tracing::debug!(server, tool = %entry.public_name, attempt, %error, "retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn announce(&self, server: &str, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            tracing::warn!(server, transition = ?t, "circuit breaker changed state");
+            self.events.publish(Event::BreakerChanged {
+                server: server.to_owned(),
+                transition: t,
+            });
         }
     }
 
@@ -246,6 +416,15 @@ fn validate(entry: &ToolEntry, arguments: Option<&JsonObject>) -> Result<(), Cal
             tool: entry.public_name.clone(),
             errors,
         })
+    }
+}
+
+/// Whether an upstream failure says the server is unhealthy (a tool that
+/// reports an error, or a request the server rejects, does not).
+fn counts_against_breaker(error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Rpc { error, .. } => error.code == rmcp::model::ErrorCode::INTERNAL_ERROR,
+        _ => true,
     }
 }
 

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Settings,
     events::{Event, EventBus},
+    guard::breaker::{Breaker, BreakerConfig},
     outbound::OutboundPolicy,
 };
 use client::UpstreamClient;
@@ -88,6 +89,8 @@ pub struct UpstreamStatus {
 pub enum UpstreamError {
     #[error("server {server} is not available ({reason})")]
     Unavailable { server: String, reason: String },
+    #[error("server {server} closed the connection during the call")]
+    ConnectionLost { server: String },
     #[error("server {server} did not answer within {timeout:?}")]
     Timeout { server: String, timeout: Duration },
     #[error("server {server} answered with an error: {error}")]
@@ -108,6 +111,10 @@ pub struct Connection {
 /// One upstream server and its supervisor.
 pub struct Upstream {
     pub spec: ServerSpec,
+    /// The circuit breaker of calls to this server.
+    pub breaker: Breaker,
+    /// Calls in flight at most, when the server sets `max_concurrency`.
+    pub slots: Option<Arc<tokio::sync::Semaphore>>,
     status: ArcSwap<UpstreamStatus>,
     offer: ArcSwap<Offer>,
     conn: ArcSwapOption<Connection>,
@@ -277,7 +284,11 @@ impl Upstream {
                 server: self.spec.name.clone(),
                 timeout,
             },
-            ServiceError::TransportClosed | ServiceError::TransportSend(_) => self.unavailable(),
+            ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
+                UpstreamError::ConnectionLost {
+                    server: self.spec.name.clone(),
+                }
+            }
             other => UpstreamError::Protocol {
                 server: self.spec.name.clone(),
                 detail: other.to_string(),
@@ -309,6 +320,9 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// A connection that lived this long was not a failed start.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
 /// Everything a supervisor needs besides its upstream.
 #[derive(Clone)]
 struct Context {
@@ -317,7 +331,10 @@ struct Context {
     policy: OutboundPolicy,
     connect_timeout: Duration,
     health_interval: Duration,
+    health_failures: u32,
+    max_restarts: u32,
     max_response_bytes: usize,
+    breaker: BreakerConfig,
 }
 
 /// The set of upstreams, in a stable order (config file order, then the
@@ -337,7 +354,10 @@ impl UpstreamManager {
                 policy: OutboundPolicy::from_settings(&settings.outbound),
                 connect_timeout: settings.connect_timeout,
                 health_interval: settings.health_interval,
+                health_failures: settings.health_failures,
+                max_restarts: settings.max_restarts,
                 max_response_bytes: settings.outbound.max_response_bytes,
+                breaker: settings.breaker,
             },
         }
     }
@@ -376,6 +396,10 @@ impl UpstreamManager {
             Status::Disabled
         };
         let upstream = Arc::new(Upstream {
+            breaker: Breaker::new(spec.circuit_breaker.unwrap_or(self.cx.breaker)),
+            slots: spec
+                .max_concurrency
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize))),
             status: ArcSwap::from_pointee(UpstreamStatus {
                 status: initial,
                 last_error: None,
@@ -435,11 +459,26 @@ async fn stop(upstream: &Upstream) {
 async fn supervise(upstream: Arc<Upstream>, cx: Context) {
     let name = upstream.spec.name.clone();
     let mut backoff = Duration::from_millis(500);
-    let span = tracing::info_span!("upstream", server = %name);
-    let _enter = span.enter();
-    drop(_enter);
+    // Connections that failed, or ended before they were stable, in a row.
+    let mut failures_in_a_row: u32 = 0;
     loop {
         if upstream.stop.is_cancelled() {
+            break;
+        }
+        if cx.max_restarts > 0 && failures_in_a_row >= cx.max_restarts {
+            let error = format!(
+                "gave up after {failures_in_a_row} failed starts in a row; restart it over the API"
+            );
+            tracing::error!(server = %name, %error);
+            upstream.set_status(|s| {
+                s.status = Status::Failed;
+                s.last_error = Some(error.clone());
+            });
+            cx.events.publish(Event::UpstreamDown {
+                server: name.clone(),
+                error,
+            });
+            upstream.stop.cancelled().await;
             break;
         }
         upstream.set_status(|s| {
@@ -483,6 +522,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                     server: name.clone(),
                     error,
                 });
+                failures_in_a_row += 1;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = upstream.stop.cancelled() => break,
@@ -521,13 +561,13 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         cx.events.publish(Event::CatalogChanged {
             server: Some(name.clone()),
         });
-        backoff = Duration::from_millis(500);
-
         let stop_service = running.cancellation_token();
         let waiting = running.waiting();
         tokio::pin!(waiting);
         let mut health = tokio::time::interval(cx.health_interval);
         health.tick().await;
+        let connected_at = Instant::now();
+        let mut missed_probes = 0;
         let stopping = loop {
             tokio::select! {
                 _ = &mut waiting => break false,
@@ -538,11 +578,26 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                     }
                     cx.events.publish(Event::CatalogChanged { server: Some(name.clone()) });
                 }
-                _ = health.tick() => probe(&upstream, &peer, cx.connect_timeout).await,
+                _ = health.tick() => {
+                    let timeout = cx.connect_timeout.min(cx.health_interval);
+                    if probe(&upstream, &peer, timeout).await {
+                        missed_probes = 0;
+                    } else {
+                        missed_probes += 1;
+                        if missed_probes >= cx.health_failures {
+                            // A hung server answers nothing: replace it.
+                            tracing::warn!(server = %name, missed_probes, "upstream hangs; reconnecting");
+                            break false;
+                        }
+                    }
+                }
             }
         };
+        if connected_at.elapsed() >= STABLE_CONNECTION {
+            failures_in_a_row = 0;
+        }
         upstream.conn.store(None);
-        if stopping {
+        if stopping || missed_probes >= cx.health_failures {
             stop_service.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut waiting).await;
         }
@@ -552,6 +607,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         if stopping {
             break;
         }
+        failures_in_a_row += 1;
         tracing::warn!(server = %name, "upstream connection closed; reconnecting");
         upstream.set_status(|s| {
             s.status = Status::Failed;
@@ -567,6 +623,10 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         cx.events.publish(Event::CatalogChanged {
             server: Some(name.clone()),
         });
+        if failures_in_a_row <= 1 {
+            // A connection that had been stable comes back at once.
+            backoff = Duration::from_millis(100);
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = upstream.stop.cancelled() => break,
@@ -691,7 +751,7 @@ async fn sync(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<(), String
 
 /// Measures how long the upstream takes to answer a ping. Any answer, even
 /// an error (modern servers have no `ping`), proves it is alive.
-async fn probe(upstream: &Upstream, peer: &Peer<RoleClient>, timeout: Duration) {
+async fn probe(upstream: &Upstream, peer: &Peer<RoleClient>, timeout: Duration) -> bool {
     let started = Instant::now();
     let ping = ClientRequest::PingRequest(PingRequest::default());
     let answered = match peer
@@ -715,4 +775,5 @@ async fn probe(upstream: &Upstream, peer: &Peer<RoleClient>, timeout: Duration) 
             s.last_error = Some(format!("health probe got no answer within {timeout:?}"));
         }
     });
+    answered
 }

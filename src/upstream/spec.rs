@@ -69,6 +69,17 @@ pub struct ServerSpec {
     pub timeout_secs: Option<f64>,
     #[serde(default)]
     pub on_tool_change: ChangeMode,
+    /// Whether the server's tool annotations (`readOnlyHint`,
+    /// `idempotentHint`) are believed, e.g. to allow retries.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trusted: bool,
+    /// Calls in flight to this server at most (a stdio server that can take
+    /// one call at a time gets 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Overrides the gateway's circuit breaker settings for this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<crate::guard::breaker::BreakerConfig>,
     #[serde(default = "api_source")]
     pub source: Source,
 }
@@ -143,7 +154,37 @@ impl ServerSpec {
                 SpecError::Invalid("on_tool_change must be accept or quarantine".into())
             })?,
         };
-        for read_only in ["source", "status", "tools", "conflicts", "stderr_tail"] {
+        let trusted = match map.remove("trusted") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(SpecError::Invalid("trusted must be a boolean".into())),
+        };
+        let max_concurrency =
+            match map.remove("max_concurrency") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().filter(|n| (1..=10_000).contains(n)).ok_or_else(
+                    || SpecError::Invalid("max_concurrency must be 1 to 10000".into()),
+                )? as u32),
+            };
+        let circuit_breaker = match map.remove("circuit_breaker") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let config: crate::guard::breaker::BreakerConfig = serde_json::from_value(v)
+                    .map_err(|e| SpecError::Invalid(format!("circuit_breaker: {e}")))?;
+                config
+                    .validate()
+                    .map_err(|e| SpecError::Invalid(format!("circuit_breaker: {e}")))?;
+                Some(config)
+            }
+        };
+        for read_only in [
+            "source",
+            "status",
+            "tools",
+            "conflicts",
+            "stderr_tail",
+            "breaker",
+        ] {
             map.remove(read_only);
         }
         let kind = map
@@ -236,6 +277,9 @@ impl ServerSpec {
             enabled,
             timeout_secs,
             on_tool_change,
+            trusted,
+            max_concurrency,
+            circuit_breaker,
             source: Source::Api,
         })
     }

@@ -13,4 +13,5 @@ mod catalog;
 mod cli;
 mod core;
 mod peers;
+mod resilience;
 mod store;

@@ -1,0 +1,114 @@
+//! The guard stage: rate limits (per principal, tool, tenant and upstream),
+//! and the building blocks the call stage uses against a failing upstream:
+//! circuit breakers and the retry policy.
+
+pub mod breaker;
+pub mod rate;
+pub mod retry;
+
+use std::time::Duration;
+
+use rate::{Limiter, Rate};
+
+use crate::{auth::Principal, catalog::ToolEntry};
+
+/// The configured limits; `None` is unlimited.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimits {
+    pub per_principal: Option<Rate>,
+    pub per_tool: Option<Rate>,
+    pub per_tenant: Option<Rate>,
+    pub per_upstream: Option<Rate>,
+}
+
+/// Which limit refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    Principal,
+    Tool,
+    Tenant,
+    Upstream,
+}
+
+impl std::fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Principal => "caller",
+            Self::Tool => "tool",
+            Self::Tenant => "tenant",
+            Self::Upstream => "server",
+        })
+    }
+}
+
+/// Rate limiting for tool calls.
+#[derive(Debug, Default)]
+pub struct Guard {
+    limits: RateLimits,
+    limiter: Limiter,
+}
+
+impl Guard {
+    pub fn new(limits: RateLimits) -> Self {
+        Self {
+            limits,
+            limiter: Limiter::default(),
+        }
+    }
+
+    /// Takes one call of `principal` to `tool` from every limit that
+    /// applies; the first limit exceeded refuses it with the wait.
+    pub fn admit(
+        &self,
+        principal: &Principal,
+        tool: &ToolEntry,
+    ) -> Result<(), (LimitScope, Duration)> {
+        let tenant = &principal.tenant_id;
+        let checks = [
+            (
+                LimitScope::Principal,
+                self.limits.per_principal,
+                format!("p:{tenant}:{}", principal.user_id),
+            ),
+            (
+                LimitScope::Tool,
+                self.limits.per_tool,
+                format!("t:{tenant}:{}", tool.public_name),
+            ),
+            (
+                LimitScope::Tenant,
+                self.limits.per_tenant,
+                format!("n:{tenant}"),
+            ),
+            (
+                LimitScope::Upstream,
+                self.limits.per_upstream.filter(|_| tool.server().is_some()),
+                format!("u:{}", tool.server().unwrap_or_default()),
+            ),
+        ];
+        for (scope, rate, key) in checks {
+            if let Some(rate) = rate {
+                self.limiter
+                    .check(&key, rate)
+                    .map_err(|wait| (scope, wait))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a call to `tool` may be retried after it may have reached the
+/// upstream: only for tools known to be idempotent or read-only, by an
+/// explicit setting, or by the MCP annotations when the server is trusted
+/// (annotations are untrusted input otherwise).
+pub fn is_idempotent(tool: &ToolEntry, server_trusted: bool) -> bool {
+    if let Some(explicit) = tool.overlay.idempotent {
+        return explicit;
+    }
+    server_trusted
+        && tool
+            .definition
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
+}

@@ -1,0 +1,227 @@
+//! Faults against real processes: crashing and flapping upstreams, retries,
+//! rate limits and graceful shutdown, with assertions on what callers saw.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Gateway, Options, fixture_stdio};
+
+fn text(body: &Value) -> String {
+    body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_crashing_upstream_fails_its_calls_fast_and_comes_back() {
+    let m = common::marker("fx-crash");
+    let mut gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .env("META_MCP_CALL_TIMEOUT_SECS", "30")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let pid = common::processes_with(&m)[0].0;
+    let started = Instant::now();
+    let in_flight = gw.execute("fx__slow", json!({"ms": 20_000}));
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    };
+    let ((code, body), ()) = tokio::join!(in_flight, killer);
+    assert_eq!(code, 502, "{body}");
+    assert_eq!(body["type"], "urn:metamcp:problem:upstream-connection-lost");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed fast, not at the 30 s timeout"
+    );
+    // The supervisor restarts it; the next call succeeds.
+    gw.wait_server("fx", "ready").await;
+    let (code, body) = gw.execute("fx__echo", json!({"message": "back"})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(text(&body), "back");
+    let new_pid = common::processes_with(&m)[0].0;
+    assert_ne!(new_pid, pid);
+    assert!(gw.stop().unwrap().success());
+    let left = common::wait_no_processes(&m, Duration::from_secs(10)).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_answers_fast_half_opens_and_closes() {
+    let m = common::marker("fx-flap");
+    let mut spec = fixture_stdio(&m);
+    spec["circuit_breaker"] =
+        json!({"failure_threshold": 3, "recovery_timeout": 1.0, "monitor_interval": 30});
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": spec}}))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    for _ in 0..3 {
+        let (code, _) = gw.execute("fx__protocol_error", json!({})).await;
+        assert_eq!(code, 502);
+    }
+    let (_, count_before) = gw.get("/api/v1/servers/fx").await;
+    assert_eq!(count_before["breaker"], "open");
+    let started = Instant::now();
+    let (code, body) = gw.execute("fx__echo", json!({"message": "x"})).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["type"], "urn:metamcp:problem:circuit-open");
+    assert_eq!(body["retry_after"], 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "answered at once"
+    );
+    let (_, health) = gw.get("/api/v1/health/detailed").await;
+    assert_eq!(health["upstreams"][0]["breaker"], "open");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, status) = gw.get("/api/v1/servers/fx").await;
+    assert_eq!(status["breaker"], "half_open");
+    let (code, body) = gw.execute("fx__echo", json!({"message": "trial"})).await;
+    assert_eq!(code, 200, "the trial call goes through: {body}");
+    let (_, status) = gw.get("/api/v1/servers/fx").await;
+    assert_eq!(status["breaker"], "closed");
+    // Tool-level errors and rejected arguments do not count as failures.
+    for _ in 0..4 {
+        gw.execute("fx__fail", json!({})).await;
+    }
+    assert_eq!(gw.get("/api/v1/servers/fx").await.1["breaker"], "closed");
+}
+
+#[tokio::test]
+async fn only_idempotent_calls_are_retried() {
+    let (a, b) = (common::marker("fx-idem"), common::marker("fx-once"));
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"a": fixture_stdio(&a), "b": fixture_stdio(&b)}}))
+            .env("META_MCP_RETRY_BASE_DELAY_MS", "20")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("a", "ready").await;
+    gw.wait_server("b", "ready").await;
+    let (code, body) = gw
+        .send("PUT", "/api/v1/tools/a__flaky", json!({"idempotent": true}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["idempotent"], true);
+
+    let (code, body) = gw
+        .execute("a__flaky", json!({"key": "k", "failures": 2}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["attempts"], 3);
+    assert_eq!(text(&body), "ok after 3 attempts");
+
+    let (code, body) = gw
+        .execute("b__flaky", json!({"key": "k", "failures": 2}))
+        .await;
+    assert_eq!(code, 502, "not idempotent: the failure is returned: {body}");
+    // The upstream saw exactly one attempt: the next call is its second.
+    let (code, body) = gw
+        .execute("b__flaky", json!({"key": "k", "failures": 1}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(text(&body), "ok after 2 attempts");
+    assert_eq!(body["attempts"], 1);
+}
+
+#[tokio::test]
+async fn a_burst_over_the_rate_limit_gets_exactly_the_excess_refused() {
+    let m = common::marker("fx-rate");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .env("META_MCP_RATE_LIMIT_TOOL", "5/minute")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let client = reqwest::Client::new();
+    let calls = (0..8).map(|i| {
+        client
+            .post(gw.url("/api/v1/tools/fx__echo/execute"))
+            .json(&json!({"arguments": {"message": format!("m{i}")}}))
+            .send()
+    });
+    let responses = futures::future::join_all(calls).await;
+    let mut ok = 0;
+    let mut waits = Vec::new();
+    for r in responses {
+        let r = r.unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                let wait: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["type"], "urn:metamcp:problem:rate-limited");
+                assert_eq!(body["scope"], "tool");
+                waits.push(wait);
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ok, 5);
+    assert_eq!(waits.len(), 3);
+    // 5 per minute: the next slot opens 12 s after the burst.
+    assert!(waits.iter().all(|w| (11..=12).contains(w)), "{waits:?}");
+    // Another tool has its own budget.
+    let (code, _) = gw.execute("fx__add", json!({"a": 1, "b": 1})).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn sigterm_lets_calls_in_flight_finish_and_stops_cleanly() {
+    let m = common::marker("fx-term");
+    let mut gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .env("META_MCP_SHUTDOWN_GRACE_SECS", "20")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let client = reqwest::Client::new();
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let request = client
+                .post(gw.url("/api/v1/tools/fx__slow/execute"))
+                .json(&json!({"arguments": {"ms": 1500 + i}}))
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = gw.child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New requests are refused while the calls drain.
+    let late = reqwest::Client::new()
+        .get(gw.url("/api/v1/health/live"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(late.is_err(), "a new connection is not served: {late:?}");
+    for call in calls {
+        let r = call.await.unwrap().expect("the in-flight call completes");
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert!(text(&body).starts_with("slept"), "{body}");
+    }
+    let status = gw.stop().expect("exit status");
+    assert!(status.success(), "{status:?}");
+    let left = common::wait_no_processes(&m, Duration::from_secs(10)).await;
+    assert!(left.is_empty(), "{left:?}");
+}
