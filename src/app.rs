@@ -58,7 +58,10 @@ impl AppState {
     /// Rebuilds the catalog now (after a change made through the API, so
     /// the caller's next read sees it).
     pub async fn refresh_catalog(&self) -> Result<(), StoreError> {
-        self.catalog.rebuild(&self.upstreams, &self.store).await
+        self.catalog.rebuild(&self.upstreams, &self.store).await?;
+        // A changed catalog may change what a cached result means.
+        self.pipeline.cache.invalidate_all();
+        Ok(())
     }
 }
 
@@ -106,6 +109,14 @@ impl App {
             outbound: outbound_policy.clone(),
             guard: Arc::new(crate::guard::Guard::new(settings.rate_limits.clone())),
             in_flight: Default::default(),
+            cache: Arc::new(
+                crate::cache::ResultCache::new(
+                    settings.cache_max_size,
+                    settings.cache_ttl,
+                    settings.redis_url.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?,
+            ),
             retry: settings.retry,
             call_timeout: settings.call_timeout,
             max_response_bytes: settings.outbound.max_response_bytes,

@@ -128,6 +128,11 @@ pub struct Settings {
     /// Consecutive failed health probes after which a connection is
     /// considered hung and is replaced.
     pub health_failures: u32,
+    /// The longest a cached result lives (a tool's `cache_ttl_secs` is
+    /// capped at it).
+    pub cache_ttl: Duration,
+    pub cache_max_size: u64,
+    pub redis_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -169,6 +174,9 @@ impl Default for Settings {
             rate_limits: Default::default(),
             max_restarts: 10,
             health_failures: 3,
+            cache_ttl: Duration::from_secs(300),
+            cache_max_size: 1000,
+            redis_url: None,
         }
     }
 }
@@ -207,6 +215,9 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_RATE_LIMIT_UPSTREAM",
     "META_MCP_MAX_RESTARTS",
     "META_MCP_HEALTH_FAILURES",
+    "META_MCP_CACHE_TTL",
+    "META_MCP_CACHE_MAX_SIZE",
+    "META_MCP_REDIS_URL",
     "META_MCP_OUTBOUND_ALLOW_LOOPBACK",
     "META_MCP_OUTBOUND_ALLOW_PRIVATE",
     "META_MCP_OUTBOUND_ALLOW_LINK_LOCAL",
@@ -424,6 +435,23 @@ impl Settings {
                     .ok()
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| err(format!("expected a whole number >= 1, got {value:?}")))?
+            }
+            "cache_ttl" => self.cache_ttl = secs(value)?,
+            "cache_max_size" => {
+                self.cache_max_size = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| err(format!("expected a whole number >= 1, got {value:?}")))?
+            }
+            "redis_url" => {
+                let url = value.trim();
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(err("expected redis://HOST:PORT[/DB] or rediss://...".into()));
+                }
+                redis::Client::open(url).map_err(|e| err(format!("not a valid Redis URL: {e}")))?;
+                self.redis_url = Some(url.to_owned());
             }
             "config_watch_secs" => {
                 self.config_watch = if value.trim() == "0" {

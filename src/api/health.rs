@@ -77,6 +77,7 @@ async fn detailed(State(state): State<Arc<AppState>>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": uptime(&state),
         "store": store,
+        "cache": state.pipeline.cache.status(),
         "upstreams": upstreams,
     }))
 }

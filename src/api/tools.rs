@@ -421,6 +421,22 @@ async fn update(
             }
             let mut overlay = entry.overlay.clone();
             overlay.merge(input.overlay());
+            if overlay.cache_ttl_secs.is_some_and(|t| t > 0) {
+                let trusted = state.upstreams.get(server).is_some_and(|u| u.spec.trusted);
+                let annotated = trusted
+                    && entry
+                        .definition
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.read_only_hint == Some(true));
+                if !(overlay.read_only == Some(true) || (overlay.read_only.is_none() && annotated))
+                {
+                    return Err(Problem::invalid(
+                        "only read-only tools are cached: set read_only: true (or mark the server trusted \
+                         and let the tool's readOnlyHint say so)",
+                    ));
+                }
+            }
             state
                 .store
                 .put_overlay(DEFAULT_TENANT, server, entry.original_name(), &overlay)
@@ -501,6 +517,7 @@ async fn execute(
         "server": server,
         "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
         "attempts": called.attempts,
+        "cached": called.cached,
         "result": result,
     })))
 }

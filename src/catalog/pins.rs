@@ -44,6 +44,11 @@ pub fn pinned_definition(tool: &Tool) -> Value {
     canonical(Value::Object(def))
 }
 
+/// `value` with object keys sorted, recursively.
+pub fn canonical_json(value: &Value) -> Value {
+    canonical(value.clone())
+}
+
 fn canonical(value: Value) -> Value {
     match value {
         Value::Object(map) => {

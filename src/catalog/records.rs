@@ -36,6 +36,12 @@ pub struct Overlay {
     /// Per-tool call timeout, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<f64>,
+    /// Set by hand: the tool only reads (its results may be cached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// Cache successful results this long (read-only tools only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_secs: Option<u64>,
 }
 
 impl Overlay {
@@ -55,7 +61,9 @@ impl Overlay {
             author,
             enabled,
             idempotent,
-            timeout_secs
+            timeout_secs,
+            read_only,
+            cache_ttl_secs
         );
     }
 }
@@ -131,6 +139,8 @@ pub struct ToolInput {
     pub enabled: Option<bool>,
     pub idempotent: Option<bool>,
     pub timeout_secs: Option<f64>,
+    pub read_only: Option<bool>,
+    pub cache_ttl_secs: Option<u64>,
     /// Read-only fields of a record, accepted (and ignored) so a record read
     /// with GET can be sent back with PUT.
     pub server: Option<Value>,
@@ -172,6 +182,9 @@ impl ToolInput {
         {
             return Err("tags must be 1 to 64 characters each".into());
         }
+        if self.cache_ttl_secs.is_some_and(|t| t > 86_400) {
+            return Err("cache_ttl_secs must be at most 86400".into());
+        }
         if let Some(t) = self.timeout_secs
             && !(t > 0.0 && t <= 86_400.0)
         {
@@ -206,6 +219,8 @@ impl ToolInput {
             enabled: self.enabled,
             idempotent: self.idempotent,
             timeout_secs: self.timeout_secs,
+            read_only: self.read_only,
+            cache_ttl_secs: self.cache_ttl_secs,
         }
     }
 }
@@ -234,6 +249,10 @@ pub struct ToolRecord {
     pub idempotent: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_secs: Option<u64>,
     /// `upstream` (discovered), `http` or `catalog` (registered by hand).
     pub source: &'static str,
     /// Whether executing it can succeed at all.
@@ -281,6 +300,8 @@ impl ToolRecord {
             enabled: entry.enabled(),
             idempotent: o.idempotent,
             timeout_secs: o.timeout_secs,
+            read_only: o.read_only,
+            cache_ttl_secs: o.cache_ttl_secs,
             source,
             executable: !matches!(entry.target, Target::CatalogOnly),
             annotations: d

@@ -97,6 +97,27 @@ impl Guard {
     }
 }
 
+/// Whether `tool` only reads, by the same rule as retries: an explicit
+/// setting, or the `readOnlyHint` annotation of a trusted server.
+pub fn is_read_only(tool: &ToolEntry, server_trusted: bool) -> bool {
+    if let Some(explicit) = tool.overlay.read_only {
+        return explicit;
+    }
+    server_trusted
+        && tool
+            .definition
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.read_only_hint == Some(true))
+}
+
+/// How long results of `tool` may be cached: only when a TTL is set and the
+/// tool is read-only.
+pub fn cache_ttl(tool: &ToolEntry, server_trusted: bool) -> Option<Duration> {
+    let ttl = tool.overlay.cache_ttl_secs.filter(|t| *t > 0)?;
+    is_read_only(tool, server_trusted).then(|| Duration::from_secs(ttl))
+}
+
 /// Whether a call to `tool` may be retried after it may have reached the
 /// upstream: only for tools known to be idempotent or read-only, by an
 /// explicit setting, or by the MCP annotations when the server is trusted
@@ -104,6 +125,9 @@ impl Guard {
 pub fn is_idempotent(tool: &ToolEntry, server_trusted: bool) -> bool {
     if let Some(explicit) = tool.overlay.idempotent {
         return explicit;
+    }
+    if tool.overlay.read_only == Some(true) {
+        return true;
     }
     server_trusted
         && tool

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::{
     auth::Principal,
+    cache::ResultCache,
     catalog::{Catalog, Target, ToolEntry},
     events::{CallOutcome, Event, EventBus},
     guard::{
@@ -77,11 +78,13 @@ pub enum CallError {
     },
 }
 
-/// A call's result, with how many attempts it took.
+/// A call's result, with how many attempts it took (0 when it came from
+/// the cache).
 #[derive(Debug)]
 pub struct Called {
     pub result: CallToolResult,
     pub attempts: u32,
+    pub cached: bool,
 }
 
 /// The pipeline, with everything its stages need.
@@ -96,6 +99,7 @@ pub struct Pipeline {
     pub retry: RetryPolicy,
     /// Calls running now, so shutdown can wait for them.
     pub in_flight: Arc<InFlight>,
+    pub cache: Arc<ResultCache>,
     pub call_timeout: Duration,
     pub max_response_bytes: usize,
 }
@@ -198,16 +202,41 @@ impl Pipeline {
         self.guard
             .admit(&call.principal, entry)
             .map_err(|(scope, retry_after)| CallError::RateLimited { scope, retry_after })?;
-        // The cache stage arrives with cacheable tools.
         match &entry.target {
             Target::Upstream { server, original } => {
-                self.call_upstream(entry, server, original, call).await
+                // cache: only read-only tools with a TTL, keyed by the
+                // caller's authorization context.
+                let trusted = self.upstreams.get(server).is_some_and(|u| u.spec.trusted);
+                let Some(ttl) = crate::guard::cache_ttl(entry, trusted) else {
+                    return self.call_upstream(entry, server, original, call).await;
+                };
+                let arguments = Value::Object(call.arguments.clone().unwrap_or_default());
+                let key =
+                    self.cache
+                        .key(&call.principal, &format!("{server}/{original}"), &arguments);
+                if let Some(json) = self.cache.get(&key).await
+                    && let Ok(result) = serde_json::from_str::<CallToolResult>(&json)
+                {
+                    return Ok(Called {
+                        result,
+                        attempts: 0,
+                        cached: true,
+                    });
+                }
+                let called = self.call_upstream(entry, server, original, call).await?;
+                if called.result.is_error != Some(true)
+                    && let Ok(json) = serde_json::to_string(&called.result)
+                {
+                    self.cache.put(key, json, ttl).await;
+                }
+                Ok(called)
             }
             Target::Http { url } => Ok(Called {
                 result: self
                     .call_http(&entry.public_name, url, call.arguments)
                     .await?,
                 attempts: 1,
+                cached: false,
             }),
             Target::CatalogOnly => Err(CallError::NotExecutable {
                 name: entry.public_name.clone(),
@@ -291,6 +320,7 @@ impl Pipeline {
                     return Ok(Called {
                         result,
                         attempts: attempt,
+                        cached: false,
                     });
                 }
                 Err(e) => e,

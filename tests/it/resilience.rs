@@ -225,3 +225,130 @@ async fn sigterm_lets_calls_in_flight_finish_and_stops_cleanly() {
     let left = common::wait_no_processes(&m, Duration::from_secs(10)).await;
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A Redis server of the test's own, so the shared one is never touched.
+fn start_redis(port: u16) -> common::Proc {
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian package redis-server) must be installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    common::Proc(child)
+}
+
+fn redis_keys(port: u16) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "dbsize"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn cacheable_results_are_cached_in_redis_with_a_memory_fallback() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("redis-server must be installed in CI");
+        }
+        eprintln!("SKIPPED cacheable_results_are_cached_in_redis: redis-server is not installed");
+        return;
+    }
+    let port = common::free_port();
+    let mut redis = start_redis(port);
+    let m = common::marker("fx-cache");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .env("META_MCP_REDIS_URL", &format!("redis://127.0.0.1:{port}"))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    // Caching is for read-only tools only.
+    let (code, body) = gw
+        .send(
+            "PUT",
+            "/api/v1/tools/fx__count_calls",
+            json!({"cache_ttl_secs": 60}),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    let (code, body) = gw
+        .send(
+            "PUT",
+            "/api/v1/tools/fx__count_calls",
+            json!({"cache_ttl_secs": 60, "read_only": true}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+
+    let (_, first) = gw.execute("fx__count_calls", json!({})).await;
+    let (_, second) = gw.execute("fx__count_calls", json!({})).await;
+    assert_eq!(first["cached"], false);
+    assert_eq!(second["cached"], true, "{second}");
+    assert_eq!(text(&first), text(&second), "the upstream was reached once");
+    assert!(redis_keys(port) >= 1, "stored in Redis");
+    let (_, health) = gw.get("/api/v1/health/detailed").await;
+    assert_eq!(health["cache"]["backend"], "redis", "{health}");
+    // Other tools are not cached.
+    let (_, echo) = gw.execute("fx__echo", json!({"message": "x"})).await;
+    assert_eq!(echo["cached"], false);
+    let (_, echo) = gw.execute("fx__echo", json!({"message": "x"})).await;
+    assert_eq!(echo["cached"], false);
+    // A catalog change invalidates.
+    let (code, _) = gw
+        .send("PUT", "/api/v1/tools/fx__echo", json!({"category": "text"}))
+        .await;
+    assert_eq!(code, 200);
+    let (_, third) = gw.execute("fx__count_calls", json!({})).await;
+    assert_eq!(third["cached"], false, "{third}");
+    assert_ne!(text(&third), text(&first));
+
+    // Redis goes away: the gateway keeps serving, caching in memory.
+    drop(redis);
+    let (code, a) = gw.execute("fx__count_calls", json!({})).await;
+    assert_eq!(code, 200, "{a}");
+    let (_, b) = gw.execute("fx__count_calls", json!({})).await;
+    assert_eq!(b["cached"], true, "served from memory: {b}");
+    let (_, health) = gw.get("/api/v1/health/detailed").await;
+    assert_eq!(health["cache"]["redis"], "down", "{health}");
+    assert!(gw.log_text().contains("Redis is unreachable"));
+
+    // Redis is back: used again.
+    redis = start_redis(port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        gw.execute("fx__count_calls", json!({"probe": true})).await;
+        if gw.get("/api/v1/health/detailed").await.1["cache"]["redis"] == "up" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Redis was not used again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, fresh) = gw.execute("fx__count_calls", json!({"k": 1})).await;
+    assert_eq!(fresh["cached"], false);
+    assert!(redis_keys(port) >= 1, "written to Redis again");
+    drop(redis);
+}
