@@ -266,7 +266,12 @@ impl Pipeline {
             .or(upstream.spec.timeout_secs)
             .map(Duration::from_secs_f64)
             .unwrap_or(self.call_timeout);
-        let deadline = tokio::time::Instant::now() + timeout;
+        // With progress extending the timeout, the deadline of the whole
+        // call (retries included) is the server's cap instead.
+        let extend_until = upstream.spec.extend_timeout_on_progress.then(|| {
+            Duration::from_secs_f64(upstream.spec.max_call_secs.unwrap_or(600.0)).max(timeout)
+        });
+        let deadline = tokio::time::Instant::now() + extend_until.unwrap_or(timeout);
         let idempotent = is_idempotent(entry, upstream.spec.trusted);
         let timed_out = || {
             CallError::Upstream(UpstreamError::Timeout {
@@ -306,7 +311,8 @@ impl Pipeline {
                     original,
                     call.arguments.clone(),
                     call.progress.clone(),
-                    remaining,
+                    remaining.min(timeout),
+                    extend_until.map(|_| remaining),
                 )
                 .await;
             let failed = outcome.as_ref().err().is_some_and(counts_against_breaker);

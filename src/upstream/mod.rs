@@ -178,17 +178,27 @@ impl Upstream {
 
     /// Calls a tool on this upstream. Progress the upstream reports goes to
     /// `progress`. Dropping the returned future cancels the upstream request.
+    ///
+    /// `timeout` bounds the wait for an answer; with `extend_until`, each
+    /// progress notification restarts that wait, up to `extend_until` in all.
     pub async fn call_tool(
         &self,
         name: &str,
         arguments: Option<JsonObject>,
         progress: Option<Arc<dyn ProgressSink>>,
         timeout: Duration,
+        extend_until: Option<Duration>,
     ) -> Result<CallToolResult, UpstreamError> {
         let mut params = CallToolRequestParams::new(name.to_owned());
         params.arguments = arguments;
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        match self.request(request, progress, timeout).await? {
+        let options = match extend_until {
+            Some(total) => PeerRequestOptions::with_timeout(timeout)
+                .reset_timeout_on_progress()
+                .with_max_total_timeout(total),
+            None => PeerRequestOptions::with_timeout(timeout),
+        };
+        match self.request(request, progress, options).await? {
             ServerResult::CallToolResult(result) => Ok(result),
             ServerResult::InputRequiredResult(_) => Err(UpstreamError::Protocol {
                 server: self.spec.name.clone(),
@@ -207,7 +217,10 @@ impl Upstream {
         let mut params = GetPromptRequestParams::new(name.to_owned());
         params.arguments = arguments;
         let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
-        match self.request(request, None, timeout).await? {
+        match self
+            .request(request, None, PeerRequestOptions::with_timeout(timeout))
+            .await?
+        {
             ServerResult::GetPromptResult(result) => Ok(result),
             other => Err(self.unexpected(&other)),
         }
@@ -220,7 +233,10 @@ impl Upstream {
     ) -> Result<ReadResourceResult, UpstreamError> {
         let params = ReadResourceRequestParams::new(uri.to_owned());
         let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params));
-        match self.request(request, None, timeout).await? {
+        match self
+            .request(request, None, PeerRequestOptions::with_timeout(timeout))
+            .await?
+        {
             ServerResult::ReadResourceResult(result) => Ok(result),
             other => Err(self.unexpected(&other)),
         }
@@ -238,7 +254,7 @@ impl Upstream {
         &self,
         mut request: ClientRequest,
         progress: Option<Arc<dyn ProgressSink>>,
-        timeout: Duration,
+        options: PeerRequestOptions,
     ) -> Result<ServerResult, UpstreamError> {
         let Some(conn) = self.conn.load_full() else {
             return Err(self.unavailable());
@@ -257,7 +273,7 @@ impl Upstream {
         });
         let handle = conn
             .peer
-            .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+            .send_request_with_option(request, options)
             .await
             .map_err(|_| self.unavailable())?;
         let mut cancel = CancelOnDrop {

@@ -118,8 +118,9 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for RelayTransport<T> {
                             total: p.params.total,
                             message: p.params.message.clone(),
                         });
-                        continue;
                     }
+                    // It goes on to rmcp too, whose request timer a progress
+                    // notification resets when the call asked for that.
                 }
                 JsonRpcMessage::Response(r) => self.relays.finish(&r.id),
                 JsonRpcMessage::Error(e) => {

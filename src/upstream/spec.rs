@@ -77,6 +77,12 @@ pub struct ServerSpec {
     /// one call at a time gets 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// A progress notification restarts the call's timeout, up to
+    /// `max_call_secs` (default 600) in all.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub extend_timeout_on_progress: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_call_secs: Option<f64>,
     /// Overrides the gateway's circuit breaker settings for this server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<crate::guard::breaker::BreakerConfig>,
@@ -166,6 +172,25 @@ impl ServerSpec {
                     || SpecError::Invalid("max_concurrency must be 1 to 10000".into()),
                 )? as u32),
             };
+        let extend_timeout_on_progress = match map.remove("extend_timeout_on_progress") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => {
+                return Err(SpecError::Invalid(
+                    "extend_timeout_on_progress must be a boolean".into(),
+                ));
+            }
+        };
+        let max_call_secs = match map.remove("max_call_secs") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_f64()
+                    .filter(|t| *t > 0.0 && *t <= 86_400.0)
+                    .ok_or_else(|| {
+                        SpecError::Invalid("max_call_secs must be 0 < t <= 86400".into())
+                    })?,
+            ),
+        };
         let circuit_breaker = match map.remove("circuit_breaker") {
             None | Some(Value::Null) => None,
             Some(v) => {
@@ -279,6 +304,8 @@ impl ServerSpec {
             on_tool_change,
             trusted,
             max_concurrency,
+            extend_timeout_on_progress,
+            max_call_secs,
             circuit_breaker,
             source: Source::Api,
         })

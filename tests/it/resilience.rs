@@ -352,3 +352,30 @@ async fn cacheable_results_are_cached_in_redis_with_a_memory_fallback() {
     assert!(redis_keys(port) >= 1, "written to Redis again");
     drop(redis);
 }
+
+#[tokio::test]
+async fn progress_extends_the_timeout_only_where_configured() {
+    let (a, b) = (common::marker("fx-ext"), common::marker("fx-noext"));
+    let mut extending = fixture_stdio(&a);
+    extending["extend_timeout_on_progress"] = json!(true);
+    extending["max_call_secs"] = json!(10);
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"ext": extending, "plain": fixture_stdio(&b)}}))
+            .env("META_MCP_CALL_TIMEOUT_SECS", "1")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("ext", "ready").await;
+    gw.wait_server("plain", "ready").await;
+    // 5 steps 400 ms apart: 2 s in all, never 1 s without progress.
+    let args = json!({"steps": 5, "delay_ms": 400});
+    let (code, body) = gw.execute("ext__progress", args.clone()).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(text(&body), "done 5 steps");
+    let (code, body) = gw.execute("plain__progress", args).await;
+    assert_eq!(code, 504, "{body}");
+    // The cap still holds: a call that never reports progress times out.
+    let (code, body) = gw.execute("ext__slow", json!({"ms": 3000})).await;
+    assert_eq!(code, 504, "{body}");
+}
