@@ -8,6 +8,7 @@
 //! [`RelayHandle`] rides in the request's extensions, so there is no window
 //! in which progress could arrive unregistered), queues each progress
 //! notification for that call, and closes the queue when the response comes.
+//! Every message still goes on to rmcp unchanged.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -106,32 +107,30 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for RelayTransport<T> {
     }
 
     async fn receive(&mut self) -> Option<rmcp::service::RxJsonRpcMessage<RoleClient>> {
-        loop {
-            let message = self.inner.receive().await?;
-            match &message {
-                JsonRpcMessage::Notification(n) => {
-                    if let ServerNotification::ProgressNotification(p) = &n.notification
-                        && let Some(handle) = self.relays.get(&p.params.progress_token)
-                    {
-                        handle.push(Progress {
-                            progress: p.params.progress,
-                            total: p.params.total,
-                            message: p.params.message.clone(),
-                        });
-                    }
-                    // It goes on to rmcp too, whose request timer a progress
-                    // notification resets when the call asked for that.
+        let message = self.inner.receive().await?;
+        match &message {
+            JsonRpcMessage::Notification(n) => {
+                if let ServerNotification::ProgressNotification(p) = &n.notification
+                    && let Some(handle) = self.relays.get(&p.params.progress_token)
+                {
+                    handle.push(Progress {
+                        progress: p.params.progress,
+                        total: p.params.total,
+                        message: p.params.message.clone(),
+                    });
                 }
-                JsonRpcMessage::Response(r) => self.relays.finish(&r.id),
-                JsonRpcMessage::Error(e) => {
-                    if let Some(id) = &e.id {
-                        self.relays.finish(id);
-                    }
-                }
-                JsonRpcMessage::Request(_) => {}
+                // It goes on to rmcp too, whose request timer a progress
+                // notification restarts when the call asked for that.
             }
-            return Some(message);
+            JsonRpcMessage::Response(r) => self.relays.finish(&r.id),
+            JsonRpcMessage::Error(e) => {
+                if let Some(id) = &e.id {
+                    self.relays.finish(id);
+                }
+            }
+            JsonRpcMessage::Request(_) => {}
         }
+        Some(message)
     }
 
     fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
