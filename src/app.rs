@@ -88,6 +88,7 @@ impl App {
             "store ready, migrations applied"
         );
         let events = EventBus::default();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let http = outbound::client(&settings.outbound);
         let upstreams = Arc::new(UpstreamManager::new(
             &settings,
@@ -109,6 +110,7 @@ impl App {
             outbound: outbound_policy.clone(),
             guard: Arc::new(crate::guard::Guard::new(settings.rate_limits.clone())),
             in_flight: Default::default(),
+            metrics: metrics.clone(),
             cache: Arc::new(
                 crate::cache::ResultCache::new(
                     settings.cache_max_size,
@@ -138,7 +140,19 @@ impl App {
             search: Default::default(),
         });
 
-        // Rebuild the catalog whenever something it is made of changes.
+        // Rebuild the catalog whenever something it is made of changes: at
+        // once when an upstream's offer changes, and on catalog events.
+        let weak = Arc::downgrade(&state);
+        state.upstreams.set_catalog_hook(Box::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                if let Some(state) = weak.upgrade()
+                    && let Err(e) = state.refresh_catalog().await
+                {
+                    tracing::error!(error = %e, "catalog rebuild failed");
+                }
+            })
+        }));
         spawn_catalog_follower(state.clone());
 
         // Config-file servers first, in file order, then those created over
@@ -188,10 +202,18 @@ impl App {
             settings.allowed_origins.clone(),
         ));
         let mcp = crate::mcp::service(state.clone(), shutdown, None);
-        Router::new()
+        let mut router = Router::new()
             .route_service("/mcp", mcp)
-            .route("/mcp/{profile}", axum::routing::any(crate::mcp::profile_endpoint))
-            .nest("/api/v1", crate::api::router())
+            .route(
+                "/mcp/{profile}",
+                axum::routing::any(crate::mcp::profile_endpoint),
+            )
+            .nest("/api/v1", crate::api::router());
+        if settings.metrics_enabled {
+            router = router.route("/metrics", axum::routing::get(metrics_endpoint));
+        }
+        router
+            .layer(middleware::from_fn_with_state(state.clone(), count_http))
             .with_state(state.clone())
             .layer(DefaultBodyLimit::max(settings.max_body_bytes))
             .layer(middleware::from_fn_with_state(guard, http_guard::enforce))
@@ -273,4 +295,48 @@ fn spawn_catalog_follower(state: Arc<AppState>) {
             }
         }
     });
+}
+
+/// `/metrics`: the Prometheus exposition.
+async fn metrics_endpoint(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.pipeline.metrics.render(&state.upstreams),
+    )
+}
+
+/// Counts and times each request under its route template.
+async fn count_http(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        // `{name}` → `:name`: braces inside label values trip some parsers.
+        .map(|p| p.as_str().replace('{', ":").replace('}', ""))
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.pipeline.metrics;
+    metrics
+        .http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            route: route.clone(),
+            method: method.clone(),
+            status: response.status().as_u16(),
+        })
+        .inc();
+    metrics
+        .http_duration
+        .get_or_create(&crate::metrics::RouteLabels { route, method })
+        .observe(started.elapsed().as_secs_f64());
+    response
 }

@@ -133,6 +133,8 @@ pub struct Settings {
     pub cache_ttl: Duration,
     pub cache_max_size: u64,
     pub redis_url: Option<String>,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics_enabled: bool,
 }
 
 impl Default for Settings {
@@ -177,6 +179,7 @@ impl Default for Settings {
             cache_ttl: Duration::from_secs(300),
             cache_max_size: 1000,
             redis_url: None,
+            metrics_enabled: true,
         }
     }
 }
@@ -218,6 +221,7 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_CACHE_TTL",
     "META_MCP_CACHE_MAX_SIZE",
     "META_MCP_REDIS_URL",
+    "META_MCP_METRICS_ENABLED",
     "META_MCP_OUTBOUND_ALLOW_LOOPBACK",
     "META_MCP_OUTBOUND_ALLOW_PRIVATE",
     "META_MCP_OUTBOUND_ALLOW_LINK_LOCAL",
@@ -437,6 +441,7 @@ impl Settings {
                     .ok_or_else(|| err(format!("expected a whole number >= 1, got {value:?}")))?
             }
             "cache_ttl" => self.cache_ttl = secs(value)?,
+            "metrics_enabled" => self.metrics_enabled = parse_bool(value).map_err(err)?,
             "cache_max_size" => {
                 self.cache_max_size = value
                     .trim()

@@ -17,6 +17,7 @@ pub mod guard;
 pub mod http_guard;
 pub mod live_config;
 pub mod mcp;
+pub mod metrics;
 pub mod outbound;
 pub mod pipeline;
 pub mod search;

@@ -711,6 +711,7 @@ async fn search(
         })
         .unwrap_or_default();
     let snapshot = state.catalog.snapshot();
+    let started = std::time::Instant::now();
     let hits = state
         .search
         .keyword(&snapshot, &q.q, max_results, |t| {
@@ -732,6 +733,21 @@ async fn search(
             tracing::error!(error = %e, "keyword search failed");
             Problem::internal()
         })?;
+    let labels = crate::metrics::SearchLabels {
+        search_type: requested.to_owned(),
+    };
+    state
+        .pipeline
+        .metrics
+        .search_requests
+        .get_or_create(&labels)
+        .inc();
+    state
+        .pipeline
+        .metrics
+        .search_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
     let results: Vec<Value> = hits
         .iter()
         .map(|h| json!({"tool": record(&state, &h.entry), "score": h.score, "matched": h.matched}))

@@ -154,6 +154,32 @@ fn tool_error(text: String) -> CallToolResponse {
 }
 
 impl ServerHandler for Gateway {
+    async fn initialize(
+        &self,
+        request: rmcp::model::InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, McpError> {
+        self.count("initialize");
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    async fn discover(
+        &self,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::DiscoverResult, McpError> {
+        self.count("server/discover");
+        Ok(rmcp::model::DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
+        ))
+    }
+
+    async fn ping(&self, _context: RequestContext<RoleServer>) -> Result<(), McpError> {
+        self.count("ping");
+        Ok(())
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -174,6 +200,7 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        self.count("tools/list");
         let principal = principal(&context);
         let snapshot = self.state.catalog.snapshot();
         // Tools of a server that is reconnecting stay in the catalog (calls
@@ -210,6 +237,7 @@ impl ServerHandler for Gateway {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        self.count("tools/call");
         let progress = context.meta.get_progress_token().map(|token| {
             Arc::new(McpProgress {
                 peer: context.peer.clone(),
@@ -267,6 +295,7 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
+        self.count("prompts/list");
         let snapshot = self.state.catalog.snapshot();
         Ok(ListPromptsResult::with_all_items(
             snapshot
@@ -282,6 +311,7 @@ impl ServerHandler for Gateway {
         request: GetPromptRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
+        self.count("prompts/get");
         let snapshot = self.state.catalog.snapshot();
         let Some(prompt) = snapshot
             .prompt(&request.name)
@@ -309,6 +339,7 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
+        self.count("resources/list");
         let snapshot = self.state.catalog.snapshot();
         let ready = self.state.upstreams.ready_names();
         Ok(ListResourcesResult::with_all_items(
@@ -326,6 +357,7 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
+        self.count("resources/templates/list");
         let snapshot = self.state.catalog.snapshot();
         let ready = self.state.upstreams.ready_names();
         Ok(ListResourceTemplatesResult::with_all_items(
@@ -343,6 +375,7 @@ impl ServerHandler for Gateway {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
+        self.count("resources/read");
         let snapshot = self.state.catalog.snapshot();
         let Some(server) = snapshot
             .resource_server(&request.uri)
@@ -360,6 +393,17 @@ impl ServerHandler for Gateway {
 }
 
 impl Gateway {
+    fn count(&self, method: &str) {
+        self.state
+            .pipeline
+            .metrics
+            .mcp_requests
+            .get_or_create(&crate::metrics::MethodLabels {
+                method: method.to_owned(),
+            })
+            .inc();
+    }
+
     /// Whether this endpoint serves the prompts and resources of `server`:
     /// the whole catalog does; a profile, those of the servers it names.
     fn serves(&self, snapshot: &crate::catalog::Snapshot, server: &str) -> bool {

@@ -100,6 +100,7 @@ pub struct Pipeline {
     /// Calls running now, so shutdown can wait for them.
     pub in_flight: Arc<InFlight>,
     pub cache: Arc<ResultCache>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub call_timeout: Duration,
     pub max_response_bytes: usize,
 }
@@ -173,6 +174,39 @@ impl Pipeline {
         .cloned()
         .ok_or_else(|| CallError::UnknownTool(call.name.clone()))?;
         let result = self.call_entry(&entry, call).await;
+        let server = entry.server().unwrap_or_default().to_owned();
+        let outcome = match &result {
+            Ok(r) if r.result.is_error == Some(true) => "tool_error",
+            Ok(r) if r.cached => "cached",
+            Ok(_) => "success",
+            Err(
+                CallError::Upstream(_) | CallError::HttpTool { .. } | CallError::BreakerOpen { .. },
+            ) => "upstream_error",
+            Err(_) => "rejected",
+        };
+        if let Err(CallError::RateLimited { scope, .. }) = &result {
+            self.metrics
+                .rate_limited
+                .get_or_create(&crate::metrics::ScopeLabels {
+                    scope: scope.to_string(),
+                })
+                .inc();
+        }
+        self.metrics
+            .tool_calls
+            .get_or_create(&crate::metrics::ToolLabels {
+                tool: entry.public_name.clone(),
+                server: server.clone(),
+                outcome,
+            })
+            .inc();
+        self.metrics
+            .tool_duration
+            .get_or_create(&crate::metrics::ToolTimeLabels {
+                tool: entry.public_name.clone(),
+                server,
+            })
+            .observe(started.elapsed().as_secs_f64());
         self.events.publish(Event::CallFinished {
             tool: entry.public_name.clone(),
             server: entry.server().map(str::to_owned),
@@ -214,15 +248,18 @@ impl Pipeline {
                 let key =
                     self.cache
                         .key(&call.principal, &format!("{server}/{original}"), &arguments);
+                let results = crate::metrics::CacheLabels { cache: "results" };
                 if let Some(json) = self.cache.get(&key).await
                     && let Ok(result) = serde_json::from_str::<CallToolResult>(&json)
                 {
+                    self.metrics.cache_hits.get_or_create(&results).inc();
                     return Ok(Called {
                         result,
                         attempts: 0,
                         cached: true,
                     });
                 }
+                self.metrics.cache_misses.get_or_create(&results).inc();
                 let called = self.call_upstream(entry, server, original, call).await?;
                 if called.result.is_error != Some(true)
                     && let Ok(json) = serde_json::to_string(&called.result)
@@ -358,6 +395,17 @@ impl Pipeline {
     fn announce(&self, server: &str, transition: Option<Transition>) {
         if let Some(t) = transition {
             tracing::warn!(server, transition = ?t, "circuit breaker changed state");
+            self.metrics
+                .breaker_transitions
+                .get_or_create(&crate::metrics::TransitionLabels {
+                    server: server.to_owned(),
+                    to: match t {
+                        Transition::Opened => "open",
+                        Transition::HalfOpened => "half_open",
+                        Transition::Closed => "closed",
+                    },
+                })
+                .inc();
             self.events.publish(Event::BreakerChanged {
                 server: server.to_owned(),
                 transition: t,

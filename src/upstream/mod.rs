@@ -351,6 +351,19 @@ struct Context {
     max_restarts: u32,
     max_response_bytes: usize,
     breaker: BreakerConfig,
+    catalog_hook: Arc<std::sync::OnceLock<CatalogHook>>,
+}
+
+/// Called (and awaited) when an upstream's offer changed: rebuilds the
+/// catalog. Set once by the app, which owns the catalog.
+pub type CatalogHook = Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+impl Context {
+    async fn catalog_changed(&self) {
+        if let Some(hook) = self.catalog_hook.get() {
+            hook().await;
+        }
+    }
 }
 
 /// The set of upstreams, in a stable order (config file order, then the
@@ -374,8 +387,14 @@ impl UpstreamManager {
                 max_restarts: settings.max_restarts,
                 max_response_bytes: settings.outbound.max_response_bytes,
                 breaker: settings.breaker,
+                catalog_hook: Default::default(),
             },
         }
+    }
+
+    /// Sets what rebuilds the catalog when an upstream's offer changes.
+    pub fn set_catalog_hook(&self, hook: CatalogHook) {
+        let _ = self.cx.catalog_hook.set(hook);
     }
 
     pub fn list(&self) -> Vec<Arc<Upstream>> {
@@ -560,6 +579,9 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
             peer: peer.clone(),
             relays,
         })));
+        // The catalog holds the server's tools before it counts as ready, so
+        // "ready" means its tools can be called.
+        cx.catalog_changed().await;
         upstream.set_status(|s| {
             s.status = Status::Ready;
             s.last_error = None;
@@ -592,6 +614,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                     if let Err(error) = sync(&upstream, &peer).await {
                         tracing::warn!(server = %name, %error, "re-sync failed");
                     }
+                    cx.catalog_changed().await;
                     cx.events.publish(Event::CatalogChanged { server: Some(name.clone()) });
                 }
                 _ = health.tick() => {

@@ -499,10 +499,11 @@ async fn one_failing_upstream_never_breaks_the_others() {
     assert_eq!(other_code, 200);
     assert_eq!(texts(&other_body["result"]), ["still here"]);
 
-    // Server a crashes: its calls fail fast with 503 while b keeps working,
-    // and a comes back by itself.
-    let (code, _) = gw.execute("a__exit", json!({"code": 3})).await;
-    assert!(code == 503 || code == 504, "{code}");
+    // Server a crashes: its call fails fast while b keeps working, and a
+    // comes back by itself.
+    let (code, body) = gw.execute("a__exit", json!({"code": 3})).await;
+    assert_eq!(code, 502, "{body}");
+    assert_eq!(body["type"], "urn:metamcp:problem:upstream-connection-lost");
     let (code, body) = gw.execute("b__echo", json!({"message": "ok"})).await;
     assert_eq!(code, 200, "{body}");
     gw.wait_server("a", "ready").await;

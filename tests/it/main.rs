@@ -12,6 +12,7 @@ mod common;
 mod catalog;
 mod cli;
 mod core;
+mod observability;
 mod peers;
 mod resilience;
 mod store;

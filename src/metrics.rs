@@ -1,0 +1,237 @@
+//! Prometheus metrics, served at `/metrics` in the OpenMetrics text format.
+//!
+//! Labels are bounded: routes are route templates, tools and servers come
+//! from the catalog, outcomes and methods from fixed sets; no user ids and
+//! no arguments ever become labels.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::{guard::breaker::BreakerState, upstream::UpstreamManager};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    pub tool: String,
+    pub server: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolTimeLabels {
+    pub tool: String,
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub server: String,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SearchLabels {
+    pub search_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~30 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 3.0, 11,
+    ))
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub mcp_requests: Family<MethodLabels, Counter>,
+    pub tool_calls: Family<ToolLabels, Counter>,
+    pub tool_duration: Family<ToolTimeLabels, Histogram, fn() -> Histogram>,
+    upstream_up: Family<ServerLabels, Gauge>,
+    upstream_connects: Family<ServerLabels, Gauge>,
+    breaker_state: Family<ServerLabels, Gauge>,
+    pub breaker_transitions: Family<TransitionLabels, Counter>,
+    pub cache_hits: Family<CacheLabels, Counter>,
+    pub cache_misses: Family<CacheLabels, Counter>,
+    pub rate_limited: Family<ScopeLabels, Counter>,
+    pub search_requests: Family<SearchLabels, Counter>,
+    pub search_duration: Family<SearchLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("metamcp");
+        let m = Self {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency_histogram),
+            mcp_requests: Family::default(),
+            tool_calls: Family::default(),
+            tool_duration: Family::new_with_constructor(latency_histogram),
+            upstream_up: Family::default(),
+            upstream_connects: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            rate_limited: Family::default(),
+            search_requests: Family::default(),
+            search_duration: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request duration by route and method",
+            m.http_duration.clone(),
+        );
+        registry.register(
+            "mcp_requests",
+            "MCP requests by method",
+            m.mcp_requests.clone(),
+        );
+        registry.register(
+            "tool_calls",
+            "Tool calls by tool, server and outcome",
+            m.tool_calls.clone(),
+        );
+        registry.register(
+            "tool_call_duration_seconds",
+            "Tool call duration by tool and server",
+            m.tool_duration.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 when the upstream server is ready, else 0",
+            m.upstream_up.clone(),
+        );
+        registry.register(
+            "upstream_connection_attempts",
+            "Connection attempts to the upstream server since it was added (reconnects + 1)",
+            m.upstream_connects.clone(),
+        );
+        registry.register(
+            "circuit_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "circuit_breaker_transitions",
+            "Circuit breaker state changes per upstream and new state",
+            m.breaker_transitions.clone(),
+        );
+        registry.register("cache_hits", "Cache hits by cache", m.cache_hits.clone());
+        registry.register(
+            "cache_misses",
+            "Cache misses by cache",
+            m.cache_misses.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Calls refused by a rate limit, by scope",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "search_requests",
+            "Tool searches by search type",
+            m.search_requests.clone(),
+        );
+        registry.register(
+            "search_duration_seconds",
+            "Tool search duration by search type",
+            m.search_duration.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build);
+        Self { registry, ..m }
+    }
+
+    /// The whole exposition, with state read from `upstreams` now.
+    pub fn render(&self, upstreams: &UpstreamManager) -> String {
+        for u in upstreams.list() {
+            let labels = ServerLabels {
+                server: u.spec.name.clone(),
+            };
+            let status = u.status();
+            self.upstream_up
+                .get_or_create(&labels)
+                .set(i64::from(u.is_ready()));
+            self.upstream_connects
+                .get_or_create(&labels)
+                .set(status.attempts as i64);
+            self.breaker_state
+                .get_or_create(&labels)
+                .set(match u.breaker.state() {
+                    BreakerState::Closed => 0,
+                    BreakerState::HalfOpen => 1,
+                    BreakerState::Open => 2,
+                });
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// Shared handle.
+pub type SharedMetrics = Arc<Metrics>;
