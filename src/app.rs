@@ -44,6 +44,10 @@ pub struct AppState {
     /// The port actually listened on (the setting may be 0).
     pub bound_port: std::sync::atomic::AtomicU16,
     pub search: crate::search::Search,
+    /// Announces changes of what MCP clients can list.
+    pub list_changes: tokio::sync::broadcast::Sender<crate::mcp::ListChange>,
+    /// Fingerprints of the tool, prompt and resource lists last announced.
+    list_fingerprints: parking_lot::Mutex<[u64; 3]>,
 }
 
 impl AppState {
@@ -61,6 +65,16 @@ impl AppState {
         self.catalog.rebuild(&self.upstreams, &self.store).await?;
         // A changed catalog may change what a cached result means.
         self.pipeline.cache.invalidate_all();
+        let now = crate::mcp::fingerprints(&self.catalog.snapshot());
+        let before = std::mem::replace(&mut *self.list_fingerprints.lock(), now);
+        let change = crate::mcp::ListChange {
+            tools: before[0] != now[0],
+            prompts: before[1] != now[1],
+            resources: before[2] != now[2],
+        };
+        if change.any() {
+            let _ = self.list_changes.send(change);
+        }
         Ok(())
     }
 }
@@ -138,6 +152,8 @@ impl App {
             mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
             search: Default::default(),
+            list_changes: tokio::sync::broadcast::channel(64).0,
+            list_fingerprints: Default::default(),
         });
 
         // Rebuild the catalog whenever something it is made of changes: at

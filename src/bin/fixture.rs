@@ -71,6 +71,9 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 /// (a "rug pull", for the gateway's tool pinning tests).
 static MUTATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Wakes `subscriptions/listen` streams when `mutate` changed the tools.
+static TOOLS_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 #[derive(Clone)]
 struct Fixture {
     name: Arc<str>,
@@ -241,6 +244,24 @@ impl ServerHandler for Fixture {
         }
     }
 
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                _ = TOOLS_CHANGED.notified() => {
+                    let _ = context.sink().notify_tool_list_changed().await;
+                }
+            }
+        }
+    }
+
     async fn discover(
         &self,
         _context: RequestContext<RoleServer>,
@@ -363,6 +384,7 @@ impl ServerHandler for Fixture {
                 // Legacy peers hear about it at once; 2026-07-28 peers have
                 // no standing stream and see it on their next list.
                 let _ = context.peer.notify_tool_list_changed().await;
+                TOOLS_CHANGED.notify_waiters();
                 Ok(text_result("mutated"))
             }
             other => Err(McpError::invalid_params(

@@ -120,6 +120,62 @@ pub async fn profile_endpoint(
     }
 }
 
+/// Which lists changed, for `notifications/*/list_changed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListChange {
+    pub tools: bool,
+    pub prompts: bool,
+    pub resources: bool,
+}
+
+impl ListChange {
+    pub fn any(&self) -> bool {
+        self.tools || self.prompts || self.resources
+    }
+}
+
+/// Fingerprints of what clients can list (tools with their state, prompts,
+/// resources and templates), to tell which lists a rebuild changed.
+pub fn fingerprints(snapshot: &crate::catalog::Snapshot) -> [u64; 3] {
+    use std::hash::{Hash, Hasher};
+    let hash = |parts: &mut dyn Iterator<Item = String>| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in parts {
+            p.hash(&mut h);
+        }
+        h.finish()
+    };
+    [
+        hash(&mut snapshot.tools.iter().map(|t| {
+            format!(
+                "{}|{}|{}|{}",
+                serde_json::to_string(&t.definition).unwrap_or_default(),
+                t.enabled(),
+                t.quarantine.is_some(),
+                t.server().unwrap_or_default()
+            )
+        })),
+        hash(
+            &mut snapshot
+                .prompts
+                .iter()
+                .map(|p| serde_json::to_string(&p.definition).unwrap_or_default()),
+        ),
+        hash(
+            &mut snapshot
+                .resources
+                .iter()
+                .map(|(_, r)| serde_json::to_string(r).unwrap_or_default())
+                .chain(
+                    snapshot
+                        .templates
+                        .iter()
+                        .map(|(_, t)| serde_json::to_string(t).unwrap_or_default()),
+                ),
+        ),
+    ]
+}
+
 /// The principal the HTTP layer attached to this request.
 fn principal(context: &RequestContext<RoleServer>) -> Principal {
     context
@@ -175,6 +231,88 @@ impl ServerHandler for Gateway {
         ))
     }
 
+    /// A legacy session is set up: from now on its client hears of list
+    /// changes (on its standing GET stream).
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        let mut changes = self.state.list_changes.subscribe();
+        let stop = self.state.mcp_shutdown.clone();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    c = changes.recv() => c,
+                    _ = stop.cancelled() => return,
+                };
+                let change = match change {
+                    Ok(c) => c,
+                    // Missed some: say everything may have changed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ListChange {
+                        tools: true,
+                        prompts: true,
+                        resources: true,
+                    },
+                    Err(_) => return,
+                };
+                let sent = async {
+                    if change.tools {
+                        peer.notify_tool_list_changed().await?;
+                    }
+                    if change.prompts {
+                        peer.notify_prompt_list_changed().await?;
+                    }
+                    if change.resources {
+                        peer.notify_resource_list_changed().await?;
+                    }
+                    Ok::<(), rmcp::ServiceError>(())
+                };
+                if sent.await.is_err() || peer.is_transport_closed() {
+                    return; // the session is gone
+                }
+            }
+        });
+    }
+
+    /// 2026-07-28 clients hear of list changes on `subscriptions/listen`.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        let mut accepted = requested.clone();
+        accepted.resource_subscriptions = None;
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
+        let mut changes = self.state.list_changes.subscribe();
+        loop {
+            let change = tokio::select! {
+                c = changes.recv() => c,
+                _ = context.cancelled() => return Ok(()),
+                _ = self.state.mcp_shutdown.cancelled() => return Ok(()),
+            };
+            let change = match change {
+                Ok(c) => c,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ListChange {
+                    tools: true,
+                    prompts: true,
+                    resources: true,
+                },
+                Err(_) => return Ok(()),
+            };
+            let accepted = context.accepted().clone();
+            let sink = context.sink();
+            if change.tools && accepted.tools_list_changed == Some(true) {
+                let _ = sink.notify_tool_list_changed().await;
+            }
+            if change.prompts && accepted.prompts_list_changed == Some(true) {
+                let _ = sink.notify_prompt_list_changed().await;
+            }
+            if change.resources && accepted.resources_list_changed == Some(true) {
+                let _ = sink.notify_resource_list_changed().await;
+            }
+        }
+    }
+
     async fn ping(&self, _context: RequestContext<RoleServer>) -> Result<(), McpError> {
         self.count("ping");
         Ok(())
@@ -184,8 +322,11 @@ impl ServerHandler for Gateway {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_prompts()
+                .enable_prompts_list_changed()
                 .enable_resources()
+                .enable_resources_list_changed()
                 .build(),
         )
         .with_server_info(Implementation::new("metamcp", env!("CARGO_PKG_VERSION")))

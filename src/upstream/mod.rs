@@ -599,6 +599,30 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         cx.events.publish(Event::CatalogChanged {
             server: Some(name.clone()),
         });
+        // A 2026-07-28 upstream tells of list changes only on a standing
+        // subscriptions/listen request; legacy ones send them unasked.
+        let listener = modern.then(|| {
+            let peer = peer.clone();
+            let resync = resync.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let filter = rmcp::model::SubscriptionFilter::builder()
+                    .tools_list_changed()
+                    .prompts_list_changed()
+                    .resources_list_changed()
+                    .build();
+                match peer.listen(filter).await {
+                    Ok(mut subscription) => {
+                        while let Ok(Some(_)) = subscription.next().await {
+                            resync.notify_one();
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(server = %name, %error, "upstream offers no subscriptions/listen")
+                    }
+                }
+            })
+        });
         let stop_service = running.cancellation_token();
         let waiting = running.waiting();
         tokio::pin!(waiting);
@@ -636,6 +660,9 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
             failures_in_a_row = 0;
         }
         upstream.conn.store(None);
+        if let Some(listener) = listener {
+            listener.abort();
+        }
         if stopping || missed_probes >= cx.health_failures {
             stop_service.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut waiting).await;

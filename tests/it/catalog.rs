@@ -331,3 +331,183 @@ async fn config_file_edits_apply_live_and_a_broken_edit_is_refused() {
     assert_eq!(body["status"]["status"], "ready");
     assert_eq!(common::processes_with(&b).len(), 1, "b was not restarted");
 }
+
+/// Reads an SSE response until a `data:` line contains `needle`.
+async fn sse_until(response: reqwest::Response, needle: &str, within: Duration) -> Vec<Value> {
+    use futures::StreamExt;
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle} within {within:?}; saw {seen:?}"));
+        let Some(Ok(bytes)) = chunk else {
+            panic!("stream ended before {needle}; saw {seen:?}")
+        };
+        buffer.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            if let Some(data) = line.trim().strip_prefix("data:")
+                && let Ok(v) = serde_json::from_str::<Value>(data.trim())
+            {
+                let found = data.contains(needle);
+                seen.push(v);
+                if found {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn clients_of_both_eras_hear_of_list_changes() {
+    let gw = Gateway::start(Options::default()).await;
+    let client = reqwest::Client::new();
+    let post = |body: Value, headers: Vec<(&'static str, String)>| {
+        let mut r = client
+            .post(gw.mcp_url())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.json(&body).send()
+    };
+    // A legacy session with its standing GET stream.
+    let init = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "it", "version": "0"}}}),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let caps = sse_until(init, "capabilities", Duration::from_secs(10)).await;
+    let caps = &caps.last().unwrap()["result"]["capabilities"];
+    assert_eq!(caps["tools"]["listChanged"], true, "{caps}");
+    let session_headers = || {
+        vec![
+            ("mcp-session-id", session.clone()),
+            ("mcp-protocol-version", "2025-11-25".to_owned()),
+        ]
+    };
+    let r = post(
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        session_headers(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let stream = client
+        .get(gw.mcp_url())
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+
+    // A 2026-07-28 client listening for tool list changes only.
+    let listen = post(
+        json!({"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen", "params": {
+            "notifications": {"toolsListChanged": true},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}}}}),
+        vec![
+            ("mcp-protocol-version", "2026-07-28".to_owned()),
+            ("mcp-method", "subscriptions/listen".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(listen.status(), 200);
+    use futures::StreamExt;
+    let mut listen_stream = listen.bytes_stream();
+    // The acknowledgement comes first.
+    let first = tokio::time::timeout(Duration::from_secs(10), listen_stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&first).into_owned();
+    let mut rest = first.clone();
+    if !first.contains("subscriptions/acknowledged") {
+        let more = tokio::time::timeout(Duration::from_secs(10), listen_stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        rest.push_str(&String::from_utf8_lossy(&more));
+    }
+    assert!(
+        rest.contains("notifications/subscriptions/acknowledged"),
+        "{rest}"
+    );
+
+    // The catalog changes.
+    let (code, _) = gw
+        .post(
+            "/api/v1/tools",
+            json!({"name": "new_tool", "description": "appears"}),
+        )
+        .await;
+    assert_eq!(code, 201);
+
+    let seen = sse_until(
+        stream,
+        "notifications/tools/list_changed",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        seen.iter()
+            .any(|m| m["method"] == "notifications/tools/list_changed")
+    );
+    let mut buffer = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !buffer.contains("notifications/tools/list_changed") {
+        let chunk = tokio::time::timeout_at(deadline, listen_stream.next())
+            .await
+            .expect("list_changed on the listen stream");
+        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+    assert!(
+        buffer.contains("\"io.modelcontextprotocol/subscriptionId\":7"),
+        "{buffer}"
+    );
+    assert!(
+        !buffer.contains("prompts/list_changed"),
+        "only the types asked for: {buffer}"
+    );
+}
+
+#[tokio::test]
+async fn a_modern_upstream_reports_changes_over_subscriptions_listen() {
+    let m = common::marker("fx-modern-q");
+    let mut spec = fixture_stdio(&m);
+    spec["on_tool_change"] = json!("quarantine");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"q": spec}}))
+            .ready(),
+    )
+    .await;
+    let status = gw.wait_server("q", "ready").await;
+    assert_eq!(
+        status["status"]["protocol_version"], "2026-07-28",
+        "{status}"
+    );
+    let (code, body) = gw.execute("q__mutate", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    wait_until("q__echo to be quarantined", async || {
+        gw.get("/api/v1/tools/q__echo").await.1["quarantine"].is_string()
+    })
+    .await;
+}
