@@ -29,6 +29,16 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Serve MCP on stdin/stdout, bridged to a running gateway (for desktop
+    /// clients that start one stdio command per server).
+    Stdio {
+        /// The gateway's base URL (or its /mcp or /mcp/{profile} endpoint).
+        #[arg(long, env = "META_MCP_URL", default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// A bearer token for the gateway.
+        #[arg(long, env = "META_MCP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Manage the servers of a running gateway.
     Servers {
         #[command(flatten)]
@@ -56,6 +66,34 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Servers { conn, command } => cli::run_servers(conn, command),
+        Command::Stdio { url, token } => {
+            // stdout carries MCP: logs go to stderr, and only warnings.
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .try_init();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("metamcp: cannot start the runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(metamcp::mcp::bridge::run(&url, token.as_deref())) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("metamcp: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Tools { conn, command } => cli::run_tools(conn, command),
         Command::Profiles { conn, command } => cli::run_profiles(conn, command),
         Command::Serve { config } => {

@@ -6,6 +6,8 @@
 //! The handler is thin: it turns MCP requests into pipeline calls and catalog
 //! reads, and pipeline errors into MCP answers.
 
+pub mod bridge;
+
 use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;

@@ -738,3 +738,77 @@ async fn inspector_cli_lists_and_calls_through_the_gateway() {
         assert_eq!(texts(&out["result"]), ["hi"], "{era}: {out}");
     }
 }
+
+/// `metamcp stdio` bridges a desktop client's stdio session to a running
+/// gateway: driven here by the Python SDK's stdio client, in both eras.
+#[tokio::test]
+async fn metamcp_stdio_bridges_a_stdio_client_to_the_gateway() {
+    let Some(python) = common::external(
+        "METAMCP_TEST_PYTHON",
+        "metamcp_stdio_bridges_a_stdio_client_to_the_gateway",
+    ) else {
+        return;
+    };
+    let m = common::marker("fx-bridge");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": common::fixture_stdio(&m)}}))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let command = json!([env!("CARGO_BIN_EXE_metamcp"), "stdio", "--url", gw.base]).to_string();
+    for mode in ["legacy", "modern"] {
+        let (code, out) = common::python_client(
+            &python,
+            &["--stdio", &command, "--mode", mode, "list-tools"],
+        );
+        assert_eq!(code, 0, "{mode}: {out}");
+        let names: Vec<&str> = out["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"fx__echo"), "{mode}: {names:?}");
+        let (code, out) = common::python_client(
+            &python,
+            &[
+                "--stdio",
+                &command,
+                "--mode",
+                mode,
+                "call",
+                "fx__progress",
+                r#"{"steps": 3, "delay_ms": 5}"#,
+                "--progress",
+            ],
+        );
+        assert_eq!(code, 0, "{mode}: {out}");
+        assert_eq!(out["content"][0]["text"], "done 3 steps");
+        let messages: Vec<&str> = out["progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(messages, ["step 1", "step 2", "step 3"], "{mode}");
+        let (code, out) = common::python_client(
+            &python,
+            &["--stdio", &command, "--mode", mode, "call", "nope", "{}"],
+        );
+        assert_eq!(code, 2, "{mode}: unknown tools are JSON-RPC errors: {out}");
+        let (code, out) = common::python_client(
+            &python,
+            &[
+                "--stdio",
+                &command,
+                "--mode",
+                mode,
+                "read-resource",
+                "fixture://readme",
+            ],
+        );
+        assert_eq!(code, 0, "{mode}: {out}");
+    }
+}

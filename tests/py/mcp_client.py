@@ -34,6 +34,7 @@ A tool that fails *as a tool* (CallToolResult.isError) is a success (exit 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
@@ -130,9 +132,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     elif args.command == "get-prompt":
         prompt_args = parse_json_object(args.json_args, "JSON_ARGS")
 
-    http_client = create_mcp_http_client(headers=headers or None)
-    async with http_client:
-        transport = streamable_http_client(args.url, http_client=http_client)
+    async with contextlib.AsyncExitStack() as stack:
+        if args.stdio:
+            # A stdio server: the JSON list is the command and its arguments.
+            command = json.loads(args.stdio)
+            transport = stdio_client(StdioServerParameters(command=command[0], args=command[1:]))
+        else:
+            http_client = await stack.enter_async_context(create_mcp_http_client(headers=headers or None))
+            transport = streamable_http_client(args.url, http_client=http_client)
         client = Client(
             transport,
             mode=mode,
@@ -213,7 +220,8 @@ def find_exception(exc: BaseException, kind: type[BaseException]) -> BaseExcepti
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Drive a real MCP client (Python SDK 2.x) against a URL.")
-    p.add_argument("--url", required=True, help="Streamable HTTP endpoint, e.g. http://127.0.0.1:8080/mcp")
+    p.add_argument("--url", help="Streamable HTTP endpoint, e.g. http://127.0.0.1:8080/mcp")
+    p.add_argument("--stdio", help='instead of --url: a stdio server to spawn, as a JSON list ["cmd", "arg", ...]')
     p.add_argument("--mode", choices=["legacy", "modern", "auto"], default="legacy")
     p.add_argument("--header", action="append", metavar="K:V", help="extra HTTP header (repeatable)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request read timeout in seconds")
@@ -239,7 +247,10 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.url is None) == (args.stdio is None):
+        parser.error("give exactly one of --url and --stdio")
     try:
         out = anyio.run(run, args)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a JSON error
