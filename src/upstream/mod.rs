@@ -10,6 +10,7 @@ pub mod client;
 pub mod http;
 pub mod relay;
 pub mod spec;
+pub mod sse;
 pub mod stdio;
 
 use std::{
@@ -743,24 +744,39 @@ async fn connect(
             )
             .map_err(|e| (format!("cannot start {command:?}: {e}"), None))?;
             let pgid = spawned.pgid;
-            serve(handler, RelayTransport::new(spawned.transport, relays), lifecycle)
-                .await
-                .map(|r| (r, pgid))
-                .map_err(|e| (e, pgid))
+            serve(
+                handler,
+                RelayTransport::new(spawned.transport, relays),
+                lifecycle,
+            )
+            .await
+            .map(|r| (r, pgid))
+            .map_err(|e| (e, pgid))
         }
         Transport::StreamableHttp { url, headers } => {
-            let transport = http::connect(url, headers, &cx.http, &cx.policy, cx.max_response_bytes)
-                .await
-                .map_err(|e| (e, None))?;
+            let transport =
+                http::connect(url, headers, &cx.http, &cx.policy, cx.max_response_bytes)
+                    .await
+                    .map_err(|e| (e, None))?;
             serve(handler, RelayTransport::new(transport, relays), lifecycle)
                 .await
                 .map(|r| (r, None))
                 .map_err(|e| (e, None))
         }
-        Transport::Sse { .. } => Err((
-            "the legacy HTTP+SSE transport (2024-11-05) is not supported yet; use a Streamable HTTP URL".into(),
-            None,
-        )),
+        Transport::Sse { url, headers } => {
+            let transport = sse::connect(url, headers, &cx.http, &cx.policy)
+                .await
+                .map_err(|e| (e, None))?;
+            // The 2024-11-05 transport predates server/discover.
+            handler
+                .serve_with_lifecycle(
+                    RelayTransport::new(transport, relays),
+                    ClientLifecycleMode::Initialize,
+                )
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| (e.to_string(), None))
+        }
     }
 }
 

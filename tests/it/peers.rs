@@ -812,3 +812,51 @@ async fn metamcp_stdio_bridges_a_stdio_client_to_the_gateway() {
         assert_eq!(code, 0, "{mode}: {out}");
     }
 }
+
+/// server-everything on the 2024-11-05 HTTP+SSE transport as an upstream.
+#[tokio::test]
+async fn everything_over_legacy_sse_as_an_upstream() {
+    let Some(bin) = common::external(
+        "METAMCP_TEST_EVERYTHING",
+        "everything_over_legacy_sse_as_an_upstream",
+    ) else {
+        return;
+    };
+    let port = common::free_port();
+    let _server = common::Proc(
+        std::process::Command::new(&bin)
+            .arg("sse")
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start server-everything sse"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server-everything did not listen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let gw = Gateway::start(Options::default()).await;
+    let url = format!("http://127.0.0.1:{port}/sse");
+    let (code, body) = gw
+        .post(
+            "/api/v1/servers",
+            json!({"name": "old", "url": url, "type": "sse"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["type"], "sse");
+    gw.wait_server("old", "ready").await;
+    gw.wait_tool("old__echo", true).await;
+    let (code, body) = gw
+        .execute("old__echo", json!({"message": "over sse"}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"]["content"][0]["text"], "Echo: over sse");
+    let listed = common::mcp_request(&gw.mcp_url(), "tools/list", json!({})).await;
+    assert!(common::tool_names(&listed).contains(&"old__echo".to_owned()));
+}
