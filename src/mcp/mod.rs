@@ -315,6 +315,59 @@ impl ServerHandler for Gateway {
         }
     }
 
+    /// `completion/complete`, routed to the upstream that owns the prompt or
+    /// resource template (an empty completion where none does).
+    async fn complete(
+        &self,
+        mut request: rmcp::model::CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CompleteResult, McpError> {
+        self.count("completion/complete");
+        let snapshot = self.state.catalog.snapshot();
+        let server =
+            match &mut request.r#ref {
+                rmcp::model::Reference::Prompt(p) => {
+                    let Some(prompt) = snapshot
+                        .prompt(&p.name)
+                        .filter(|e| self.serves(&snapshot, &e.server))
+                    else {
+                        return Err(McpError::invalid_params(
+                            format!("Unknown prompt: {}", p.name),
+                            None,
+                        ));
+                    };
+                    p.name = prompt.original_name.clone();
+                    prompt.server.clone()
+                }
+                rmcp::model::Reference::Resource(r) => {
+                    match snapshot.templates.iter().find(|(server, t)| {
+                        t.uri_template == r.uri && self.serves(&snapshot, server)
+                    }) {
+                        Some((server, _)) => server.clone(),
+                        None => return Ok(rmcp::model::CompleteResult::default()),
+                    }
+                }
+                _ => return Ok(rmcp::model::CompleteResult::default()),
+            };
+        let upstream = self.upstream(&server)?;
+        match upstream
+            .complete(request, self.state.settings.call_timeout)
+            .await
+        {
+            Ok(mut result) => {
+                result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+                Ok(result)
+            }
+            // An upstream without completions has nothing to suggest.
+            Err(UpstreamError::Rpc { error, .. })
+                if error.code == rmcp::model::ErrorCode::METHOD_NOT_FOUND =>
+            {
+                Ok(rmcp::model::CompleteResult::default())
+            }
+            Err(e) => Err(upstream_error(e)),
+        }
+    }
+
     async fn ping(&self, _context: RequestContext<RoleServer>) -> Result<(), McpError> {
         self.count("ping");
         Ok(())
@@ -329,6 +382,7 @@ impl ServerHandler for Gateway {
                 .enable_prompts_list_changed()
                 .enable_resources()
                 .enable_resources_list_changed()
+                .enable_completions()
                 .build(),
         )
         .with_server_info(Implementation::new("metamcp", env!("CARGO_PKG_VERSION")))

@@ -227,6 +227,22 @@ impl Upstream {
         }
     }
 
+    /// `completion/complete` on this upstream.
+    pub async fn complete(
+        &self,
+        params: rmcp::model::CompleteRequestParams,
+        timeout: Duration,
+    ) -> Result<rmcp::model::CompleteResult, UpstreamError> {
+        let request = ClientRequest::CompleteRequest(rmcp::model::CompleteRequest::new(params));
+        match self
+            .request(request, None, PeerRequestOptions::with_timeout(timeout))
+            .await?
+        {
+            ServerResult::CompleteResult(result) => Ok(result),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     pub async fn read_resource(
         &self,
         uri: &str,

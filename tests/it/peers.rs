@@ -860,3 +860,40 @@ async fn everything_over_legacy_sse_as_an_upstream() {
     let listed = common::mcp_request(&gw.mcp_url(), "tools/list", json!({})).await;
     assert!(common::tool_names(&listed).contains(&"old__echo".to_owned()));
 }
+
+/// `completion/complete` reaches the upstream that owns the prompt, under
+/// the prompt's original name.
+#[tokio::test]
+async fn completions_are_routed_to_the_prompt_owner() {
+    let Some(bin) = common::external(
+        "METAMCP_TEST_EVERYTHING",
+        "completions_are_routed_to_the_prompt_owner",
+    ) else {
+        return;
+    };
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"ev": {"command": bin, "args": ["stdio"]}}}))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("ev", "ready").await;
+    let answer = common::mcp_request(
+        &gw.mcp_url(),
+        "completion/complete",
+        json!({"ref": {"type": "ref/prompt", "name": "ev__completable-prompt"}, "argument": {"name": "department", "value": "E"}}),
+    )
+    .await;
+    assert_eq!(
+        answer["result"]["completion"]["values"],
+        json!(["Engineering"]),
+        "{answer}"
+    );
+    let unknown = common::mcp_request(
+        &gw.mcp_url(),
+        "completion/complete",
+        json!({"ref": {"type": "ref/prompt", "name": "nope"}, "argument": {"name": "x", "value": ""}}),
+    )
+    .await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+}
