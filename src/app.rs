@@ -44,6 +44,10 @@ pub struct AppState {
     /// The port actually listened on (the setting may be 0).
     pub bound_port: std::sync::atomic::AtomicU16,
     pub search: crate::search::Search,
+    /// Tool lists per authorization context, profile and catalog state.
+    pub tool_lists: crate::cache::AnswerCache<Arc<Vec<rmcp::model::Tool>>>,
+    /// Search answers per authorization context and query.
+    pub search_answers: crate::cache::AnswerCache<Arc<serde_json::Value>>,
     /// Announces changes of what MCP clients can list.
     pub list_changes: tokio::sync::broadcast::Sender<crate::mcp::ListChange>,
     /// Fingerprints of the tool, prompt and resource lists last announced.
@@ -152,6 +156,11 @@ impl App {
             mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
             search: Default::default(),
+            tool_lists: crate::cache::AnswerCache::new(10_000, settings.cache_ttl),
+            search_answers: crate::cache::AnswerCache::new(
+                settings.cache_max_size,
+                settings.cache_ttl,
+            ),
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
         });

@@ -700,6 +700,40 @@ async fn search(
             )));
         }
     };
+    let key = format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{max_results}\u{1f}{}\u{1f}{}\u{1f}{}",
+        state.pipeline.cache.generation(),
+        crate::cache::context_key(&principal),
+        requested,
+        q.q,
+        q.server.as_deref().unwrap_or_default(),
+        q.category.as_deref().unwrap_or_default(),
+        q.tags.as_deref().unwrap_or_default(),
+    );
+    let answers = crate::metrics::CacheLabels { cache: "search" };
+    if let Some(answer) = state.search_answers.get(&key) {
+        state
+            .pipeline
+            .metrics
+            .cache_hits
+            .get_or_create(&answers)
+            .inc();
+        state
+            .pipeline
+            .metrics
+            .search_requests
+            .get_or_create(&crate::metrics::SearchLabels {
+                search_type: requested.to_owned(),
+            })
+            .inc();
+        return Ok(Json((*answer).clone()));
+    }
+    state
+        .pipeline
+        .metrics
+        .cache_misses
+        .get_or_create(&answers)
+        .inc();
     let tags: Vec<String> = q
         .tags
         .as_deref()
@@ -762,5 +796,6 @@ async fn search(
     if let Some(note) = note {
         body["note"] = json!(note);
     }
+    state.search_answers.put(key, Arc::new(body.clone()));
     Ok(Json(body))
 }

@@ -134,6 +134,47 @@ impl RedisBackend {
     }
 }
 
+/// A small in-memory cache of derived answers (tool lists, search results)
+/// per authorization context. Keys must hold the catalog generation, the
+/// tenant and the caller's authorization context.
+pub struct AnswerCache<V: Clone + Send + Sync + 'static> {
+    entries: moka::sync::Cache<String, V>,
+}
+
+impl<V: Clone + Send + Sync + 'static> AnswerCache<V> {
+    pub fn new(max_entries: u64, ttl: Duration) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<V> {
+        self.entries.get(key)
+    }
+
+    pub fn put(&self, key: String, value: V) {
+        self.entries.insert(key, value);
+    }
+}
+
+/// The authorization context part of a cache key.
+pub fn context_key(principal: &Principal) -> String {
+    let mut roles: Vec<&str> = principal.roles.iter().map(String::as_str).collect();
+    roles.sort_unstable();
+    let mut scopes: Vec<&str> = principal.scopes.iter().map(String::as_str).collect();
+    scopes.sort_unstable();
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        principal.tenant_id,
+        principal.user_id,
+        roles.join(","),
+        scopes.join(",")
+    )
+}
+
 /// Cache counters and state, for health and metrics.
 #[derive(Debug, Serialize)]
 pub struct CacheStatus {
@@ -182,6 +223,11 @@ impl ResultCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
+    }
+
+    /// The current catalog generation (bumped by every catalog change).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Makes everything cached so far unreachable (the catalog changed).

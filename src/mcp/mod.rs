@@ -404,13 +404,45 @@ impl ServerHandler for Gateway {
         // answer "unavailable") but are not offered to clients meanwhile;
         // quarantined tools are neither offered nor callable.
         let ready = self.state.upstreams.ready_names();
+        let mut ready_names: Vec<&str> = ready.iter().map(String::as_str).collect();
+        ready_names.sort_unstable();
+        // The list is cached per catalog generation, readiness, profile and
+        // authorization context.
+        let key = format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.state.pipeline.cache.generation(),
+            ready_names.join(","),
+            self.profile.as_deref().unwrap_or_default(),
+            crate::cache::context_key(&principal)
+        );
+        let lists = crate::metrics::CacheLabels {
+            cache: "tool_lists",
+        };
+        if let Some(tools) = self.state.tool_lists.get(&key) {
+            self.state
+                .pipeline
+                .metrics
+                .cache_hits
+                .get_or_create(&lists)
+                .inc();
+            return Ok(ListToolsResult::with_all_items((*tools).clone()));
+        }
+        self.state
+            .pipeline
+            .metrics
+            .cache_misses
+            .get_or_create(&lists)
+            .inc();
+        // Catalog-only entries cannot be called, so clients are not offered
+        // them (they are listed and searched over REST).
         let offered = |t: &crate::catalog::ToolEntry| {
-            t.enabled()
+            !matches!(t.target, crate::catalog::Target::CatalogOnly)
+                && t.enabled()
                 && t.quarantine.is_none()
                 && policy::may_see(&principal, t)
                 && t.server().is_none_or(|s| ready.contains(s))
         };
-        let tools = match &self.profile {
+        let tools: Vec<rmcp::model::Tool> = match &self.profile {
             Some(name) => {
                 let view = snapshot.profiles.get(&**name).ok_or_else(|| gone(name))?;
                 view.tools
@@ -426,6 +458,7 @@ impl ServerHandler for Gateway {
                 .map(|t| t.definition.clone())
                 .collect(),
         };
+        self.state.tool_lists.put(key, Arc::new(tools.clone()));
         Ok(ListToolsResult::with_all_items(tools))
     }
 

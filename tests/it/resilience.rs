@@ -379,3 +379,86 @@ async fn progress_extends_the_timeout_only_where_configured() {
     let (code, body) = gw.execute("ext__slow", json!({"ms": 3000})).await;
     assert_eq!(code, 504, "{body}");
 }
+
+#[tokio::test]
+async fn a_server_limited_to_one_call_at_a_time_gets_one() {
+    let (a, b) = (common::marker("fx-one"), common::marker("fx-many"));
+    let mut one = fixture_stdio(&a);
+    one["max_concurrency"] = json!(1);
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"one": one, "many": fixture_stdio(&b)}}))
+            .env("META_MCP_CALL_TIMEOUT_SECS", "1.5")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("one", "ready").await;
+    gw.wait_server("many", "ready").await;
+    // Two 1 s calls at once: side by side they both fit the 1.5 s timeout;
+    // one after the other, the second cannot.
+    let args = json!({"ms": 1000});
+    let (x, y) = tokio::join!(
+        gw.execute("many__slow", args.clone()),
+        gw.execute("many__slow", args.clone())
+    );
+    assert_eq!((x.0, y.0), (200, 200), "without a limit both run at once");
+    let (x, y) = tokio::join!(
+        gw.execute("one__slow", args.clone()),
+        gw.execute("one__slow", args)
+    );
+    let mut codes = [x.0, y.0];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [200, 504],
+        "with max_concurrency 1 the second waits: {x:?} {y:?}"
+    );
+}
+
+#[tokio::test]
+async fn tool_lists_and_search_answers_are_cached_until_the_catalog_changes() {
+    let gw = Gateway::start(Options::default()).await;
+    let (code, _) = gw
+        .post("/api/v1/tools", json!({"name": "alpha", "description": "first tool", "endpoint": "http://127.0.0.1:9/a"}))
+        .await;
+    assert_eq!(code, 201);
+    let first = common::mcp_request(&gw.mcp_url(), "tools/list", json!({})).await;
+    let again = common::mcp_request(&gw.mcp_url(), "tools/list", json!({})).await;
+    assert_eq!(first["result"]["tools"], again["result"]["tools"]);
+    let (_, s1) = gw.get("/api/v1/tools/search?q=tool").await;
+    let (_, s2) = gw.get("/api/v1/tools/search?q=tool").await;
+    assert_eq!(s1, s2);
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("metamcp_cache_hits_total{cache=\"tool_lists\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("metamcp_cache_hits_total{cache=\"search\"} 1"),
+        "{metrics}"
+    );
+    // A change shows at once.
+    let (code, _) = gw
+        .post("/api/v1/tools", json!({"name": "beta", "description": "second tool", "endpoint": "http://127.0.0.1:9/b"}))
+        .await;
+    let (code2, _) = gw
+        .post(
+            "/api/v1/tools",
+            json!({"name": "gamma", "description": "catalog only tool"}),
+        )
+        .await;
+    assert_eq!(code2, 201);
+    assert_eq!(code, 201);
+    let listed = common::mcp_request(&gw.mcp_url(), "tools/list", json!({})).await;
+    assert_eq!(common::tool_names(&listed), ["alpha", "beta"]);
+    let (_, s3) = gw.get("/api/v1/tools/search?q=tool").await;
+    assert_eq!(
+        s3["total"], 3,
+        "REST search covers catalog entries too: {s3}"
+    );
+}
