@@ -571,14 +571,8 @@ impl ServerHandler for Gateway {
     ) -> Result<ListResourcesResult, McpError> {
         self.count("resources/list");
         let snapshot = self.state.catalog.snapshot();
-        let ready = self.state.upstreams.ready_names();
         Ok(ListResourcesResult::with_all_items(
-            snapshot
-                .resources
-                .iter()
-                .filter(|(server, _)| ready.contains(server) && self.serves(&snapshot, server))
-                .map(|(_, r)| r.clone())
-                .collect(),
+            self.offered(&snapshot, &snapshot.resources),
         ))
     }
 
@@ -589,14 +583,8 @@ impl ServerHandler for Gateway {
     ) -> Result<ListResourceTemplatesResult, McpError> {
         self.count("resources/templates/list");
         let snapshot = self.state.catalog.snapshot();
-        let ready = self.state.upstreams.ready_names();
         Ok(ListResourceTemplatesResult::with_all_items(
-            snapshot
-                .templates
-                .iter()
-                .filter(|(server, _)| ready.contains(server) && self.serves(&snapshot, server))
-                .map(|(_, t)| t.clone())
-                .collect(),
+            self.offered(&snapshot, &snapshot.templates),
         ))
     }
 
@@ -623,6 +611,20 @@ impl ServerHandler for Gateway {
 }
 
 impl Gateway {
+    /// The items of ready servers this endpoint serves.
+    fn offered<T: Clone>(
+        &self,
+        snapshot: &crate::catalog::Snapshot,
+        items: &[(String, T)],
+    ) -> Vec<T> {
+        let ready = self.state.upstreams.ready_names();
+        items
+            .iter()
+            .filter(|(server, _)| ready.contains(server) && self.serves(snapshot, server))
+            .map(|(_, item)| item.clone())
+            .collect()
+    }
+
     fn count(&self, method: &str) {
         self.state
             .pipeline

@@ -5,19 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{self, Gateway, Options, fixture_stdio};
-
-fn texts(result: &Value) -> Vec<String> {
-    result["content"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|c| c["text"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::common::{self, Gateway, Options, fixture_stdio, texts};
 
 #[tokio::test]
 async fn rest_execute_runs_the_pipeline_with_typed_errors() {

@@ -8,23 +8,10 @@ use std::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::common::{self, Gateway, Options, fixture_stdio};
+use crate::common::{self, Gateway, Options, fixture_stdio, texts};
 
 const LEGACY: &str = "2025-11-25";
 const MODERN: &str = "2026-07-28";
-
-/// The texts of a tool result's text content blocks.
-fn texts(result: &Value) -> Vec<String> {
-    result["content"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|c| c["text"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// The Python SDK client against `url` in `mode` ("legacy" or "modern"), run
 /// on the blocking pool so that several can run at once.

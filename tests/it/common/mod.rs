@@ -441,3 +441,16 @@ pub fn tool_names(response: &Value) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The texts of a tool result's text content blocks.
+pub fn texts(result: &Value) -> Vec<String> {
+    result["content"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|c| c["text"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
