@@ -48,6 +48,8 @@ pub struct AppState {
     pub tool_lists: crate::cache::AnswerCache<Arc<Vec<rmcp::model::Tool>>>,
     /// Search answers per authorization context and query.
     pub search_answers: crate::cache::AnswerCache<Arc<serde_json::Value>>,
+    /// Seals the pagination cursors handed to MCP clients.
+    pub cursors: crate::mcp::cursor::CursorSealer,
     /// Announces changes of what MCP clients can list.
     pub list_changes: tokio::sync::broadcast::Sender<crate::mcp::ListChange>,
     /// Fingerprints of the tool, prompt and resource lists last announced.
@@ -161,6 +163,7 @@ impl App {
                 settings.cache_max_size,
                 settings.cache_ttl,
             ),
+            cursors: Default::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
         });

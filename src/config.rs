@@ -135,6 +135,8 @@ pub struct Settings {
     pub redis_url: Option<String>,
     /// Serve Prometheus metrics at `/metrics`.
     pub metrics_enabled: bool,
+    /// Tools per page of an MCP `tools/list` answer.
+    pub page_size: usize,
 }
 
 impl Default for Settings {
@@ -180,6 +182,7 @@ impl Default for Settings {
             cache_max_size: 1000,
             redis_url: None,
             metrics_enabled: true,
+            page_size: 1000,
         }
     }
 }
@@ -222,6 +225,7 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_CACHE_MAX_SIZE",
     "META_MCP_REDIS_URL",
     "META_MCP_METRICS_ENABLED",
+    "META_MCP_PAGE_SIZE",
     "META_MCP_OUTBOUND_ALLOW_LOOPBACK",
     "META_MCP_OUTBOUND_ALLOW_PRIVATE",
     "META_MCP_OUTBOUND_ALLOW_LINK_LOCAL",
@@ -442,6 +446,14 @@ impl Settings {
             }
             "cache_ttl" => self.cache_ttl = secs(value)?,
             "metrics_enabled" => self.metrics_enabled = parse_bool(value).map_err(err)?,
+            "page_size" => {
+                self.page_size = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100_000).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 100000, got {value:?}")))?
+            }
             "cache_max_size" => {
                 self.cache_max_size = value
                     .trim()

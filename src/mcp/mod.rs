@@ -7,6 +7,7 @@
 //! reads, and pipeline errors into MCP answers.
 
 pub mod bridge;
+pub mod cursor;
 
 use std::{sync::Arc, time::Duration};
 
@@ -394,7 +395,7 @@ impl ServerHandler for Gateway {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         self.count("tools/list");
@@ -425,7 +426,10 @@ impl ServerHandler for Gateway {
                 .cache_hits
                 .get_or_create(&lists)
                 .inc();
-            return Ok(ListToolsResult::with_all_items((*tools).clone()));
+            let (page, next) = self.page("tools", &key, &tools, request.as_ref())?;
+            let mut result = ListToolsResult::with_all_items(page);
+            result.next_cursor = next;
+            return Ok(result);
         }
         self.state
             .pipeline
@@ -458,8 +462,11 @@ impl ServerHandler for Gateway {
                 .map(|t| t.definition.clone())
                 .collect(),
         };
-        self.state.tool_lists.put(key, Arc::new(tools.clone()));
-        Ok(ListToolsResult::with_all_items(tools))
+        let (page, next) = self.page("tools", &key, &tools, request.as_ref())?;
+        self.state.tool_lists.put(key, Arc::new(tools));
+        let mut result = ListToolsResult::with_all_items(page);
+        result.next_cursor = next;
+        Ok(result)
     }
 
     async fn call_tool(
@@ -611,6 +618,36 @@ impl ServerHandler for Gateway {
 }
 
 impl Gateway {
+    /// One page of `items`, from the request's cursor, with the cursor of
+    /// the next page. `scope` holds everything the list depends on (catalog
+    /// generation, readiness, profile, authorization context), so a cursor
+    /// is only good for the list it was issued for.
+    fn page<T: Clone>(
+        &self,
+        list: &str,
+        scope: &str,
+        items: &[T],
+        request: Option<&PaginatedRequestParams>,
+    ) -> Result<(Vec<T>, Option<String>), McpError> {
+        let scope = format!("{list}\u{1f}{scope}");
+        let start = match request.and_then(|r| r.cursor.as_deref()) {
+            Some(cursor) => self
+                .state
+                .cursors
+                .open(&scope, cursor)
+                .map_err(|why| McpError::invalid_params(why.to_owned(), None))?,
+            None => 0,
+        };
+        let size = self.state.settings.page_size;
+        let end = start.saturating_add(size).min(items.len());
+        let page = items
+            .get(start.min(items.len())..end)
+            .unwrap_or_default()
+            .to_vec();
+        let next = (end < items.len()).then(|| self.state.cursors.seal(&scope, end));
+        Ok((page, next))
+    }
+
     /// The items of ready servers this endpoint serves.
     fn offered<T: Clone>(
         &self,

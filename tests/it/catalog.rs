@@ -511,3 +511,63 @@ async fn a_modern_upstream_reports_changes_over_subscriptions_listen() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn tool_lists_are_paged_behind_sealed_cursors() {
+    let m = common::marker("fx-pages");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .env("META_MCP_PAGE_SIZE", "3")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let page = mcp_request(&gw.mcp_url(), "tools/list", params).await;
+        let tools = page["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"));
+        assert!(tools.len() <= 3);
+        names.extend(tools.iter().map(|t| t["name"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match page["result"]["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len(), "no tool twice: {names:?}");
+    assert!(
+        names.len() >= 10 && pages == names.len().div_ceil(3),
+        "{names:?}"
+    );
+    // A tampered cursor is refused.
+    let tampered = format!("{}x", cursor.unwrap_or_else(|| "AAAA.BBBB".into()));
+    let refused = mcp_request(&gw.mcp_url(), "tools/list", json!({"cursor": tampered})).await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    if let Some(python) = common::external(
+        "METAMCP_TEST_PYTHON",
+        "tool_lists_are_paged (Python client)",
+    ) {
+        let (code, out) = common::python_client(
+            &python,
+            &["--url", &gw.mcp_url(), "--mode", "legacy", "list-tools"],
+        );
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            out["tools"].as_array().unwrap().len(),
+            names.len(),
+            "the SDK follows the cursors"
+        );
+    }
+}
