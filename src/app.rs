@@ -289,7 +289,13 @@ impl App {
                 state.mcp_shutdown.cancel();
             });
         }
-        let server = axum::serve(self.listener, router)
+        // Small JSON-RPC answers must not wait for Nagle's algorithm.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
+        let server = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
         tokio::pin!(server);
