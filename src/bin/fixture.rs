@@ -492,6 +492,11 @@ async fn serve_http(fixture: Fixture, addr: &str) -> anyhow::Result<()> {
     // Tests read this exact line to learn the port.
     println!("listening on http://{local}/mcp");
     std::io::stdout().flush()?;
+    // Small JSON-RPC answers must not wait for Nagle's algorithm (the
+    // benchmark's direct baseline would otherwise stall on delayed ACKs).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router).await?;
     Ok(())
 }
