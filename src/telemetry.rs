@@ -15,7 +15,7 @@ pub fn init(settings: &Settings) {
         settings.logging_level.clone()
     };
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},rmcp=warn,sqlx=warn,hyper=warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},rmcp=error,sqlx=warn,hyper=warn")));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match settings.log_format {
         LogFormat::Json => registry

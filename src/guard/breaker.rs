@@ -109,6 +109,17 @@ impl Breaker {
         }
     }
 
+    /// Closes the breaker (a new connection to the server was made);
+    /// returns the transition when it was not closed.
+    pub fn reset(&self) -> Option<Transition> {
+        let mut inner = self.inner.lock();
+        let was_closed = matches!(*inner, Inner::Closed { .. });
+        *inner = Inner::Closed {
+            failures: VecDeque::new(),
+        };
+        (!was_closed).then_some(Transition::Closed)
+    }
+
     /// Asks to make a call now.
     pub fn admit(&self) -> (Admission, Option<Transition>) {
         let now = Instant::now();
@@ -242,5 +253,16 @@ mod tests {
         assert_eq!(b.admit().0, Admission::Allowed);
         assert_eq!(b.record(true), Some(Transition::Closed));
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_new_connection_resets_an_open_breaker() {
+        let b = quick();
+        for _ in 0..3 {
+            b.record(false);
+        }
+        assert_eq!(b.reset(), Some(Transition::Closed));
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.reset(), None, "already closed");
     }
 }

@@ -353,8 +353,9 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// A connection that lived this long was not a failed start.
-const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+/// A connection that was ready and lived this long was a successful start:
+/// the next crash is a new incident, not one more failed start in a row.
+const STABLE_CONNECTION: Duration = Duration::from_secs(5);
 
 /// Everything a supervisor needs besides its upstream.
 #[derive(Clone)]
@@ -599,6 +600,10 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         // The catalog holds the server's tools before it counts as ready, so
         // "ready" means its tools can be called.
         cx.catalog_changed().await;
+        // A fresh connection is new evidence: calls may try it at once.
+        if let Some(t) = upstream.breaker.reset() {
+            tracing::info!(server = %name, transition = ?t, "circuit breaker reset by a new connection");
+        }
         upstream.set_status(|s| {
             s.status = Status::Ready;
             s.last_error = None;
@@ -673,8 +678,10 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                 }
             }
         };
-        if connected_at.elapsed() >= STABLE_CONNECTION {
+        let was_stable = connected_at.elapsed() >= STABLE_CONNECTION;
+        if was_stable {
             failures_in_a_row = 0;
+            backoff = Duration::from_millis(100);
         }
         upstream.conn.store(None);
         if let Some(listener) = listener {
@@ -690,7 +697,9 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         if stopping {
             break;
         }
-        failures_in_a_row += 1;
+        if !was_stable {
+            failures_in_a_row += 1;
+        }
         tracing::warn!(server = %name, "upstream connection closed; reconnecting");
         upstream.set_status(|s| {
             s.status = Status::Failed;
@@ -706,10 +715,6 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         cx.events.publish(Event::CatalogChanged {
             server: Some(name.clone()),
         });
-        if failures_in_a_row <= 1 {
-            // A connection that had been stable comes back at once.
-            backoff = Duration::from_millis(100);
-        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = upstream.stop.cancelled() => break,
