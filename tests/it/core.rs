@@ -9,14 +9,7 @@ use crate::common::{self, Gateway, Options, fixture_stdio, texts};
 
 #[tokio::test]
 async fn rest_execute_runs_the_pipeline_with_typed_errors() {
-    let m = common::marker("fx-rest");
-    let gw = Gateway::start(
-        Options::default()
-            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
-            .ready(),
-    )
-    .await;
-    gw.wait_server("fx", "ready").await;
+    let (gw, _m) = common::gateway_with_fixture("fx-rest").await;
 
     let (code, body) = gw.get("/api/v1/tools?server=fx").await;
     assert_eq!(code, 200, "{body}");

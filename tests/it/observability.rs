@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::common::{self, Gateway, Options, fixture_stdio, mcp_request};
+use crate::common::{self, Gateway, Options, mcp_request};
 
 async fn scrape(gw: &Gateway) -> (String, prometheus_parse::Scrape) {
     let r = reqwest::get(gw.url("/metrics")).await.unwrap();
@@ -33,14 +33,7 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 
 #[tokio::test]
 async fn counters_move_by_exactly_the_traffic_sent() {
-    let m = common::marker("fx-metrics");
-    let gw = Gateway::start(
-        Options::default()
-            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
-            .ready(),
-    )
-    .await;
-    gw.wait_server("fx", "ready").await;
+    let (gw, _m) = common::gateway_with_fixture("fx-metrics").await;
     let (_, before) = scrape(&gw).await;
     let execute = "/api/v1/tools/:name/execute";
     let base_ok = value(

@@ -8,7 +8,7 @@ use std::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::common::{self, Gateway, Options, fixture_stdio, texts};
+use crate::common::{self, Gateway, Options, texts};
 
 const LEGACY: &str = "2025-11-25";
 const MODERN: &str = "2026-07-28";
@@ -372,14 +372,7 @@ async fn fixture_through_the_python_sdk_in_both_eras() {
     let Some(python) = common::external("METAMCP_TEST_PYTHON", test) else {
         return;
     };
-    let m = common::marker("fx-py");
-    let gw = Gateway::start(
-        Options::default()
-            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
-            .ready(),
-    )
-    .await;
-    gw.wait_server("fx", "ready").await;
+    let (gw, _m) = common::gateway_with_fixture("fx-py").await;
     gw.wait_tool("fx__echo", true).await;
     let expected_tools = fixture_tools("fx");
     assert!(
@@ -503,14 +496,7 @@ async fn fixture_progress_reaches_callers_of_both_eras() {
     let Some(python) = common::external("METAMCP_TEST_PYTHON", test) else {
         return;
     };
-    let m = common::marker("fx-pyprog");
-    let gw = Gateway::start(
-        Options::default()
-            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
-            .ready(),
-    )
-    .await;
-    gw.wait_server("fx", "ready").await;
+    let (gw, _m) = common::gateway_with_fixture("fx-pyprog").await;
     gw.wait_tool("fx__progress", true).await;
     // The fixture reports "step 1" at once under the gateway's token; each
     // client gets every step under its own token (the SDK drops any other),
@@ -547,14 +533,7 @@ async fn fixture_progress_reaches_callers_of_both_eras() {
 /// reordered notification likely to show in one run.
 #[tokio::test]
 async fn progress_relay_keeps_every_notification_in_order() {
-    let m = common::marker("fx-prog");
-    let gw = Gateway::start(
-        Options::default()
-            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
-            .ready(),
-    )
-    .await;
-    gw.wait_server("fx", "ready").await;
+    let (gw, _m) = common::gateway_with_fixture("fx-prog").await;
     gw.wait_tool("fx__progress", true).await;
     let client = reqwest::Client::new();
     let post = |session: Option<String>, body: Value| {
@@ -669,14 +648,7 @@ async fn inspector_cli_lists_and_calls_through_the_gateway() {
     let Some(bin) = common::external("METAMCP_TEST_INSPECTOR", test) else {
         return;
     };
-    let m = common::marker("fx-insp");
-    let gw = Gateway::start(
-        Options::default()
-            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
-            .ready(),
-    )
-    .await;
-    gw.wait_server("fx", "ready").await;
+    let (gw, _m) = common::gateway_with_fixture("fx-insp").await;
     gw.wait_tool("fx__echo", true).await;
     let home = gw.data_dir.join("inspector-home");
     let base = |method: &str| -> Vec<String> {
@@ -736,14 +708,7 @@ async fn metamcp_stdio_bridges_a_stdio_client_to_the_gateway() {
     ) else {
         return;
     };
-    let m = common::marker("fx-bridge");
-    let gw = Gateway::start(
-        Options::default()
-            .config(json!({"mcpServers": {"fx": common::fixture_stdio(&m)}}))
-            .ready(),
-    )
-    .await;
-    gw.wait_server("fx", "ready").await;
+    let (gw, _m) = common::gateway_with_fixture("fx-bridge").await;
     let command = json!([env!("CARGO_BIN_EXE_metamcp"), "stdio", "--url", gw.base]).to_string();
     for mode in ["legacy", "modern"] {
         let (code, out) = common::python_client(

@@ -454,3 +454,17 @@ pub fn texts(result: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A gateway with the fixture over stdio as server `fx`, ready; and the
+/// marker of the fixture's process.
+pub async fn gateway_with_fixture(prefix: &str) -> (Gateway, String) {
+    let m = marker(prefix);
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    (gw, m)
+}
