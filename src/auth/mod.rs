@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+pub mod external;
+
 /// The tenant every row belongs to until tenants exist.
 pub const DEFAULT_TENANT: &str = "default";
 

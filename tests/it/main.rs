@@ -13,6 +13,7 @@ mod catalog;
 mod cli;
 mod core;
 mod observability;
+mod oidc;
 mod peers;
 mod resilience;
 mod store;

@@ -11,6 +11,8 @@ use std::{
 
 use serde_json::{Value, json};
 
+pub mod oauth_issuer;
+
 /// A path named by an environment variable set by the install script, or
 /// `None` (after saying so) when it is unset outside CI.
 pub fn external(var: &str, test: &str) -> Option<PathBuf> {
