@@ -225,9 +225,15 @@ impl App {
     /// layers (host/origin guard, request ids, tracing, body limit).
     pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
         let settings = &state.settings;
-        let guard = Arc::new(HostGuard::new(
-            settings.effective_allowed_hosts(),
-            settings.allowed_origins.clone(),
+        let guard = Arc::new(
+            HostGuard::new(
+                settings.effective_allowed_hosts(),
+                settings.allowed_origins.clone(),
+            )
+            .also_allow_origins(&settings.cors_origins),
+        );
+        let security = Arc::new(crate::http_hardening::SecurityHeaders::from_settings(
+            settings,
         ));
         let mcp = crate::mcp::service(state.clone(), shutdown, None);
         let mut router = Router::new()
@@ -245,6 +251,15 @@ impl App {
             .with_state(state.clone())
             .layer(DefaultBodyLimit::max(settings.max_body_bytes))
             .layer(middleware::from_fn_with_state(guard, http_guard::enforce))
+            // Outside the guard: preflights are answered (or not) by CORS,
+            // and the guard's refusals get the security headers too.
+            .layer(tower::util::option_layer(crate::http_hardening::cors_layer(
+                settings,
+            )))
+            .layer(middleware::from_fn_with_state(
+                security,
+                crate::http_hardening::security_headers,
+            ))
             .layer(
                 TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                     let id = req

@@ -139,6 +139,10 @@ pub struct Settings {
     pub page_size: usize,
     /// Outside OAuth/OIDC issuers whose tokens are accepted.
     pub oauth_issuers: Vec<crate::auth::external::IssuerConfig>,
+    /// Origins allowed cross-origin reads (CORS); empty: CORS closed.
+    pub cors_origins: Vec<String>,
+    /// Whether CORS requests may carry cookies (never with `*`).
+    pub cors_allow_credentials: bool,
 }
 
 impl Default for Settings {
@@ -186,6 +190,8 @@ impl Default for Settings {
             metrics_enabled: true,
             page_size: 1000,
             oauth_issuers: Vec::new(),
+            cors_origins: Vec::new(),
+            cors_allow_credentials: false,
         }
     }
 }
@@ -235,6 +241,8 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_OUTBOUND_TIMEOUT_SECS",
     "META_MCP_OUTBOUND_MAX_RESPONSE_BYTES",
     "META_MCP_OAUTH_ISSUERS",
+    "META_MCP_CORS_ORIGINS",
+    "META_MCP_CORS_ALLOW_CREDENTIALS",
 ];
 
 impl Settings {
@@ -292,6 +300,12 @@ impl Settings {
         }
         crate::store::validate_database_url(&settings.database_url)
             .map_err(|reason| SettingError::new("META_MCP_DATABASE_URL", reason))?;
+        if settings.cors_allow_credentials && settings.cors_origins.iter().any(|o| o == "*") {
+            return Err(SettingError::new(
+                "META_MCP_CORS_ORIGINS",
+                "`*` cannot be combined with META_MCP_CORS_ALLOW_CREDENTIALS: list the origins",
+            ));
+        }
         if settings.resource_uri().is_none()
             && let Some(issuer) = settings.oauth_issuers.iter().find(|i| i.audience.is_none())
         {
@@ -509,6 +523,12 @@ impl Settings {
                     .ok()
                     .filter(|n| *n >= 1024)
                     .ok_or_else(|| err(format!("expected a byte count >= 1024, got {value:?}")))?
+            }
+            "cors_origins" => {
+                self.cors_origins = crate::http_hardening::parse_cors_origins(value).map_err(err)?
+            }
+            "cors_allow_credentials" => {
+                self.cors_allow_credentials = parse_bool(value).map_err(err)?
             }
             "oauth_issuers" => {
                 self.oauth_issuers =
@@ -762,6 +782,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(missing.contains("NOPE"), "{missing}");
+    }
+
+    #[test]
+    fn cors_is_closed_by_default_and_refuses_any_origin_with_credentials() {
+        let s = Settings::load_from(&env(&[]), None, &|_| None).unwrap();
+        assert!(s.cors_origins.is_empty());
+        let e = Settings::load_from(
+            &env(&[
+                ("META_MCP_CORS_ORIGINS", "*"),
+                ("META_MCP_CORS_ALLOW_CREDENTIALS", "true"),
+            ]),
+            None,
+            &|_| None,
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "META_MCP_CORS_ORIGINS");
+        let s = Settings::load_from(
+            &env(&[("META_MCP_CORS_ORIGINS", "https://app.example")]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(s.cors_origins, ["https://app.example"]);
     }
 
     #[test]

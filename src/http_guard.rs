@@ -21,6 +21,9 @@ pub struct HostGuard {
     /// Origins (`scheme://host[:port]`); empty means loopback origins only;
     /// `*` allows any.
     origins: Vec<String>,
+    /// Loopback hosts whose origins stay allowed after
+    /// [`HostGuard::also_allow_origins`] made `origins` non-empty.
+    loopback_default: Vec<String>,
 }
 
 impl HostGuard {
@@ -31,7 +34,28 @@ impl HostGuard {
                 .into_iter()
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
+            loopback_default: Vec::new(),
         }
+    }
+
+    /// Also accepts these origins (the CORS origins, whose requests must
+    /// pass this guard too), keeping the loopback default when no
+    /// `META_MCP_ALLOWED_ORIGINS` are set.
+    pub fn also_allow_origins(mut self, extra: &[String]) -> Self {
+        if extra.is_empty() {
+            return self;
+        }
+        if self.origins.is_empty() {
+            for host in ["localhost", "127.0.0.1", "[::1]"] {
+                self.loopback_default.push(host.to_owned());
+            }
+        }
+        self.origins.extend(
+            extra
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase()),
+        );
+        self
     }
 
     fn host_allowed(&self, authority: &str) -> bool {
@@ -52,6 +76,12 @@ impl HostGuard {
             });
         }
         self.origins.iter().any(|o| o == "*" || *o == origin)
+            || (!self.loopback_default.is_empty()
+                && url::Url::parse(&origin).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str()
+                            .is_some_and(|h| self.loopback_default.iter().any(|l| l == h))
+                }))
     }
 
     fn check(&self, uri: &axum::http::Uri, headers: &HeaderMap) -> Result<(), Problem> {
@@ -170,5 +200,22 @@ mod tests {
             .is_ok()
         );
         assert!(g.check(&uri, &headers("localhost", None)).is_err());
+    }
+
+    #[test]
+    fn cors_origins_pass_and_keep_the_loopback_default() {
+        let g = HostGuard::new(vec!["localhost".into()], vec![])
+            .also_allow_origins(&["https://app.example.com".into()]);
+        let uri = "/".parse().unwrap();
+        for ok in ["https://app.example.com", "http://localhost:5173"] {
+            assert!(
+                g.check(&uri, &headers("localhost", Some(ok))).is_ok(),
+                "{ok}"
+            );
+        }
+        assert!(
+            g.check(&uri, &headers("localhost", Some("https://evil.example")))
+                .is_err()
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod events;
 pub mod guard;
 pub mod http_guard;
+pub mod http_hardening;
 pub mod live_config;
 pub mod mcp;
 pub mod metrics;

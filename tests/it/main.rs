@@ -12,6 +12,7 @@ mod common;
 mod catalog;
 mod cli;
 mod core;
+mod hardening;
 mod observability;
 mod oidc;
 mod peers;
