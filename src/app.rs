@@ -33,6 +33,8 @@ pub struct AppState {
     pub events: EventBus,
     pub outbound: OutboundPolicy,
     pub started: Instant,
+    /// Encrypts upstream credentials for the store, decrypts them for use.
+    pub secrets: Arc<crate::secrets::Keyring>,
     /// Serializes server create/update/delete so checks and effects agree.
     pub servers_lock: tokio::sync::Mutex<()>,
     pub profile_endpoints: crate::mcp::ProfileEndpoints,
@@ -97,6 +99,9 @@ impl App {
     /// binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        // Before the store: with PostgreSQL a missing key stops the start
+        // before anything is touched.
+        let secrets = Arc::new(secrets_keyring(&settings)?);
         let store = Store::connect(&settings.database_url).await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the database {}: {e}",
@@ -151,6 +156,7 @@ impl App {
             pipeline,
             events,
             outbound: outbound_policy,
+            secrets,
             started: Instant::now(),
             servers_lock: tokio::sync::Mutex::new(()),
             profile_endpoints: Default::default(),
@@ -189,7 +195,24 @@ impl App {
             state.upstreams.add(spec.clone());
         }
         let stored: Vec<ServerSpec> = state.store.list_servers(DEFAULT_TENANT).await?;
-        for spec in stored {
+        for stored_spec in stored {
+            let spec = match stored_spec.opened(&state.secrets) {
+                Ok((spec, rewrite)) => {
+                    if rewrite {
+                        // Clear values, or an old key: move to the current key.
+                        state
+                            .store
+                            .update_server(DEFAULT_TENANT, &spec.name, &spec.sealed(&state.secrets))
+                            .await?;
+                        tracing::info!(server = %spec.name, "stored credentials re-encrypted under the current key");
+                    }
+                    spec
+                }
+                Err(e) => {
+                    tracing::error!(server = %stored_spec.name, error = %e, "stored server skipped: its credentials cannot be decrypted");
+                    continue;
+                }
+            };
             if !state.upstreams.add(spec.clone()) {
                 tracing::warn!(server = %spec.name, "stored server shadowed by a config-file server of the same name");
             }
@@ -326,6 +349,24 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The keyring for stored secrets (see [`crate::secrets`]).
+fn secrets_keyring(settings: &Settings) -> anyhow::Result<crate::secrets::Keyring> {
+    let backend = crate::store::validate_database_url(&settings.database_url)
+        .map_err(|e| anyhow::anyhow!("META_MCP_DATABASE_URL: {e}"))?;
+    let old: Vec<&str> = settings
+        .encryption_old_keys
+        .iter()
+        .map(|k| k.expose())
+        .collect();
+    crate::secrets::Keyring::load(
+        settings.encryption_key.as_ref().map(|k| k.expose()),
+        &old,
+        &settings.data_dir,
+        backend == crate::store::Backend::Postgres,
+    )
+    .map_err(|e| anyhow::anyhow!("stored secrets: {e}"))
 }
 
 fn spawn_catalog_follower(state: Arc<AppState>) {

@@ -143,6 +143,12 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     /// Whether CORS requests may carry cookies (never with `*`).
     pub cors_allow_credentials: bool,
+    /// The key stored secrets are encrypted with (generated into the data
+    /// directory when unset with SQLite; required with PostgreSQL).
+    pub encryption_key: Option<crate::secrets::SecretString>,
+    /// Previous keys, still accepted for decryption while rows move to the
+    /// current one.
+    pub encryption_old_keys: Vec<crate::secrets::SecretString>,
 }
 
 impl Default for Settings {
@@ -192,6 +198,8 @@ impl Default for Settings {
             oauth_issuers: Vec::new(),
             cors_origins: Vec::new(),
             cors_allow_credentials: false,
+            encryption_key: None,
+            encryption_old_keys: Vec::new(),
         }
     }
 }
@@ -243,6 +251,8 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_OAUTH_ISSUERS",
     "META_MCP_CORS_ORIGINS",
     "META_MCP_CORS_ALLOW_CREDENTIALS",
+    "META_MCP_ENCRYPTION_KEY",
+    "META_MCP_ENCRYPTION_OLD_KEYS",
 ];
 
 impl Settings {
@@ -523,6 +533,22 @@ impl Settings {
                     .ok()
                     .filter(|n| *n >= 1024)
                     .ok_or_else(|| err(format!("expected a byte count >= 1024, got {value:?}")))?
+            }
+            "encryption_key" => {
+                let key = value.trim();
+                if key.len() < crate::secrets::MIN_KEY_BYTES {
+                    return Err(err(format!(
+                        "needs at least {} bytes (e.g. `openssl rand -base64 32`)",
+                        crate::secrets::MIN_KEY_BYTES
+                    )));
+                }
+                self.encryption_key = Some(crate::secrets::SecretString::new(key))
+            }
+            "encryption_old_keys" => {
+                self.encryption_old_keys = split_list(value)
+                    .into_iter()
+                    .map(crate::secrets::SecretString::new)
+                    .collect()
             }
             "cors_origins" => {
                 self.cors_origins = crate::http_hardening::parse_cors_origins(value).map_err(err)?

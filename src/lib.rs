@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pipeline;
 pub mod search;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

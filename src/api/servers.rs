@@ -121,7 +121,7 @@ async fn create(
     }
     state
         .store
-        .insert_server(DEFAULT_TENANT, &spec.name, &spec)
+        .insert_server(DEFAULT_TENANT, &spec.name, &spec.sealed(&state.secrets))
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Conflict => Problem::conflict(
@@ -201,7 +201,7 @@ async fn update(
     keep_masked_secrets(&mut spec, &current.spec);
     state
         .store
-        .update_server(DEFAULT_TENANT, &name, &spec)
+        .update_server(DEFAULT_TENANT, &name, &spec.sealed(&state.secrets))
         .await?;
     state.upstreams.remove(&name).await;
     state.upstreams.add(spec);

@@ -60,6 +60,10 @@ struct Cli {
     /// Speak only the legacy revisions (up to 2025-11-25): no server/discover.
     #[arg(long)]
     legacy: bool,
+    /// Over HTTP, answer 401 to requests without `Authorization: Bearer
+    /// TOKEN` (to test that a gateway sends an upstream's credentials).
+    #[arg(long, value_name = "TOKEN")]
+    require_bearer: Option<String>,
 }
 
 /// Every `tools/call` this process has served. Process-wide (not per handler)
@@ -474,7 +478,11 @@ async fn serve_stdio(fixture: Fixture) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_http(fixture: Fixture, addr: &str) -> anyhow::Result<()> {
+async fn serve_http(
+    fixture: Fixture,
+    addr: &str,
+    require_bearer: Option<String>,
+) -> anyhow::Result<()> {
     let config = StreamableHttpServerConfig::default()
         // A host without a port matches any port.
         .with_allowed_hosts(["127.0.0.1", "localhost", "::1"])
@@ -486,7 +494,28 @@ async fn serve_http(fixture: Fixture, addr: &str) -> anyhow::Result<()> {
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let router = axum::Router::new().nest_service("/mcp", service);
+    let mut router = axum::Router::new().nest_service("/mcp", service);
+    if let Some(token) = require_bearer {
+        let expected = format!("Bearer {token}");
+        router = router.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let ok = request
+                    .headers()
+                    .get("authorization")
+                    .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                async move {
+                    if ok {
+                        next.run(request).await
+                    } else {
+                        axum::response::IntoResponse::into_response((
+                            http::StatusCode::UNAUTHORIZED,
+                            "missing or wrong bearer token",
+                        ))
+                    }
+                }
+            },
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     // Tests read this exact line to learn the port.
@@ -526,7 +555,7 @@ fn main() -> anyhow::Result<()> {
     let fixture = Fixture::new(&cli.name, cli.legacy);
     let result = runtime.block_on(async {
         match &cli.http {
-            Some(addr) => serve_http(fixture, addr).await,
+            Some(addr) => serve_http(fixture, addr, cli.require_bearer.clone()).await,
             None => serve_stdio(fixture).await,
         }
     });

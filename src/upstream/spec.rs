@@ -15,8 +15,9 @@ pub enum Source {
     Api,
 }
 
-/// How the gateway reaches a server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How the gateway reaches a server. Its `Debug` output hides environment
+/// and header values and URL passwords.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Transport {
     /// A child process speaking MCP on stdin/stdout.
@@ -42,6 +43,38 @@ pub enum Transport {
         #[serde(default)]
         headers: BTreeMap<String, String>,
     },
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |m: &BTreeMap<String, String>| -> BTreeMap<String, &'static str> {
+            m.keys().map(|k| (k.clone(), MASK)).collect()
+        };
+        match self {
+            Self::Stdio {
+                command,
+                args,
+                env,
+                cwd,
+            } => f
+                .debug_struct("Stdio")
+                .field("command", command)
+                .field("args", args)
+                .field("env", &masked(env))
+                .field("cwd", cwd)
+                .finish(),
+            Self::StreamableHttp { url, headers } => f
+                .debug_struct("StreamableHttp")
+                .field("url", &crate::outbound::redact_url(url))
+                .field("headers", &masked(headers))
+                .finish(),
+            Self::Sse { url, headers } => f
+                .debug_struct("Sse")
+                .field("url", &crate::outbound::redact_url(url))
+                .field("headers", &masked(headers))
+                .finish(),
+        }
+    }
 }
 
 /// What happens when the server changes a tool's definition (see
@@ -343,6 +376,65 @@ impl ServerSpec {
     }
 }
 
+impl ServerSpec {
+    /// The definition as stored: header values, environment values and a
+    /// URL with credentials encrypted, each bound to its server and field.
+    pub fn sealed(&self, keys: &crate::secrets::Keyring) -> Self {
+        let mut spec = self.clone();
+        let name = self.name.clone();
+        spec.for_each_secret(|context, value| {
+            *value = keys.encrypt(value, &format!("server/{name}/{context}"));
+            Ok(())
+        })
+        .unwrap_or_default();
+        spec
+    }
+
+    /// The definition as used, from its stored form; the flag says whether
+    /// the stored form should be written again (values in clear, or under
+    /// an old key).
+    pub fn opened(
+        &self,
+        keys: &crate::secrets::Keyring,
+    ) -> Result<(Self, bool), crate::secrets::SecretsError> {
+        let mut spec = self.clone();
+        let name = self.name.clone();
+        let mut rewrite = false;
+        spec.for_each_secret(|context, value| {
+            rewrite |= keys.needs_reencrypt(value);
+            *value = keys.decrypt(value, &format!("server/{name}/{context}"))?;
+            Ok(())
+        })?;
+        Ok((spec, rewrite))
+    }
+
+    /// Visits every secret value with where it is (`headers/NAME`,
+    /// `env/NAME`, `url` when the URL carries credentials or is sealed).
+    fn for_each_secret(
+        &mut self,
+        mut visit: impl FnMut(&str, &mut String) -> Result<(), crate::secrets::SecretsError>,
+    ) -> Result<(), crate::secrets::SecretsError> {
+        let (values, kind, url) = match &mut self.transport {
+            Transport::Stdio { env, .. } => (env, "env", None),
+            Transport::StreamableHttp { url, headers } | Transport::Sse { url, headers } => {
+                (headers, "headers", Some(url))
+            }
+        };
+        for (key, value) in values.iter_mut() {
+            visit(&format!("{kind}/{key}"), value)?;
+        }
+        if let Some(url) = url {
+            let has_credentials = url.starts_with(crate::secrets::PREFIX)
+                || url::Url::parse(url)
+                    .is_ok_and(|u| !u.username().is_empty() || u.password().is_some());
+            if has_credentials {
+                visit("url", url)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn with_name(name: &str, entry: Value) -> Result<Value, SpecError> {
     let Value::Object(mut map) = entry else {
         return Err(SpecError::Invalid("expected an object".into()));
@@ -450,6 +542,42 @@ mod tests {
         assert!(ServerSpec::from_api_json(json!({"name": "a", "url": "ftp://h"})).is_err());
         assert!(ServerSpec::from_api_json(json!({"name": "a", "args": []})).is_err());
         assert!(ServerSpec::from_api_json(json!({"name": "a", "command": 3})).is_err());
+    }
+
+    #[test]
+    fn seals_secrets_for_the_store() {
+        let keys =
+            crate::secrets::Keyring::new("a-test-key-of-at-least-thirty-two-bytes", &[]).unwrap();
+        let r = ServerSpec::from_api_json(json!({"name": "r", "url": "https://u:pw@h/mcp",
+            "headers": {"Authorization": "Bearer t0k", "X-Other": "v"}}))
+        .unwrap();
+        let sealed = r.sealed(&keys);
+        let stored = serde_json::to_string(&sealed).unwrap();
+        assert!(
+            !stored.contains("t0k") && !stored.contains("pw@"),
+            "{stored}"
+        );
+        let (opened, rewrite) = sealed.opened(&keys).unwrap();
+        assert_eq!(opened, r);
+        assert!(!rewrite);
+        // A plain URL stays readable; a stored clear row asks to be rewritten.
+        let s = ServerSpec::from_api_json(
+            json!({"name": "s", "command": "x", "env": {"TOKEN": "secret"}}),
+        )
+        .unwrap();
+        let stored = serde_json::to_string(&s.sealed(&keys)).unwrap();
+        assert!(!stored.contains("secret") && stored.contains("\"command\":\"x\""));
+        assert!(s.opened(&keys).unwrap().1);
+        // A sealed value moved to another server does not open.
+        let mut moved = r.sealed(&keys);
+        moved.name = "other".into();
+        assert!(moved.opened(&keys).is_err());
+        // Debug output hides the values.
+        let shown = format!("{r:?} {s:?}");
+        assert!(
+            !shown.contains("t0k") && !shown.contains("pw@") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 
     #[test]

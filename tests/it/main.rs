@@ -17,4 +17,5 @@ mod observability;
 mod oidc;
 mod peers;
 mod resilience;
+mod secrets;
 mod store;

@@ -351,9 +351,16 @@ impl Drop for Proc {
 
 /// Starts the fixture over Streamable HTTP; returns it and its URL.
 pub fn fixture_http(marker: &str) -> (Proc, String) {
+    fixture_http_with(marker, &[])
+}
+
+/// Starts the fixture over Streamable HTTP with extra arguments (e.g.
+/// `--require-bearer TOKEN`); returns it and its URL.
+pub fn fixture_http_with(marker: &str, extra: &[&str]) -> (Proc, String) {
     use std::io::BufRead;
     let mut child = Command::new(fixture_bin())
         .args(["--http", "127.0.0.1:0", "--name", marker])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
