@@ -310,5 +310,15 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:****@h/db");
         assert_eq!(redact_url("http://h/x"), "http://h/x");
+        assert_eq!(redact_url("redis://:pw@h:6379/0"), "redis://:****@h:6379/0");
+        assert_eq!(
+            redact_url("rediss://user:s3cret@cache.example:6380"),
+            "rediss://user:****@cache.example:6380"
+        );
+        assert_eq!(
+            redact_url("postgresql://u:p%40ss@db/x?sslmode=require"),
+            "postgresql://u:****@db/x?sslmode=require"
+        );
+        assert!(!redact_url("not a url://u:pw@h").contains("pw"));
     }
 }

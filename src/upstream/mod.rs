@@ -558,6 +558,9 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         let (running, pgid) = match connected {
             Ok(ok) => ok,
             Err((error, pgid)) => {
+                // Transport errors may quote the URL (with its password) or
+                // a header: the status, the log and the events never do.
+                let error = upstream.spec.scrub(&error);
                 tracing::warn!(server = %name, %error, "upstream connection failed");
                 // A server that answers server/discover without a version in
                 // common with us may still speak a legacy revision.

@@ -408,6 +408,35 @@ impl ServerSpec {
         Ok((spec, rewrite))
     }
 
+    /// `text` (an error message, say) with every secret value of this
+    /// definition masked: the URL's password, header and environment values.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut secrets: Vec<String> = Vec::new();
+        match &self.transport {
+            Transport::Stdio { env, .. } => secrets.extend(env.values().cloned()),
+            Transport::StreamableHttp { url, headers } | Transport::Sse { url, headers } => {
+                secrets.extend(headers.values().cloned());
+                if let Ok(u) = url::Url::parse(url)
+                    && let Some(pw) = u.password()
+                {
+                    secrets.push(pw.to_owned());
+                    if let Ok(decoded) = urlencoding_decode(pw) {
+                        secrets.push(decoded);
+                    }
+                }
+            }
+        }
+        // Longest first, so a secret containing another is masked whole;
+        // very short values would mask ordinary words.
+        secrets.retain(|s| s.len() >= 4);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = text.to_owned();
+        for secret in &secrets {
+            out = out.replace(secret.as_str(), "****");
+        }
+        out
+    }
+
     /// Visits every secret value with where it is (`headers/NAME`,
     /// `env/NAME`, `url` when the URL carries credentials or is sealed).
     fn for_each_secret(
@@ -433,6 +462,16 @@ impl ServerSpec {
         }
         Ok(())
     }
+}
+
+/// Percent-decodes a URL component.
+fn urlencoding_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    String::from_utf8(
+        url::form_urlencoded::parse(format!("x={text}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned().into_bytes())
+            .unwrap_or_default(),
+    )
 }
 
 fn with_name(name: &str, entry: Value) -> Result<Value, SpecError> {
@@ -578,6 +617,20 @@ mod tests {
             !shown.contains("t0k") && !shown.contains("pw@") && !shown.contains("secret"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn scrubs_secrets_from_messages() {
+        let r =
+            ServerSpec::from_api_json(json!({"name": "r", "url": "https://u:p%40ss-word@h/mcp",
+            "headers": {"Authorization": "Bearer t0k-123"}}))
+            .unwrap();
+        let text = r.scrub("error sending request for url (https://u:p%40ss-word@h/mcp): 401 Bearer t0k-123 p@ss-word");
+        assert!(
+            !text.contains("t0k-123") && !text.contains("ss-word"),
+            "{text}"
+        );
+        assert!(text.contains("https://u:****@h/mcp"), "{text}");
     }
 
     #[test]

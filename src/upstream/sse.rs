@@ -64,7 +64,13 @@ pub async fn connect(
         .header(reqwest::header::ACCEPT, "text/event-stream")
         .send()
         .await
-        .map_err(|e| format!("GET {}: {e}", crate::outbound::redact_url(url)))?;
+        .map_err(|e| {
+            format!(
+                "GET {}: {}",
+                crate::outbound::redact_url(url),
+                e.without_url()
+            )
+        })?;
     if !response.status().is_success() {
         return Err(format!(
             "GET of the SSE stream answered HTTP {}",

@@ -12,6 +12,7 @@ const K1: &str = "first-encryption-key-for-the-secrets-test";
 const K2: &str = "second-encryption-key-for-the-secrets-test";
 const TOKEN: &str = "upstream-bearer-9f8e7d6c";
 const ENV_SECRET: &str = "stdio-env-secret-1a2b3c";
+const URL_PASSWORD: &str = "url-pass-5150";
 
 /// Every stored server row, as the database holds it.
 async fn raw_rows(data_dir: &Path) -> Vec<String> {
@@ -51,11 +52,13 @@ async fn upstream_credentials_are_encrypted_masked_kept_and_rotated() {
     let (_upstream, url) = fixture_http_with(&m, &["--require-bearer", TOKEN]);
     let mut gw = Gateway::start(with_key(None, K1, None)).await;
 
-    // A wrong token is refused by the upstream: the test can tell.
+    // A wrong token is refused by the upstream: the test can tell. Its URL
+    // carries a password, which is a secret too.
+    let with_password = url.replacen("http://", &format!("http://svc:{URL_PASSWORD}@"), 1);
     let (code, _) = gw
         .post(
             "/api/v1/servers",
-            json!({"name": "wrong", "url": url, "headers": {"Authorization": "Bearer nope"}}),
+            json!({"name": "wrong", "url": with_password, "headers": {"Authorization": "Bearer nope"}}),
         )
         .await;
     assert_eq!(code, 201);
@@ -89,6 +92,11 @@ async fn upstream_credentials_are_encrypted_masked_kept_and_rotated() {
     assert_eq!(texts(&result["result"]), [ENV_SECRET], "{result}");
     let (_, wrong) = gw.get("/api/v1/servers/wrong").await;
     assert_ne!(wrong["status"]["status"], "ready", "{wrong}");
+    let shown_wrong = wrong.to_string();
+    assert!(
+        !shown_wrong.contains(URL_PASSWORD) && !shown_wrong.contains("Bearer nope"),
+        "{shown_wrong}"
+    );
 
     // The API shows them masked.
     let (_, shown) = gw.get("/api/v1/servers/remote").await;
@@ -102,7 +110,10 @@ async fn upstream_credentials_are_encrypted_masked_kept_and_rotated() {
     assert_eq!(rows.len(), 3);
     for row in &rows {
         assert!(!row.contains(TOKEN) && !row.contains(ENV_SECRET), "{row}");
-        assert!(!row.contains("Bearer nope"), "{row}");
+        assert!(
+            !row.contains("Bearer nope") && !row.contains(URL_PASSWORD),
+            "{row}"
+        );
         assert!(row.contains("enc:v1:"), "{row}");
     }
     let k1_id = key_id(&rows[0]);
@@ -121,7 +132,9 @@ async fn upstream_credentials_are_encrypted_masked_kept_and_rotated() {
 
     // Nothing secret reached the log either.
     let log = gw.log_text();
-    assert!(!log.contains(TOKEN) && !log.contains(ENV_SECRET) && !log.contains(K1));
+    for secret in [TOKEN, ENV_SECRET, K1, URL_PASSWORD, "Bearer nope"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
 
     // Rotation: restart with K2 as the key and K1 as an old one.
     gw.stop();
