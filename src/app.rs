@@ -35,6 +35,8 @@ pub struct AppState {
     pub started: Instant,
     /// Encrypts upstream credentials for the store, decrypts them for use.
     pub secrets: Arc<crate::secrets::Keyring>,
+    /// Verifies tokens of the outside issuers (`META_MCP_OAUTH_ISSUERS`).
+    pub external_tokens: Arc<crate::auth::external::ExternalVerifier>,
     /// Serializes server create/update/delete so checks and effects agree.
     pub servers_lock: tokio::sync::Mutex<()>,
     pub profile_endpoints: crate::mcp::ProfileEndpoints,
@@ -127,6 +129,16 @@ impl App {
             settings.profiles.clone(),
         ));
         let outbound_policy = OutboundPolicy::from_settings(&settings.outbound);
+        let external_tokens = Arc::new(
+            crate::auth::external::ExternalVerifier::new(
+                &settings.oauth_issuers,
+                settings.resource_uri().as_deref(),
+                http.clone(),
+                outbound_policy.clone(),
+                Default::default(),
+            )
+            .map_err(|e| anyhow::anyhow!("META_MCP_OAUTH_ISSUERS: {e}"))?,
+        );
         let pipeline = Pipeline {
             catalog: catalog.clone(),
             upstreams: upstreams.clone(),
@@ -157,6 +169,7 @@ impl App {
             events,
             outbound: outbound_policy,
             secrets,
+            external_tokens,
             started: Instant::now(),
             servers_lock: tokio::sync::Mutex::new(()),
             profile_endpoints: Default::default(),

@@ -362,3 +362,41 @@ async fn keys_are_fetched_through_the_outbound_guard() {
         other => panic!("expected the outbound guard to refuse: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_gateway_takes_its_issuers_from_settings() {
+    let Some(idp) = OAuthIssuer::start("the_gateway_takes_its_issuers_from_settings") else {
+        return;
+    };
+    // Refused at start: an HS algorithm, or no audience and no public URL.
+    let dir = tempfile::tempdir().unwrap();
+    for (issuers, public_url) in [
+        (
+            json!([{"issuer": idp.issuer, "algorithms": ["HS256"]}]),
+            Some(RESOURCE),
+        ),
+        (json!([{"issuer": idp.issuer}]), None),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_metamcp"));
+        cmd.arg("serve")
+            .env("META_MCP_DATA_DIR", dir.path())
+            .env("META_MCP_PORT", "0")
+            .env("META_MCP_OAUTH_ISSUERS", issuers.to_string());
+        if let Some(url) = public_url {
+            cmd.env("META_MCP_PUBLIC_URL", url);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("META_MCP_OAUTH_ISSUERS"), "{err}");
+    }
+    // Accepted from the config file, beside mcpServers.
+    let gw = crate::common::Gateway::start(
+        crate::common::Options::default()
+            .config(json!({"mcpServers": {}, "oauth_issuers": [config(&idp)]}))
+            .env("META_MCP_PUBLIC_URL", RESOURCE),
+    )
+    .await;
+    let (code, _) = gw.get("/api/v1/health/live").await;
+    assert_eq!(code, 200);
+}
