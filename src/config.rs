@@ -137,6 +137,78 @@ pub struct Settings {
     pub metrics_enabled: bool,
     /// Tools per page of an MCP `tools/list` answer.
     pub page_size: usize,
+    pub auth: AuthSettings,
+}
+
+/// A secret setting: its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Signing algorithm of the access tokens metamcp issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Rs256,
+    Es256,
+    EdDsa,
+}
+
+impl std::str::FromStr for JwtAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "HS256" => Ok(Self::Hs256),
+            "RS256" => Ok(Self::Rs256),
+            "ES256" => Ok(Self::Es256),
+            "EDDSA" => Ok(Self::EdDsa),
+            other => Err(format!(
+                "expected HS256, RS256, ES256 or EdDSA, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// Identity settings: token keys and lifetimes, the first admin, the
+/// metrics scrape token.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Signs access tokens (HS256) and keys API-key hashes and CSRF tokens.
+    /// When unset on the embedded SQLite store, one is generated into the
+    /// data directory; with PostgreSQL (many replicas) it must be set.
+    pub secret_key: Option<Secret>,
+    pub algorithm: JwtAlgorithm,
+    /// PEM private key for RS256/ES256/EdDSA.
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// PEM public key for RS256/ES256/EdDSA.
+    pub jwt_public_key_file: Option<PathBuf>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    /// Password of the `admin` user created on first start.
+    pub admin_password: Option<Secret>,
+    /// Bearer token Prometheus presents on `/metrics`; without it, metrics
+    /// need a principal with `metrics:read`.
+    pub metrics_token: Option<Secret>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            secret_key: None,
+            algorithm: JwtAlgorithm::Hs256,
+            jwt_private_key_file: None,
+            jwt_public_key_file: None,
+            access_token_ttl: Duration::from_secs(30 * 60),
+            refresh_token_ttl: Duration::from_secs(7 * 86_400),
+            admin_password: None,
+            metrics_token: None,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -183,6 +255,7 @@ impl Default for Settings {
             redis_url: None,
             metrics_enabled: true,
             page_size: 1000,
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -231,6 +304,14 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_OUTBOUND_ALLOW_LINK_LOCAL",
     "META_MCP_OUTBOUND_TIMEOUT_SECS",
     "META_MCP_OUTBOUND_MAX_RESPONSE_BYTES",
+    "META_MCP_SECRET_KEY",
+    "META_MCP_ALGORITHM",
+    "META_MCP_JWT_PRIVATE_KEY_FILE",
+    "META_MCP_JWT_PUBLIC_KEY_FILE",
+    "META_MCP_ACCESS_TOKEN_EXPIRE_MINUTES",
+    "META_MCP_REFRESH_TOKEN_EXPIRE_DAYS",
+    "META_MCP_ADMIN_PASSWORD",
+    "META_MCP_METRICS_TOKEN",
 ];
 
 impl Settings {
@@ -288,6 +369,25 @@ impl Settings {
         }
         crate::store::validate_database_url(&settings.database_url)
             .map_err(|reason| SettingError::new("META_MCP_DATABASE_URL", reason))?;
+        if settings.auth.algorithm != JwtAlgorithm::Hs256 {
+            for (name, file) in [
+                (
+                    "META_MCP_JWT_PRIVATE_KEY_FILE",
+                    &settings.auth.jwt_private_key_file,
+                ),
+                (
+                    "META_MCP_JWT_PUBLIC_KEY_FILE",
+                    &settings.auth.jwt_public_key_file,
+                ),
+            ] {
+                if file.is_none() {
+                    return Err(SettingError::new(
+                        name,
+                        "required when META_MCP_ALGORITHM is RS256, ES256 or EdDSA",
+                    ));
+                }
+            }
+        }
         Ok(settings)
     }
 
@@ -494,6 +594,53 @@ impl Settings {
                     .ok()
                     .filter(|n| *n >= 1024)
                     .ok_or_else(|| err(format!("expected a byte count >= 1024, got {value:?}")))?
+            }
+            "secret_key" => {
+                // HS256 keys shorter than the hash output are brute-forceable.
+                if value.len() < 32 {
+                    return Err(err(format!(
+                        "must be at least 32 bytes, got {} (generate one with `openssl rand -base64 48`)",
+                        value.len()
+                    )));
+                }
+                self.auth.secret_key = Some(Secret(value.to_owned()));
+            }
+            "algorithm" => self.auth.algorithm = value.parse().map_err(err)?,
+            "jwt_private_key_file" => {
+                self.auth.jwt_private_key_file = Some(PathBuf::from(value.trim()))
+            }
+            "jwt_public_key_file" => {
+                self.auth.jwt_public_key_file = Some(PathBuf::from(value.trim()))
+            }
+            "access_token_expire_minutes" => {
+                let minutes: u64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1440).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 1440 minutes, got {value:?}")))?;
+                self.auth.access_token_ttl = Duration::from_secs(minutes * 60);
+            }
+            "refresh_token_expire_days" => {
+                let days: u64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=365).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 365 days, got {value:?}")))?;
+                self.auth.refresh_token_ttl = Duration::from_secs(days * 86_400);
+            }
+            "admin_password" => {
+                if value.chars().count() < 12 {
+                    return Err(err("must be at least 12 characters".into()));
+                }
+                self.auth.admin_password = Some(Secret(value.to_owned()));
+            }
+            "metrics_token" => {
+                if value.len() < 16 {
+                    return Err(err("must be at least 16 bytes".into()));
+                }
+                self.auth.metrics_token = Some(Secret(value.to_owned()));
             }
             other => return Err(err(format!("unknown setting {other:?}"))),
         }

@@ -24,4 +24,5 @@ pub mod search;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod user_cli;
 pub mod util;

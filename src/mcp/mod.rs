@@ -185,7 +185,7 @@ fn principal(context: &RequestContext<RoleServer>) -> Principal {
         .extensions
         .get::<http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<Principal>().cloned())
-        .unwrap_or_else(Principal::local_anonymous)
+        .unwrap_or_else(Principal::nobody)
 }
 
 /// Sends an upstream's progress to the MCP caller, under the caller's token.

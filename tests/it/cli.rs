@@ -7,12 +7,14 @@ use serde_json::{Value, json};
 use crate::common::{self, Gateway, Options, fixture_stdio};
 
 fn cli(gw_url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_metamcp"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metamcp"));
+    cmd.args(args)
         .env("META_MCP_URL", gw_url)
-        .env_remove("META_MCP_TOKEN")
-        .output()
-        .expect("run metamcp");
+        .env_remove("META_MCP_TOKEN");
+    if let Some(token) = common::token_for(gw_url) {
+        cmd.env("META_MCP_TOKEN", token);
+    }
+    let out = cmd.output().expect("run metamcp");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
