@@ -630,6 +630,9 @@ impl Settings {
                     .ok_or_else(|| err(format!("expected 1 to 365 days, got {value:?}")))?;
                 self.auth.refresh_token_ttl = Duration::from_secs(days * 86_400);
             }
+            // An empty value is the same as no value (a common way to unset
+            // a variable in compose files).
+            "admin_password" if value.is_empty() => self.auth.admin_password = None,
             "admin_password" => {
                 if value.chars().count() < 12 {
                     return Err(err("must be at least 12 characters".into()));

@@ -147,8 +147,10 @@ impl Gateway {
             std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
             cmd.arg("--config").arg(path);
         }
-        cmd.env("META_MCP_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("META_MCP_PORT", port.to_string())
+        if !opts.anonymous {
+            cmd.env("META_MCP_ADMIN_PASSWORD", ADMIN_PASSWORD);
+        }
+        cmd.env("META_MCP_PORT", port.to_string())
             .env("META_MCP_DATA_DIR", &data_dir)
             .env("META_MCP_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,metamcp=debug");
@@ -520,7 +522,17 @@ pub async fn everything_http(bin: &Path) -> (Proc, String) {
 
 /// One stateless (2026-07-28) MCP request to `url`; returns the JSON-RPC
 /// response (the last `data:` event of an SSE answer, or the JSON body).
-pub async fn mcp_request(url: &str, method: &str, mut params: Value) -> Value {
+pub async fn mcp_request(url: &str, method: &str, params: Value) -> Value {
+    mcp_request_with(url, token_for(url).as_deref(), method, params).await
+}
+
+/// [`mcp_request`] with `token` (or none) as the bearer.
+pub async fn mcp_request_with(
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    mut params: Value,
+) -> Value {
     if let Some(obj) = params.as_object_mut() {
         obj.insert(
             "_meta".into(),
@@ -531,8 +543,8 @@ pub async fn mcp_request(url: &str, method: &str, mut params: Value) -> Value {
             }),
         );
     }
-    let client = match token_for(url) {
-        Some(t) => client_with(&t),
+    let client = match token {
+        Some(t) => client_with(t),
         None => reqwest::Client::new(),
     };
     let mut request = client
