@@ -429,7 +429,10 @@ async fn tool_lists_and_search_answers_are_cached_until_the_catalog_changes() {
     let (_, s1) = gw.get("/api/v1/tools/search?q=tool").await;
     let (_, s2) = gw.get("/api/v1/tools/search?q=tool").await;
     assert_eq!(s1, s2);
-    let metrics = reqwest::get(gw.url("/metrics"))
+    let metrics = gw
+        .client()
+        .get(gw.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
