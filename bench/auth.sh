@@ -40,19 +40,22 @@ while read -r var; do unset "$var"; done < <(compgen -e | grep '^META_MCP_' || t
 command -v wrk >/dev/null || die "wrk is required (apt-get install wrk)"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/metamcp/target}
-log "building this checkout (release)"
-cargo build --release --bins --quiet
 BIN=$CARGO_TARGET_DIR/release
 if [[ -z $OFF_BIN ]]; then
-    # The same target dir: the dependencies are shared, only metamcp itself
-    # is compiled again for the old sources.
+    # Built first, in the same target dir so the dependencies are shared
+    # (only metamcp itself is compiled for the old sources), then copied
+    # aside before this checkout's build replaces the binaries.
     WT=$CARGO_TARGET_DIR/auth-off-src
     if [[ ! -d $WT ]]; then git worktree add --detach "$WT" "$OFF_REV" >/dev/null; fi
     git -C "$WT" checkout --quiet --detach "$OFF_REV"
-    log "building $OFF_REV (auth off) in $WT"
-    (cd "$WT" && CARGO_TARGET_DIR=$CARGO_TARGET_DIR/auth-off cargo build --release --bins --quiet)
-    OFF_BIN=$CARGO_TARGET_DIR/auth-off/release
+    log "building $OFF_REV (auth off) from $WT"
+    (cd "$WT" && cargo build --release --bins --quiet)
+    OFF_BIN=$CARGO_TARGET_DIR/auth-off
+    mkdir -p "$OFF_BIN"
+    cp "$BIN/metamcp" "$OFF_BIN/metamcp"
 fi
+log "building this checkout (release)"
+cargo build --release --bins --quiet
 
 TMP=$(mktemp -d -t metamcp-auth.XXXXXX)
 PIDS=()
