@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # What identity costs on a tools/call: the core benchmark's echo call, at
-# concurrency 32 (and 1), directly against the upstream and through three
-# gateways side by side, alternating every run, for N rounds:
+# concurrency 32 (and 1), directly against the upstream and through one
+# gateway in three ways, alternating every run, for N rounds:
 #
-#   off  metamcp built from a revision without the identity stage (--off-rev,
-#        default 143be5a, the last commit before it), no credentials;
-#   jwt  this checkout, an access token (JWT) verified on every call;
-#   key  this checkout, an API key verified on every call.
+#   off  no credentials: the gateway runs with the test setting
+#        META_MCP_ANONYMOUS_LOOPBACK_ROLE=user, so a loopback request without
+#        credentials acts as an anonymous user (nothing is verified);
+#   jwt  an access token (JWT) verified on every call;
+#   key  an API key verified on every call.
 #
-#   bash bench/auth.sh [--rounds 5] [--duration 10s] [--off-rev REV]
-#                      [--off-bin-dir DIR] [--out FILE]
+#   bash bench/auth.sh [--rounds 5] [--duration 10s] [--out FILE]
 #
 # Reports per mode the median throughput ratio through/direct and how much
 # lower it is than with auth off (target: no more than 10% lower).
@@ -18,16 +18,12 @@ set -euo pipefail
 
 ROUNDS=5
 DURATION=10s
-OFF_REV=143be5a
-OFF_BIN=
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$ROOT/bench/results/auth-latest.md
 while (($#)); do
     case $1 in
         --rounds) ROUNDS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
-        --off-rev) OFF_REV=$2; shift 2 ;;
-        --off-bin-dir) OFF_BIN=$(cd "$2" && pwd); shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "auth.sh: unknown argument $1" >&2; exit 2 ;;
@@ -41,19 +37,6 @@ command -v wrk >/dev/null || die "wrk is required (apt-get install wrk)"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/metamcp/target}
 BIN=$CARGO_TARGET_DIR/release
-if [[ -z $OFF_BIN ]]; then
-    # Built first, in the same target dir so the dependencies are shared
-    # (only metamcp itself is compiled for the old sources), then copied
-    # aside before this checkout's build replaces the binaries.
-    WT=$CARGO_TARGET_DIR/auth-off-src
-    if [[ ! -d $WT ]]; then git worktree add --detach "$WT" "$OFF_REV" >/dev/null; fi
-    git -C "$WT" checkout --quiet --detach "$OFF_REV"
-    log "building $OFF_REV (auth off) from $WT"
-    (cd "$WT" && cargo build --release --bins --quiet)
-    OFF_BIN=$CARGO_TARGET_DIR/auth-off
-    mkdir -p "$OFF_BIN"
-    cp "$BIN/metamcp" "$OFF_BIN/metamcp"
-fi
 log "building this checkout (release)"
 cargo build --release --bins --quiet
 
@@ -70,17 +53,14 @@ for _ in $(seq 500); do FX_URL=$(sed -n 's/^listening on \(http:[^ ]*\)$/\1/p' "
 [[ -n $FX_URL ]] || die "fixture did not start"
 echo "{\"mcpServers\": {\"fx\": {\"url\": \"$FX_URL\"}}, \"prefix_mode\": \"never\"}" >"$TMP/gw.json"
 
-OFF_PORT=$(free_port)
-mkdir "$TMP/off"
-META_MCP_PORT=$OFF_PORT META_MCP_DATA_DIR=$TMP/off "$OFF_BIN/metamcp" serve --config "$TMP/gw.json" 2>"$TMP/off.log" &
-OFF_PID=$!; PIDS+=($OFF_PID)
 ON_PORT=$(free_port)
 mkdir "$TMP/on"
 PW=bench-admin-password-0123
 META_MCP_PORT=$ON_PORT META_MCP_DATA_DIR=$TMP/on META_MCP_ADMIN_PASSWORD=$PW META_MCP_ACCESS_TOKEN_EXPIRE_MINUTES=1440 \
+    META_MCP_ANONYMOUS_LOOPBACK_ROLE=user \
     "$BIN/metamcp" serve --config "$TMP/gw.json" 2>"$TMP/on.log" &
 ON_PID=$!; PIDS+=($ON_PID)
-wait_live "$OFF_PORT"; wait_live "$ON_PORT"
+wait_live "$ON_PORT"
 JWT=$(curl -fsS -X POST "http://127.0.0.1:$ON_PORT/api/v1/auth/login" -H 'Content-Type: application/json' \
     --data-binary "{\"username\":\"admin\",\"password\":\"$PW\"}" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
 KEY=$(curl -fsS -X POST "http://127.0.0.1:$ON_PORT/api/v1/auth/keys" -H "Authorization: Bearer $JWT" \
@@ -89,7 +69,7 @@ KEY=$(curl -fsS -X POST "http://127.0.0.1:$ON_PORT/api/v1/auth/keys" -H "Authori
 sleep 2 # upstream connections
 
 # target URL and Authorization header of each path
-declare -A URL=([direct]=$FX_URL [off]=http://127.0.0.1:$OFF_PORT/mcp [jwt]=http://127.0.0.1:$ON_PORT/mcp [key]=http://127.0.0.1:$ON_PORT/mcp)
+declare -A URL=([direct]=$FX_URL [off]=http://127.0.0.1:$ON_PORT/mcp [jwt]=http://127.0.0.1:$ON_PORT/mcp [key]=http://127.0.0.1:$ON_PORT/mcp)
 declare -A AUTHZ=([direct]= [off]= [jwt]="Bearer $JWT" [key]="Bearer $KEY")
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
@@ -124,7 +104,7 @@ ratio() { # conc path -> median over rounds of path/direct
 {
     echo "### metamcp auth overhead — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "$(nproc) × $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo). metamcp $(git rev-parse --short HEAD) (jwt, key) and $OFF_REV (off), release builds;"
+    echo "$(nproc) × $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo). metamcp $(git rev-parse --short HEAD), release build, one gateway process for the three paths;"
     echo "$ROUNDS rounds of $DURATION per path, paths rotating; medians of the per-round ratios."
     echo
     echo "| concurrency | path | throughput through/direct | change vs auth off |"

@@ -194,6 +194,10 @@ pub struct AuthSettings {
     /// Bearer token Prometheus presents on `/metrics`; without it, metrics
     /// need a principal with `metrics:read`.
     pub metrics_token: Option<Secret>,
+    /// For test rigs (the conformance suite, benchmarks) whose clients cannot
+    /// send credentials: requests with none, from a loopback address, act as
+    /// an `anonymous` user with this role. Never on by default.
+    pub anonymous_loopback_role: Option<String>,
 }
 
 impl Default for AuthSettings {
@@ -207,6 +211,7 @@ impl Default for AuthSettings {
             refresh_token_ttl: Duration::from_secs(7 * 86_400),
             admin_password: None,
             metrics_token: None,
+            anonymous_loopback_role: None,
         }
     }
 }
@@ -312,6 +317,7 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_REFRESH_TOKEN_EXPIRE_DAYS",
     "META_MCP_ADMIN_PASSWORD",
     "META_MCP_METRICS_TOKEN",
+    "META_MCP_ANONYMOUS_LOOPBACK_ROLE",
 ];
 
 impl Settings {
@@ -638,6 +644,10 @@ impl Settings {
                     return Err(err("must be at least 12 characters".into()));
                 }
                 self.auth.admin_password = Some(Secret(value.to_owned()));
+            }
+            "anonymous_loopback_role" => {
+                let role = value.trim();
+                self.auth.anonymous_loopback_role = (!role.is_empty()).then(|| role.to_owned());
             }
             "metrics_token" => {
                 if value.len() < 16 {

@@ -216,8 +216,15 @@ pub async fn authenticate(
     }
     let mcp = is_mcp(&path);
     let metrics = path == "/metrics";
+    let loopback = client_ip(request.extensions()).is_some_and(|ip| ip.is_loopback());
+    let anonymous = || {
+        loopback
+            .then(|| state.identity.anonymous_loopback())
+            .flatten()
+    };
     let principal = match principal_of(&state, request.headers()).await {
         Ok(Some(p)) => p,
+        Ok(None) if let Some(p) = anonymous() => p,
         Ok(None) if mcp => return mcp_challenge(&state, &path, None),
         Ok(None) => return unauthorized_problem("authentication required").into_response(),
         Err(e) if mcp => return mcp_challenge(&state, &path, Some(&e)),

@@ -267,6 +267,15 @@ impl Identity {
             store,
         };
         identity.reload_policy().await?;
+        if let Some(role) = &identity.settings.anonymous_loopback_role {
+            if identity.role(DEFAULT_TENANT, role).is_none() {
+                anyhow::bail!("META_MCP_ANONYMOUS_LOOPBACK_ROLE: unknown role {role:?}");
+            }
+            tracing::warn!(
+                role = %role,
+                "META_MCP_ANONYMOUS_LOOPBACK_ROLE is set: requests without credentials from loopback act as an anonymous {role}; for test rigs only"
+            );
+        }
         for (jti, expires) in identity.store.live_revoked_jtis().await? {
             identity
                 .revoked
@@ -679,6 +688,24 @@ impl Identity {
         self.sessions
             .get(session)
             .is_none_or(|owner| *owner == *session_owner(principal))
+    }
+
+    /// The principal of a credential-less loopback request, when the test
+    /// setting `META_MCP_ANONYMOUS_LOOPBACK_ROLE` enables one.
+    pub fn anonymous_loopback(&self) -> Option<Principal> {
+        let role = self.settings.anonymous_loopback_role.as_ref()?;
+        let user = UserRow {
+            id: "anonymous".into(),
+            tenant_id: DEFAULT_TENANT.into(),
+            username: "anonymous".into(),
+            password_hash: String::new(),
+            roles: vec![role.clone()],
+            clearance: None,
+            disabled: false,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        Some(self.principal_for(&user, AuthMethod::None, None, &[], None))
     }
 
     /// The outside authorization servers whose tokens are accepted.

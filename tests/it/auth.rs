@@ -1008,3 +1008,38 @@ async fn a_legacy_session_belongs_to_the_principal_that_opened_it() {
         "its owner"
     );
 }
+
+#[tokio::test]
+async fn the_loopback_test_principal_is_off_by_default_and_limited_to_its_role() {
+    let gw =
+        Gateway::start(Options::default().env("META_MCP_ANONYMOUS_LOOPBACK_ROLE", "viewer")).await;
+    let (code, me) = gw.send_as(None, "GET", "/api/v1/auth/me", None).await;
+    assert_eq!(code, 200, "{me}");
+    assert_eq!(
+        (me["username"].as_str(), me["roles"].clone()),
+        (Some("anonymous"), json!(["viewer"]))
+    );
+    let (code, _) = gw
+        .send_as(
+            None,
+            "POST",
+            "/api/v1/profiles",
+            Some(json!({"name": "p", "tools": []})),
+        )
+        .await;
+    assert_eq!(code, 403, "a viewer cannot write");
+    let (code, _) = gw
+        .send_as(Some("not-a-token"), "GET", "/api/v1/tools", None)
+        .await;
+    assert_eq!(
+        code, 401,
+        "bad credentials are never replaced by the test principal"
+    );
+    assert!(
+        gw.log_text()
+            .contains("META_MCP_ANONYMOUS_LOOPBACK_ROLE is set")
+    );
+    let plain = Gateway::start(Options::default()).await;
+    let (code, _) = plain.send_as(None, "GET", "/api/v1/auth/me", None).await;
+    assert_eq!(code, 401, "off by default");
+}
