@@ -111,10 +111,15 @@ impl App {
         );
         let secret = crate::auth::bootstrap::secret_key(&settings, store.backend())?;
         crate::auth::bootstrap::first_admin(&settings, &store).await?;
-        let identity =
-            crate::auth::Identity::new(store.clone(), settings.auth.clone(), &secret).await?;
-        let events = EventBus::default();
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let identity = crate::auth::Identity::new(
+            store.clone(),
+            settings.auth.clone(),
+            &secret,
+            metrics.clone(),
+        )
+        .await?;
+        let events = EventBus::default();
         let http = outbound::client(&settings.outbound);
         let upstreams = Arc::new(UpstreamManager::new(
             &settings,

@@ -222,7 +222,11 @@ pub async fn authenticate(
             .then(|| state.identity.anonymous_loopback())
             .flatten()
     };
-    let principal = match principal_of(&state, request.headers()).await {
+    let authenticated = principal_of(&state, request.headers()).await;
+    if authenticated.is_err() {
+        state.identity.metrics.auth("credentials_rejected");
+    }
+    let principal = match authenticated {
         Ok(Some(p)) => p,
         Ok(None) if let Some(p) = anonymous() => p,
         Ok(None) if mcp => return mcp_challenge(&state, &path, None),

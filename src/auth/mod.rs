@@ -212,6 +212,7 @@ struct PolicyData {
 /// The identity service.
 pub struct Identity {
     store: Store,
+    pub metrics: Arc<crate::metrics::Metrics>,
     settings: AuthSettings,
     pub tokens: TokenIssuer,
     key_hasher: Hasher,
@@ -236,7 +237,12 @@ pub struct Identity {
 const CACHE_TTL: Duration = Duration::from_secs(10);
 
 impl Identity {
-    pub async fn new(store: Store, settings: AuthSettings, secret: &[u8]) -> anyhow::Result<Self> {
+    pub async fn new(
+        store: Store,
+        settings: AuthSettings,
+        secret: &[u8],
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Self> {
         let tokens = TokenIssuer::new(&settings, secret)?;
         let identity = Self {
             key_hasher: Hasher::new(secret, "api-key"),
@@ -265,6 +271,7 @@ impl Identity {
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
             store,
+            metrics,
         };
         identity.reload_policy().await?;
         if let Some(role) = &identity.settings.anonymous_loopback_role {
@@ -516,6 +523,7 @@ impl Identity {
     ) -> Result<(IssuedTokens, Arc<UserRow>), LoginError> {
         let user_key = format!("{tenant}\u{1f}{username}");
         if let Some(wait) = self.throttle.check(&user_key, client) {
+            self.metrics.auth("login_throttled");
             return Err(LoginError::Throttled(wait));
         }
         let user = self.store.user_by_name(tenant, username).await?;
@@ -537,9 +545,11 @@ impl Identity {
         };
         let Some(user) = user.filter(|_| ok) else {
             self.throttle.failed(&user_key, client);
+            self.metrics.auth("login_failed");
             return Err(LoginError::BadCredentials);
         };
         self.throttle.succeeded(&user_key);
+        self.metrics.auth("login");
         let user = Arc::new(user);
         self.users.insert(user.id.clone(), user.clone());
         let family = tokens::random_id();
@@ -581,6 +591,15 @@ impl Identity {
     /// used one presented again means it leaked, so its whole family is
     /// revoked.
     pub async fn refresh(&self, token: &str) -> Result<IssuedTokens, LoginError> {
+        let result = self.rotate(token).await;
+        self.metrics.auth(match &result {
+            Ok(_) => "refresh",
+            Err(_) => "refresh_rejected",
+        });
+        result
+    }
+
+    async fn rotate(&self, token: &str) -> Result<IssuedTokens, LoginError> {
         let (id, secret) =
             tokens::split_opaque(REFRESH_PREFIX, token).ok_or(LoginError::BadRefresh)?;
         let row = self
@@ -593,6 +612,7 @@ impl Identity {
         }
         if row.used_at.is_some() || !self.store.use_refresh(id).await? {
             tracing::warn!(user = %row.user_id, family = %row.family_id, "refresh token reused: revoking its family");
+            self.metrics.auth("refresh_reused");
             self.store.revoke_refresh_family(&row.family_id).await?;
             return Err(LoginError::BadRefresh);
         }
@@ -630,6 +650,7 @@ impl Identity {
         {
             self.store.revoke_refresh_family(&row.family_id).await?;
         }
+        self.metrics.auth("logout");
         // Forget revocations of tokens that have expired anyway.
         let now = tokens::now_secs();
         self.revoked.write().retain(|_, exp| *exp > now);
@@ -667,12 +688,16 @@ impl Identity {
             created_at: format_time(tokens::now_secs()),
         };
         self.store.insert_api_key(&row).await?;
+        self.metrics.auth("key_created");
         Ok((key, row))
     }
 
     pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let done = self.store.revoke_api_key(tenant, id).await?;
         self.keys.invalidate(id);
+        if done {
+            self.metrics.auth("key_revoked");
+        }
         Ok(done)
     }
 

@@ -967,6 +967,24 @@ async fn the_session_cookie_needs_csrf_for_changes_and_metrics_need_their_token(
     assert_eq!(code, 403, "a viewer lacks metrics:read");
     let (code, _) = gw.send_as(Some(&gw.token), "GET", "/metrics", None).await;
     assert_eq!(code, 200, "an admin may read metrics");
+    // Identity events are counted.
+    assert_eq!(gw.login("viewer1", "wrong-password-123").await.0, 401);
+    let text = client
+        .get(gw.url("/metrics"))
+        .bearer_auth("scrape-token-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "metamcp_auth_events_total{event=\"login_failed\"} 1",
+        "metamcp_auth_events_total{event=\"credentials_rejected\"} 1",
+        "metamcp_auth_events_total{event=\"key_created\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
     let _ = Duration::ZERO;
 }
 
