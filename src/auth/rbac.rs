@@ -279,6 +279,26 @@ pub fn grants_admit_server(grants: &[Grant], server: &str) -> bool {
     !any_allow || allowed || tool_allows
 }
 
+/// Whether a server's prompts and resources (which are not tools) are
+/// reachable: a matching server deny hides them; a principal with allow
+/// grants of any kind is allow-listed and needs a server allow that matches.
+pub fn grants_admit_server_content(grants: &[Grant], server: &str) -> bool {
+    let mut any_allow = false;
+    let mut allowed = false;
+    for grant in grants {
+        let hit = grant.kind == ResourceKind::Server && glob(&grant.pattern, server);
+        match grant.effect {
+            Effect::Deny if hit => return false,
+            Effect::Deny => {}
+            Effect::Allow => {
+                any_allow = true;
+                allowed |= hit;
+            }
+        }
+    }
+    !any_allow || allowed
+}
+
 /// Shell-style matching: `*` any run of characters, `?` one character.
 pub fn glob(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
@@ -351,6 +371,11 @@ mod tests {
         assert!(!grants_admit(&both, Some("git"), "git__push", "push"));
         assert!(grants_admit(&both, Some("git"), "git__log", "log"));
         assert!(grants_admit_server(&both, "git"));
+        assert!(grants_admit_server_content(&both, "git"));
+        assert!(!grants_admit_server_content(&both, "fs"));
+        let tools_only = vec![g(Effect::Allow, ResourceKind::Tool, "fs__read")];
+        assert!(!grants_admit_server_content(&tools_only, "fs"));
+        assert!(grants_admit_server_content(&none, "fs"));
         assert!(!grants_admit_server(&both, "fs"));
     }
 

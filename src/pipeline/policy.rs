@@ -38,6 +38,13 @@ pub fn may_see_server(principal: &Principal, tenant: &str, server: &str) -> bool
         && rbac::grants_admit_server(&principal.grants, server)
 }
 
+/// Whether `principal` may use a server's prompts and resources over MCP.
+pub fn may_use_server(principal: &Principal, server: &str) -> bool {
+    principal.has(Permission::ToolsRead)
+        && &*principal.tenant_id == DEFAULT_TENANT
+        && rbac::grants_admit_server_content(&principal.grants, server)
+}
+
 /// Whether `principal` may call `tool` with these arguments.
 pub fn authorize(principal: &Principal, tool: &ToolEntry) -> Result<(), CallError> {
     if !may_see(principal, tool) {

@@ -585,6 +585,26 @@ async fn grants_filter_rest_mcp_and_search_alike_and_hidden_tools_never_reach_th
             common::mcp_request_with(&gw.mcp_url(), Some(token), "tools/list", json!({})).await;
         assert_eq!(&tool_names(&listed), expected);
     }
+    // Prompts and resources follow the server grants: alice is allow-listed
+    // by tool, so no server's prompts reach her; bob's deny is about a tool.
+    let prompts = |token: &String| {
+        let url = gw.mcp_url();
+        let token = token.clone();
+        async move { common::mcp_request_with(&url, Some(&token), "prompts/list", json!({})).await }
+    };
+    let alice_prompts = prompts(&alice).await;
+    assert_eq!(
+        alice_prompts["result"]["prompts"],
+        json!([]),
+        "{alice_prompts}"
+    );
+    let bob_prompts = prompts(&bob).await;
+    assert!(
+        bob_prompts["result"]["prompts"]
+            .to_string()
+            .contains("greeting"),
+        "{bob_prompts}"
+    );
     // The Python SDK, in both eras.
     if let Some(python) = common::external("METAMCP_TEST_PYTHON", "grants_filter (python part)") {
         for (token, expected) in [(&alice, &alice_rest), (&bob, &bob_rest)] {
