@@ -3,7 +3,7 @@
 #
 #   bash bench/core.sh [--duration 10s] [--rounds 3] [--warmup 2s]
 #                      [--startup-runs 9] [--out FILE] [--no-build]
-#                      [--bin-dir DIR] [--env NAME=VALUE]...
+#                      [--bin-dir DIR] [--env NAME=VALUE]... [--auth key|jwt]
 #
 # Measures, in one run:
 #   * tools/call of the fixture's `echo` tool with wrk at concurrency 1 and 32,
@@ -21,6 +21,8 @@
 # --env sets an environment variable of the measured gateway (repeatable),
 # e.g. --env META_MCP_LOGGING_LEVEL=warn or --env TOKIO_WORKER_THREADS=1;
 # by default it runs with its defaults.
+# --auth chooses the credential sent on every call through metamcp: an API
+# key (default) or an access token (JWT), both verified on every request.
 #
 # Results go to stdout and, as Markdown, to --out (default
 # bench/results/core-latest.md; bench/results/ is git-ignored).
@@ -35,6 +37,7 @@ STARTUP_RUNS=9
 BUILD=1
 GW_ENV=()
 BIN=
+AUTH=key
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$ROOT/bench/results/core-latest.md
 
@@ -55,6 +58,9 @@ while (($#)); do
         --env)
             [[ $2 == [A-Za-z_]*=* ]] || { echo "core.sh: --env wants NAME=VALUE" >&2; exit 2; }
             GW_ENV+=("$2"); shift 2 ;;
+        --auth)
+            [[ $2 == key || $2 == jwt ]] || { echo "core.sh: --auth wants key or jwt" >&2; exit 2; }
+            AUTH=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "core.sh: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -242,16 +248,35 @@ cat >"$TMP/gateway.json" <<EOF
 EOF
 mkdir "$TMP/gw-data"
 log "starting metamcp on port $GW_PORT"
+ADMIN_PASSWORD=bench-admin-password-0123
 env "${GW_ENV[@]}" META_MCP_PORT="$GW_PORT" META_MCP_DATA_DIR="$TMP/gw-data" \
+    META_MCP_ADMIN_PASSWORD="$ADMIN_PASSWORD" META_MCP_ACCESS_TOKEN_EXPIRE_MINUTES=1440 \
     "$BIN/metamcp" serve --config "$TMP/gateway.json" 2>"$TMP/gateway.log" &
 GW_PID=$!
 PIDS+=("$GW_PID")
+until http_200 "$GW_PORT" /api/v1/health/live; do
+    alive "$GW_PID" || { cat "$TMP/gateway.log" >&2; die "metamcp exited"; }
+    nap 0.01
+done
+# Credentials: log in as the admin; the benchmark sends either the access
+# token or an API key made with it on every call.
+login=$(curl -fsS -X POST "http://127.0.0.1:$GW_PORT/api/v1/auth/login" \
+    -H 'Content-Type: application/json' \
+    --data-binary "{\"username\":\"admin\",\"password\":\"$ADMIN_PASSWORD\"}") || die "login failed"
+JWT=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' <<<"$login")
+[[ -n $JWT ]] || die "no access token in the login answer"
+key=$(curl -fsS -X POST "http://127.0.0.1:$GW_PORT/api/v1/auth/keys" \
+    -H "Authorization: Bearer $JWT" -H 'Content-Type: application/json' \
+    --data-binary '{"name":"benchmark"}') || die "creating an API key failed"
+API_KEY=$(sed -n 's/.*"key":"\([^"]*\)".*/\1/p' <<<"$key")
+[[ -n $API_KEY ]] || die "no key in the answer"
+if [[ $AUTH == jwt ]]; then GW_AUTH="Bearer $JWT"; else GW_AUTH="Bearer $API_KEY"; fi
 state=
 for _ in $(seq 3000); do
     alive "$GW_PID" || { cat "$TMP/gateway.log" >&2; die "metamcp exited"; }
     # status.status of the server: the first "status" string after the
     # opening of the "status" object.
-    state=$(curl -fsS "http://127.0.0.1:$GW_PORT/api/v1/servers/fx" 2>/dev/null || true)
+    state=$(curl -fsS -H "Authorization: Bearer $API_KEY" "http://127.0.0.1:$GW_PORT/api/v1/servers/fx" 2>/dev/null || true)
     state=${state#*\"status\":\{}
     state=$(grep -o '"status":"[a-z_]*"' <<<"$state" | head -1 | sed 's/.*:"//; s/"$//' || true)
     [[ $state == ready ]] && break
@@ -263,7 +288,9 @@ log "metamcp ready, upstream fx ready"
 # ---------------------------------------------------------------- check ---
 BODY='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hello"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}'
 call() {
-    curl -sS -X POST "$1" \
+    local auth=()
+    [[ $1 == "$GW_URL" ]] && auth=(-H "Authorization: $GW_AUTH")
+    curl -sS -X POST "$1" "${auth[@]}" \
         -H 'Content-Type: application/json' \
         -H 'Accept: application/json, text/event-stream' \
         -H 'MCP-Protocol-Version: 2026-07-28' \
@@ -306,9 +333,10 @@ TIMEFORMAT='%U %S'
 # run_wrk ROUND CONC TARGET(direct|gateway) RECORD(0|1) DURATION
 run_wrk() {
     local round=$1 conc=$2 path=$3 record=$4 duration=$5 url gw0 gw1 fx0 fx1 m0 m1 line t
-    if [[ $path == direct ]]; then url=$FX_URL; else url=$GW_URL; fi
+    local auth=
+    if [[ $path == direct ]]; then url=$FX_URL; else url=$GW_URL; auth=$GW_AUTH; fi
     gw0=$(cpu_ticks "$GW_PID"); fx0=$(cpu_ticks "$FX_PID"); m0=$(machine_busy_ticks)
-    { time wrk -t"$(wrk_threads "$conc")" -c"$conc" -d"$duration" -s bench/echo.lua "$url" \
+    { time WRK_AUTH=$auth wrk -t"$(wrk_threads "$conc")" -c"$conc" -d"$duration" -s bench/echo.lua "$url" \
         >"$TMP/wrk.out" 2>&1; } 2>"$TMP/wrk.time"
     gw1=$(cpu_ticks "$GW_PID"); fx1=$(cpu_ticks "$FX_PID"); m1=$(machine_busy_ticks)
     ((record)) || return 0
@@ -417,7 +445,7 @@ verdict() {
     echo "### metamcp core benchmark — $DATE"
     echo
     echo "Machine: $NPROC × $CPU_MODEL, Linux $KERNEL. Load generator: $WRK_VERSION."
-    echo "metamcp $GIT_REV (release build)${GW_ENV[*]:+, with ${GW_ENV[*]}}. Upstream: metamcp-fixture over Streamable HTTP, 1 thread."
+    echo "metamcp $GIT_REV (release build)${GW_ENV[*]:+, with ${GW_ENV[*]}}; every call through metamcp carries $( [[ $AUTH == jwt ]] && echo "an access token (JWT)" || echo "an API key"). Upstream: metamcp-fixture over Streamable HTTP, 1 thread."
     echo "Each cell: median of $ROUNDS rounds of $DURATION per path, paths alternating;"
     echo "ratios and added latencies are medians of the per-round pairs."
     echo

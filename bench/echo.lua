@@ -14,6 +14,12 @@ wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
 wrk.headers["Mcp-Method"] = "tools/call"
 wrk.headers["Mcp-Name"] = "echo"
+-- The gateway needs credentials: core.sh passes the header in WRK_AUTH
+-- (empty for the upstream itself).
+local auth = os.getenv("WRK_AUTH")
+if auth and auth ~= "" then
+  wrk.headers["Authorization"] = auth
+end
 wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
   .. '"arguments":{"message":"hello"},"_meta":{"io.modelcontextprotocol/protocolVersion":'
   .. '"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}'

@@ -58,6 +58,8 @@ pub struct AppState {
     pub list_changes: tokio::sync::broadcast::Sender<crate::mcp::ListChange>,
     /// Fingerprints of the tool, prompt and resource lists last announced.
     list_fingerprints: parking_lot::Mutex<[u64; 3]>,
+    /// Users, tokens, API keys, roles and grants.
+    pub identity: crate::auth::Identity,
 }
 
 impl AppState {
@@ -114,8 +116,17 @@ impl App {
             database = %outbound::redact_url(&settings.database_url),
             "store ready, migrations applied"
         );
-        let events = EventBus::default();
+        let secret = crate::auth::bootstrap::secret_key(&settings, store.backend())?;
+        crate::auth::bootstrap::first_admin(&settings, &store).await?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let identity = crate::auth::Identity::new(
+            store.clone(),
+            settings.auth.clone(),
+            &secret,
+            metrics.clone(),
+        )
+        .await?;
+        let events = EventBus::default();
         let http = outbound::client(&settings.outbound);
         let upstreams = Arc::new(UpstreamManager::new(
             &settings,
@@ -185,6 +196,7 @@ impl App {
             cursors: Default::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
+            identity,
         });
 
         // Rebuild the catalog whenever something it is made of changes: at
@@ -278,11 +290,23 @@ impl App {
                 "/mcp/{profile}",
                 axum::routing::any(crate::mcp::profile_endpoint),
             )
-            .nest("/api/v1", crate::api::router());
+            .nest("/api/v1", crate::api::router())
+            .route(
+                "/.well-known/oauth-protected-resource",
+                axum::routing::get(crate::auth::http::resource_metadata),
+            )
+            .route(
+                "/.well-known/oauth-protected-resource/{*resource}",
+                axum::routing::get(crate::auth::http::resource_metadata),
+            );
         if settings.metrics_enabled {
             router = router.route("/metrics", axum::routing::get(metrics_endpoint));
         }
         router
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::auth::http::authenticate,
+            ))
             .layer(middleware::from_fn_with_state(state.clone(), count_http))
             .with_state(state.clone())
             .layer(DefaultBodyLimit::max(settings.max_body_bytes))
@@ -346,9 +370,12 @@ impl App {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
             }
         });
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result?,

@@ -149,6 +149,83 @@ pub struct Settings {
     /// Previous keys, still accepted for decryption while rows move to the
     /// current one.
     pub encryption_old_keys: Vec<crate::secrets::SecretString>,
+    pub auth: AuthSettings,
+}
+
+/// A secret setting: its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Signing algorithm of the access tokens metamcp issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Rs256,
+    Es256,
+    EdDsa,
+}
+
+impl std::str::FromStr for JwtAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "HS256" => Ok(Self::Hs256),
+            "RS256" => Ok(Self::Rs256),
+            "ES256" => Ok(Self::Es256),
+            "EDDSA" => Ok(Self::EdDsa),
+            other => Err(format!(
+                "expected HS256, RS256, ES256 or EdDSA, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// Identity settings: token keys and lifetimes, the first admin, the
+/// metrics scrape token.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Signs access tokens (HS256) and keys API-key hashes and CSRF tokens.
+    /// When unset on the embedded SQLite store, one is generated into the
+    /// data directory; with PostgreSQL (many replicas) it must be set.
+    pub secret_key: Option<Secret>,
+    pub algorithm: JwtAlgorithm,
+    /// PEM private key for RS256/ES256/EdDSA.
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// PEM public key for RS256/ES256/EdDSA.
+    pub jwt_public_key_file: Option<PathBuf>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    /// Password of the `admin` user created on first start.
+    pub admin_password: Option<Secret>,
+    /// Bearer token Prometheus presents on `/metrics`; without it, metrics
+    /// need a principal with `metrics:read`.
+    pub metrics_token: Option<Secret>,
+    /// For test rigs (the conformance suite, benchmarks) whose clients cannot
+    /// send credentials: requests with none, from a loopback address, act as
+    /// an `anonymous` user with this role. Never on by default.
+    pub anonymous_loopback_role: Option<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            secret_key: None,
+            algorithm: JwtAlgorithm::Hs256,
+            jwt_private_key_file: None,
+            jwt_public_key_file: None,
+            access_token_ttl: Duration::from_secs(30 * 60),
+            refresh_token_ttl: Duration::from_secs(7 * 86_400),
+            admin_password: None,
+            metrics_token: None,
+            anonymous_loopback_role: None,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -200,6 +277,7 @@ impl Default for Settings {
             cors_allow_credentials: false,
             encryption_key: None,
             encryption_old_keys: Vec::new(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -253,6 +331,15 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_CORS_ALLOW_CREDENTIALS",
     "META_MCP_ENCRYPTION_KEY",
     "META_MCP_ENCRYPTION_OLD_KEYS",
+    "META_MCP_SECRET_KEY",
+    "META_MCP_ALGORITHM",
+    "META_MCP_JWT_PRIVATE_KEY_FILE",
+    "META_MCP_JWT_PUBLIC_KEY_FILE",
+    "META_MCP_ACCESS_TOKEN_EXPIRE_MINUTES",
+    "META_MCP_REFRESH_TOKEN_EXPIRE_DAYS",
+    "META_MCP_ADMIN_PASSWORD",
+    "META_MCP_METRICS_TOKEN",
+    "META_MCP_ANONYMOUS_LOOPBACK_ROLE",
 ];
 
 impl Settings {
@@ -326,6 +413,25 @@ impl Settings {
                     issuer.issuer
                 ),
             ));
+        }
+        if settings.auth.algorithm != JwtAlgorithm::Hs256 {
+            for (name, file) in [
+                (
+                    "META_MCP_JWT_PRIVATE_KEY_FILE",
+                    &settings.auth.jwt_private_key_file,
+                ),
+                (
+                    "META_MCP_JWT_PUBLIC_KEY_FILE",
+                    &settings.auth.jwt_public_key_file,
+                ),
+            ] {
+                if file.is_none() {
+                    return Err(SettingError::new(
+                        name,
+                        "required when META_MCP_ALGORITHM is RS256, ES256 or EdDSA",
+                    ));
+                }
+            }
         }
         Ok(settings)
     }
@@ -559,6 +665,60 @@ impl Settings {
             "oauth_issuers" => {
                 self.oauth_issuers =
                     crate::auth::external::IssuerConfig::parse_list(value).map_err(err)?
+            }
+            "secret_key" => {
+                // HS256 keys shorter than the hash output are brute-forceable.
+                if value.len() < 32 {
+                    return Err(err(format!(
+                        "must be at least 32 bytes, got {} (generate one with `openssl rand -base64 48`)",
+                        value.len()
+                    )));
+                }
+                self.auth.secret_key = Some(Secret(value.to_owned()));
+            }
+            "algorithm" => self.auth.algorithm = value.parse().map_err(err)?,
+            "jwt_private_key_file" => {
+                self.auth.jwt_private_key_file = Some(PathBuf::from(value.trim()))
+            }
+            "jwt_public_key_file" => {
+                self.auth.jwt_public_key_file = Some(PathBuf::from(value.trim()))
+            }
+            "access_token_expire_minutes" => {
+                let minutes: u64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1440).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 1440 minutes, got {value:?}")))?;
+                self.auth.access_token_ttl = Duration::from_secs(minutes * 60);
+            }
+            "refresh_token_expire_days" => {
+                let days: u64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=365).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 365 days, got {value:?}")))?;
+                self.auth.refresh_token_ttl = Duration::from_secs(days * 86_400);
+            }
+            // An empty value is the same as no value (a common way to unset
+            // a variable in compose files).
+            "admin_password" if value.is_empty() => self.auth.admin_password = None,
+            "admin_password" => {
+                if value.chars().count() < 12 {
+                    return Err(err("must be at least 12 characters".into()));
+                }
+                self.auth.admin_password = Some(Secret(value.to_owned()));
+            }
+            "anonymous_loopback_role" => {
+                let role = value.trim();
+                self.auth.anonymous_loopback_role = (!role.is_empty()).then(|| role.to_owned());
+            }
+            "metrics_token" => {
+                if value.len() < 16 {
+                    return Err(err("must be at least 16 bytes".into()));
+                }
+                self.auth.metrics_token = Some(Secret(value.to_owned()));
             }
             other => return Err(err(format!("unknown setting {other:?}"))),
         }

@@ -26,4 +26,5 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod user_cli;
 pub mod util;

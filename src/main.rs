@@ -60,6 +60,14 @@ enum Command {
         #[command(subcommand)]
         command: ProfilesCommand,
     },
+    /// Manage users directly in the gateway's database (same settings as
+    /// `serve`; no running gateway or token needed).
+    User {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: metamcp::user_cli::UserCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +104,32 @@ fn main() -> std::process::ExitCode {
         }
         Command::Tools { conn, command } => cli::run_tools(conn, command),
         Command::Profiles { conn, command } => cli::run_profiles(conn, command),
+        Command::User { config, command } => {
+            let settings = match Settings::load(config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("metamcp: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("metamcp: cannot start the runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(metamcp::user_cli::run(&settings, command)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("metamcp: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             let settings = match Settings::load(config.as_deref()) {
                 Ok(s) => s,

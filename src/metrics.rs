@@ -72,6 +72,14 @@ pub struct SearchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    /// One of a fixed set: login, login_failed, login_throttled, refresh,
+    /// refresh_rejected, refresh_reused, logout, key_created, key_revoked,
+    /// credentials_rejected.
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -100,6 +108,7 @@ pub struct Metrics {
     pub rate_limited: Family<ScopeLabels, Counter>,
     pub search_requests: Family<SearchLabels, Counter>,
     pub search_duration: Family<SearchLabels, Histogram, fn() -> Histogram>,
+    pub auth_events: Family<AuthLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -109,6 +118,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one identity event.
+    pub fn auth(&self, event: &'static str) {
+        self.auth_events.get_or_create(&AuthLabels { event }).inc();
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("metamcp");
         let m = Self {
@@ -126,6 +140,7 @@ impl Metrics {
             rate_limited: Family::default(),
             search_requests: Family::default(),
             search_duration: Family::new_with_constructor(latency_histogram),
+            auth_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,6 +208,11 @@ impl Metrics {
             "search_duration_seconds",
             "Tool search duration by search type",
             m.search_duration.clone(),
+        );
+        registry.register(
+            "auth_events",
+            "Identity events: logins, failures, refreshes, revocations, rejected credentials",
+            m.auth_events.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build

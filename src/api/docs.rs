@@ -529,11 +529,33 @@ mod tests {
         }
     }
 
-    /// A gateway on a fresh SQLite database with no servers, and its router.
+    /// The password of the `admin` user the harness's gateway is created
+    /// with: the one of the documented login example.
+    const ADMIN_PASSWORD: &str = "change-me-at-once-1";
+
+    /// A gateway on a fresh SQLite database with no servers, its router, and
+    /// an access token of its `admin` user (a platform admin), logged in
+    /// through the router.
     struct Gateway {
         app: App,
         router: axum::Router,
+        token: String,
         _dir: tempfile::TempDir,
+    }
+
+    /// The credentials a request carries.
+    #[derive(Clone, Copy)]
+    enum Auth<'a> {
+        /// The harness's admin token, as `Authorization: Bearer`.
+        Admin,
+        /// None at all.
+        Anonymous,
+        /// `Authorization: Bearer <token>`.
+        Bearer(&'a str),
+        /// `X-API-Key: <key>`.
+        ApiKey(&'a str),
+        /// The session cookie, with the CSRF token or without.
+        Cookie(&'a str, Option<&'a str>),
     }
 
     async fn gateway() -> Gateway {
@@ -544,6 +566,7 @@ mod tests {
                 dir.path().to_str().expect("utf-8 temp dir"),
             ),
             ("META_MCP_PORT", "0"),
+            ("META_MCP_ADMIN_PASSWORD", ADMIN_PASSWORD),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -551,11 +574,14 @@ mod tests {
         let settings = Settings::load_from(&env, None, &|_| None).expect("settings");
         let app = App::build(settings).await.expect("gateway builds");
         let router = App::router(app.state.clone(), CancellationToken::new());
-        Gateway {
+        let mut gw = Gateway {
             app,
             router,
+            token: String::new(),
             _dir: dir,
-        }
+        };
+        gw.token = gw.login("admin", ADMIN_PASSWORD).await;
+        gw
     }
 
     struct Answer {
@@ -581,10 +607,33 @@ mod tests {
 
     impl Gateway {
         async fn send(&self, method: &Method, path: &str, body: Option<&Value>) -> Answer {
+            self.send_as(Auth::Admin, method, path, body).await
+        }
+
+        async fn send_as(
+            &self,
+            auth: Auth<'_>,
+            method: &Method,
+            path: &str,
+            body: Option<&Value>,
+        ) -> Answer {
             let mut request = Request::builder()
                 .method(method)
                 .uri(format!("/api/v1{path}"))
                 .header("host", "127.0.0.1");
+            request = match auth {
+                Auth::Admin => request.header("authorization", format!("Bearer {}", self.token)),
+                Auth::Anonymous => request,
+                Auth::Bearer(token) => request.header("authorization", format!("Bearer {token}")),
+                Auth::ApiKey(key) => request.header("x-api-key", key),
+                Auth::Cookie(token, csrf) => {
+                    let request = request.header("cookie", format!("metamcp_session={token}"));
+                    match csrf {
+                        Some(csrf) => request.header("x-csrf-token", csrf),
+                        None => request,
+                    }
+                }
+            };
             let body = match body {
                 Some(b) => {
                     request = request.header("content-type", "application/json");
@@ -611,6 +660,24 @@ mod tests {
             }
         }
 
+        /// Logs in through the router; the access token.
+        async fn login(&self, username: &str, password: &str) -> String {
+            let body = json!({"username": username, "password": password});
+            let a = self
+                .send_as(Auth::Anonymous, &Method::POST, "/auth/login", Some(&body))
+                .await;
+            assert_eq!(
+                a.status,
+                StatusCode::OK,
+                "login as {username}: {}",
+                String::from_utf8_lossy(&a.body)
+            );
+            a.json()["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned()
+        }
+
         /// Sends a request to a documented operation and checks the answer
         /// is one it documents: its status, content type and body schema.
         async fn call(
@@ -621,8 +688,22 @@ mod tests {
             path: &str,
             body: Option<&Value>,
         ) -> Answer {
+            self.call_as(Auth::Admin, doc, method, template, path, body)
+                .await
+        }
+
+        /// [`Gateway::call`] with other credentials than the admin's.
+        async fn call_as(
+            &self,
+            auth: Auth<'_>,
+            doc: &Value,
+            method: &str,
+            template: &str,
+            path: &str,
+            body: Option<&Value>,
+        ) -> Answer {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
-            let answer = self.send(&m, path, body).await;
+            let answer = self.send_as(auth, &m, path, body).await;
             let at = format!("{} {path} (documented as {template})", m);
             let op = &doc["paths"][template][method];
             assert!(op.is_object(), "{at}: not documented");
@@ -665,6 +746,11 @@ mod tests {
         }
     }
 
+    /// A path of a template, every parameter (`{name}`, `{id}`) `value`.
+    fn fill(template: &str, value: &str) -> String {
+        template.replace("{name}", value).replace("{id}", value)
+    }
+
     fn is_fallback(answer: &Answer) -> bool {
         answer.json()["type"] == format!("{PROBLEM_BASE}no-route")
     }
@@ -680,12 +766,67 @@ mod tests {
                 .entry(template.clone())
                 .or_default()
                 .insert(method.clone());
-            let path = template.replace("{name}", missing);
+            let path = fill(&template, missing);
             let body = op.get("requestBody").map(|_| json!({}));
-            // The answer must be documented (status, type, schema)...
-            let answer = gw
-                .call(&doc, &method, &template, &path, body.as_ref())
+            // Without credentials, a public operation (`security: []`)
+            // answers, and every other one the documented 401 with a
+            // challenge.
+            let public = op.get("security") == Some(&json!([]));
+            let anonymous = gw
+                .call_as(
+                    Auth::Anonymous,
+                    &doc,
+                    &method,
+                    &template,
+                    &path,
+                    body.as_ref(),
+                )
                 .await;
+            if public {
+                assert_ne!(
+                    anonymous.status,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} is documented as public"
+                );
+            } else {
+                assert_eq!(
+                    anonymous.status,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} without credentials"
+                );
+                assert_eq!(
+                    anonymous.json()["type"],
+                    format!("{PROBLEM_BASE}unauthorized")
+                );
+                assert!(
+                    anonymous
+                        .headers
+                        .get("www-authenticate")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("Bearer ")),
+                    "{method} {path}: a 401 challenges"
+                );
+            }
+            // The answer must be documented (status, type, schema)...
+            let answer = if public {
+                anonymous
+            } else if op["operationId"] == "logout" {
+                // Logging out revokes the token it is sent with: not the
+                // harness's.
+                let own = gw.login("admin", ADMIN_PASSWORD).await;
+                gw.call_as(
+                    Auth::Bearer(&own),
+                    &doc,
+                    &method,
+                    &template,
+                    &path,
+                    body.as_ref(),
+                )
+                .await
+            } else {
+                gw.call(&doc, &method, &template, &path, body.as_ref())
+                    .await
+            };
             // ...and come from the operation, not the router.
             assert_ne!(
                 answer.status,
@@ -700,7 +841,7 @@ mod tests {
         // The other methods of a documented path are not routed: an
         // undocumented operation would answer here.
         for (template, documented) in &by_path {
-            let path = template.replace("{name}", missing);
+            let path = fill(template, missing);
             let mut allowed: BTreeSet<String> =
                 documented.iter().map(|m| m.to_uppercase()).collect();
             if documented.contains("get") {
@@ -1088,6 +1229,473 @@ mod tests {
         let a = gw.call(&doc, "get", "/servers/{name}", &one, None).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND);
 
+        gw.app.state.upstreams.shutdown().await;
+    }
+
+    fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
+        answer
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn identity_examples_work_and_answers_match_the_document() {
+        let gw = gateway().await;
+        let doc = doc();
+        let problem = |a: &Answer| {
+            a.json()["type"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches(PROBLEM_BASE)
+                .to_owned()
+        };
+
+        // Log in with the example (the harness's admin has its password).
+        let login = example(&doc, "/auth/login", "post");
+        assert_eq!(login["password"], ADMIN_PASSWORD);
+        let a = gw
+            .call_as(
+                Auth::Anonymous,
+                &doc,
+                "post",
+                "/auth/login",
+                "/auth/login",
+                Some(&login),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.json());
+        assert_eq!(header(&a, "cache-control"), "no-store");
+        let tokens = a.json();
+        let access = tokens["access_token"].as_str().expect("access").to_owned();
+        let mut wrong = login.clone();
+        wrong["password"] = json!("not-the-password");
+        let a = gw
+            .call_as(
+                Auth::Anonymous,
+                &doc,
+                "post",
+                "/auth/login",
+                "/auth/login",
+                Some(&wrong),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(problem(&a), "invalid-credentials");
+
+        // Refresh: the token is used up; using it again revokes its login.
+        let mut refresh = example(&doc, "/auth/refresh", "post");
+        refresh["refresh_token"] = tokens["refresh_token"].clone();
+        let a = gw
+            .call_as(
+                Auth::Anonymous,
+                &doc,
+                "post",
+                "/auth/refresh",
+                "/auth/refresh",
+                Some(&refresh),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.json());
+        let renewed = a.json();
+        for token in [&tokens["refresh_token"], &renewed["refresh_token"]] {
+            let a = gw
+                .call_as(
+                    Auth::Anonymous,
+                    &doc,
+                    "post",
+                    "/auth/refresh",
+                    "/auth/refresh",
+                    Some(&json!({"refresh_token": token})),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "a reused refresh token");
+            assert_eq!(problem(&a), "invalid-refresh-token");
+        }
+
+        // Who am I.
+        let a = gw
+            .call_as(
+                Auth::Bearer(&access),
+                &doc,
+                "get",
+                "/auth/me",
+                "/auth/me",
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.json()["username"], "admin");
+        assert_eq!(a.json()["auth_method"], "jwt");
+
+        // Without credentials, or with bad ones: 401 with a challenge.
+        for auth in [
+            Auth::Anonymous,
+            Auth::Bearer("not-a-token"),
+            Auth::ApiKey("mmk_0123456789abcdef.nope"),
+        ] {
+            let a = gw
+                .call_as(auth, &doc, "get", "/tools", "/tools", None)
+                .await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(problem(&a), "unauthorized");
+            assert!(header(&a, "www-authenticate").starts_with("Bearer "));
+        }
+
+        // Users: create, conflict, list, read, change.
+        let user = example(&doc, "/users", "post");
+        let username = user["username"].as_str().expect("username").to_owned();
+        let password = user["password"].as_str().expect("password").to_owned();
+        let a = gw.call(&doc, "post", "/users", "/users", Some(&user)).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.json());
+        let user_id = a.json()["id"].as_str().expect("id").to_owned();
+        let a = gw.call(&doc, "post", "/users", "/users", Some(&user)).await;
+        assert_eq!(a.status, StatusCode::CONFLICT);
+        assert_eq!(problem(&a), "user-exists");
+        let a = gw.call(&doc, "get", "/users", "/users", None).await;
+        assert_eq!(a.json()["total"], 2);
+        let one_user = format!("/users/{user_id}");
+        let a = gw.call(&doc, "get", "/users/{id}", &one_user, None).await;
+        assert_eq!(a.json()["username"], username.as_str());
+        let change = example(&doc, "/users/{id}", "patch");
+        let a = gw
+            .call(&doc, "patch", "/users/{id}", &one_user, Some(&change))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.json());
+        assert_eq!(a.json()["roles"], change["roles"]);
+        assert_eq!(a.json()["clearance"], change["clearance"]);
+        let a = gw
+            .call(
+                &doc,
+                "post",
+                "/users",
+                "/users",
+                Some(&json!({"username": "bob", "password": "short"})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        // The new user: its rights are its role's; what it lacks is 403.
+        let theirs = gw.login(&username, &password).await;
+        let a = gw
+            .call_as(
+                Auth::Bearer(&theirs),
+                &doc,
+                "get",
+                "/auth/me",
+                "/auth/me",
+                None,
+            )
+            .await;
+        assert_eq!(a.json()["clearance"], change["clearance"]);
+        assert!(
+            !a.json()["permissions"]
+                .as_array()
+                .expect("permissions")
+                .contains(&json!("tools:write"))
+        );
+        for (method, path, body) in [
+            ("post", "/tools", Some(json!({"name": "x"}))),
+            ("get", "/users", None),
+            ("get", "/tenants", None),
+            (
+                "post",
+                "/roles",
+                Some(json!({"name": "x", "permissions": []})),
+            ),
+        ] {
+            let a = gw
+                .call_as(
+                    Auth::Bearer(&theirs),
+                    &doc,
+                    method,
+                    path,
+                    path,
+                    body.as_ref(),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {path}");
+            assert_eq!(problem(&a), "forbidden");
+            assert!(a.json()["permission"].is_string());
+        }
+        let a = gw
+            .call_as(
+                Auth::Bearer(&theirs),
+                &doc,
+                "get",
+                "/auth/keys",
+                "/auth/keys?user=*",
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+
+        // Failed logins are throttled.
+        let mut throttled = None;
+        for _ in 0..10 {
+            let a = gw
+                .call_as(
+                    Auth::Anonymous,
+                    &doc,
+                    "post",
+                    "/auth/login",
+                    "/auth/login",
+                    Some(&json!({"username": username, "password": "wrong-password-1"})),
+                )
+                .await;
+            if a.status == StatusCode::TOO_MANY_REQUESTS {
+                throttled = Some(a);
+                break;
+            }
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        }
+        let a = throttled.expect("logins are throttled");
+        assert_eq!(problem(&a), "login-throttled");
+        assert!(
+            header(&a, "retry-after")
+                .parse::<u64>()
+                .is_ok_and(|s| s > 0)
+        );
+
+        // API keys: create, use (both headers), list, revoke.
+        let key = example(&doc, "/auth/keys", "post");
+        let a = gw
+            .call(&doc, "post", "/auth/keys", "/auth/keys", Some(&key))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.json());
+        assert_eq!(header(&a, "cache-control"), "no-store");
+        let created = a.json();
+        let secret = created["key"].as_str().expect("key").to_owned();
+        let key_id = created["id"].as_str().expect("id").to_owned();
+        for auth in [Auth::Bearer(&secret), Auth::ApiKey(&secret)] {
+            let a = gw
+                .call_as(auth, &doc, "get", "/auth/me", "/auth/me", None)
+                .await;
+            assert_eq!(a.status, StatusCode::OK);
+            assert_eq!(a.json()["auth_method"], "api_key");
+            assert_eq!(a.json()["scopes"], key["scopes"]);
+            assert_eq!(a.json()["permissions"], key["scopes"], "narrowed");
+        }
+        let a = gw
+            .call_as(
+                Auth::Bearer(&secret),
+                &doc,
+                "post",
+                "/tools",
+                "/tools",
+                Some(&json!({"name": "x"})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "the key's scopes bind");
+        let a = gw
+            .call_as(
+                Auth::Bearer(&secret),
+                &doc,
+                "post",
+                "/auth/keys",
+                "/auth/keys",
+                Some(&key),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "a key cannot mint keys");
+        for query in ["", "?user=*"] {
+            let a = gw
+                .call(
+                    &doc,
+                    "get",
+                    "/auth/keys",
+                    &format!("/auth/keys{query}"),
+                    None,
+                )
+                .await;
+            assert_eq!(a.json()["total"], 1, "/auth/keys{query}");
+        }
+        let one_key = format!("/auth/keys/{key_id}");
+        let a = gw
+            .call(&doc, "delete", "/auth/keys/{id}", &one_key, None)
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        let a = gw
+            .call(&doc, "delete", "/auth/keys/{id}", &one_key, None)
+            .await;
+        assert_eq!(a.status, StatusCode::CONFLICT);
+        assert_eq!(problem(&a), "key-revoked");
+        let a = gw
+            .call_as(
+                Auth::Bearer(&secret),
+                &doc,
+                "get",
+                "/auth/me",
+                "/auth/me",
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "a revoked key");
+
+        // Roles: create, conflict, list, delete.
+        let role = example(&doc, "/roles", "post");
+        let role_name = role["name"].as_str().expect("role name").to_owned();
+        let a = gw.call(&doc, "post", "/roles", "/roles", Some(&role)).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.json());
+        let a = gw.call(&doc, "post", "/roles", "/roles", Some(&role)).await;
+        assert_eq!(problem(&a), "role-exists");
+        let mut builtin = role.clone();
+        builtin["name"] = json!("admin");
+        let a = gw
+            .call(&doc, "post", "/roles", "/roles", Some(&builtin))
+            .await;
+        assert_eq!(problem(&a), "role-exists");
+        let a = gw.call(&doc, "get", "/roles", "/roles", None).await;
+        assert_eq!(a.json()["total"], 6, "five built-in roles and one custom");
+        let one_role = format!("/roles/{role_name}");
+        let a = gw
+            .call(&doc, "delete", "/roles/{name}", &one_role, None)
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        let a = gw
+            .call(&doc, "delete", "/roles/{name}", &one_role, None)
+            .await;
+        assert_eq!(problem(&a), "unknown-role");
+
+        // Grants: create, list, delete.
+        let grant = example(&doc, "/grants", "post");
+        let a = gw
+            .call(&doc, "post", "/grants", "/grants", Some(&grant))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.json());
+        let grant_id = a.json()["id"].as_str().expect("id").to_owned();
+        let a = gw
+            .call(
+                &doc,
+                "post",
+                "/grants",
+                "/grants",
+                Some(
+                    &json!({"subject_kind": "user", "subject": "nobody", "effect": "allow",
+                             "resource_kind": "server", "pattern": "*"}),
+                ),
+            )
+            .await;
+        assert_eq!(problem(&a), "unknown-user");
+        let a = gw.call(&doc, "get", "/grants", "/grants", None).await;
+        assert_eq!(a.json()["total"], 1);
+        let one_grant = format!("/grants/{grant_id}");
+        let a = gw
+            .call(&doc, "delete", "/grants/{id}", &one_grant, None)
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+
+        // Tenants: create, conflict, list; a user in the new tenant.
+        let tenant = example(&doc, "/tenants", "post");
+        let a = gw
+            .call(&doc, "post", "/tenants", "/tenants", Some(&tenant))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.json());
+        let a = gw
+            .call(&doc, "post", "/tenants", "/tenants", Some(&tenant))
+            .await;
+        assert_eq!(problem(&a), "tenant-exists");
+        let a = gw.call(&doc, "get", "/tenants", "/tenants", None).await;
+        assert_eq!(a.json()["total"], 2);
+        for (tenant_id, status) in [
+            (&tenant["id"], StatusCode::CREATED),
+            (&json!("nowhere"), StatusCode::NOT_FOUND),
+        ] {
+            let mut elsewhere = user.clone();
+            elsewhere["tenant"] = tenant_id.clone();
+            let a = gw
+                .call(&doc, "post", "/users", "/users", Some(&elsewhere))
+                .await;
+            assert_eq!(a.status, status, "{}", a.json());
+        }
+
+        // The session cookie: state changes need the CSRF token.
+        let mut with_cookie = login.clone();
+        with_cookie["cookie"] = json!(true);
+        let a = gw
+            .call_as(
+                Auth::Anonymous,
+                &doc,
+                "post",
+                "/auth/login",
+                "/auth/login",
+                Some(&with_cookie),
+            )
+            .await;
+        assert!(header(&a, "set-cookie").starts_with("metamcp_session="));
+        let session = a.json();
+        let cookie = session["access_token"].as_str().expect("access");
+        let csrf = session["csrf_token"].as_str().expect("csrf");
+        let role = json!({"name": "cookie-role", "permissions": ["tools:read"]});
+        let a = gw
+            .call_as(
+                Auth::Cookie(cookie, None),
+                &doc,
+                "post",
+                "/roles",
+                "/roles",
+                Some(&role),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(problem(&a), "csrf");
+        let a = gw
+            .call_as(
+                Auth::Cookie(cookie, Some(csrf)),
+                &doc,
+                "post",
+                "/roles",
+                "/roles",
+                Some(&role),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.json());
+
+        // Log out: the access token and the refresh token stop working.
+        let mut logout = example(&doc, "/auth/logout", "post");
+        logout["refresh_token"] = session["refresh_token"].clone();
+        let a = gw
+            .call_as(
+                Auth::Bearer(cookie),
+                &doc,
+                "post",
+                "/auth/logout",
+                "/auth/logout",
+                Some(&logout),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        let a = gw
+            .call_as(
+                Auth::Bearer(cookie),
+                &doc,
+                "get",
+                "/auth/me",
+                "/auth/me",
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        let a = gw
+            .call_as(
+                Auth::Anonymous,
+                &doc,
+                "post",
+                "/auth/refresh",
+                "/auth/refresh",
+                Some(&json!({"refresh_token": session["refresh_token"]})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        let no_body = gw
+            .send_as(Auth::Bearer(&theirs), &Method::POST, "/auth/logout", None)
+            .await;
+        assert_eq!(
+            no_body.status,
+            StatusCode::NO_CONTENT,
+            "the body is optional"
+        );
         gw.app.state.upstreams.shutdown().await;
     }
 

@@ -1,12 +1,14 @@
 //! The REST front door under `/api/v1`. Each resource module owns its routes;
 //! handlers are thin and errors are RFC 9457 problem documents.
 
+pub mod auth;
 pub mod docs;
 pub mod error;
 pub mod health;
 pub mod profiles;
 pub mod servers;
 pub mod tools;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -22,6 +24,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .merge(servers::router())
         .merge(profiles::router())
         .merge(docs::router())
+        .merge(auth::router())
+        .merge(users::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use super::error::{ApiJson, Problem, Result};
 use crate::{
     app::AppState,
-    auth::DEFAULT_TENANT,
+    auth::{DEFAULT_TENANT, Principal, http::forbidden, rbac::Permission},
     outbound::OutboundError,
+    pipeline::policy,
     upstream::{
         Upstream,
         spec::{ServerSpec, Source},
@@ -55,11 +56,12 @@ pub fn describe(state: &AppState, upstream: &Upstream, with_logs: bool) -> Value
     value
 }
 
-async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
+async fn list(State(state): State<Arc<AppState>>, principal: Principal) -> Json<Value> {
     let servers: Vec<Value> = state
         .upstreams
         .list()
         .iter()
+        .filter(|u| policy::may_see_server(&principal, DEFAULT_TENANT, &u.spec.name))
         .map(|u| describe(&state, u, false))
         .collect();
     Json(json!({ "servers": servers, "total": servers.len() }))
@@ -69,14 +71,49 @@ fn unknown(name: &str) -> Problem {
     Problem::not_found("unknown-server", format!("no server named {name}")).with("server", name)
 }
 
-async fn read(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<Value>> {
-    let upstream = state.upstreams.get(&name).ok_or_else(|| unknown(&name))?;
+/// The server of this name, if the principal may see it: one it may not
+/// see answers exactly like a missing one.
+fn visible(state: &AppState, principal: &Principal, name: &str) -> Result<Arc<Upstream>> {
+    state
+        .upstreams
+        .get(name)
+        .filter(|_| policy::may_see_server(principal, DEFAULT_TENANT, name))
+        .ok_or_else(|| unknown(name))
+}
+
+/// Servers belong to the default tenant until servers of other tenants
+/// exist; other tenants cannot change them.
+fn default_tenant_only(principal: &Principal) -> Result<()> {
+    if &*principal.tenant_id == DEFAULT_TENANT {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "servers can only be managed in the default tenant",
+        ))
+    }
+}
+
+async fn read(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    let upstream = visible(&state, &principal, &name)?;
     Ok(Json(describe(&state, &upstream, true)))
 }
 
 /// Checks a definition arriving over the API.
-async fn admit(state: &AppState, body: Value) -> Result<ServerSpec> {
+async fn admit(state: &AppState, principal: &Principal, body: Value) -> Result<ServerSpec> {
     let spec = ServerSpec::from_api_json(body).map_err(|e| Problem::invalid(e.to_string()))?;
+    if spec.is_stdio() && state.settings.allow_stdio_api {
+        // Running a command on the host is for platform admins only.
+        principal
+            .require(Permission::PlatformAdmin)
+            .map_err(forbidden)?;
+    }
     if spec.is_stdio() && !state.settings.allow_stdio_api {
         // Creating a stdio server runs a command on the host.
         return Err(Problem::new(
@@ -108,9 +145,11 @@ async fn admit(state: &AppState, body: Value) -> Result<ServerSpec> {
 
 async fn create(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse> {
-    let spec = admit(&state, body).await?;
+    default_tenant_only(&principal)?;
+    let spec = admit(&state, &principal, body).await?;
     let _guard = state.servers_lock.lock().await;
     if state.upstreams.get(&spec.name).is_some() {
         return Err(Problem::conflict(
@@ -176,6 +215,7 @@ fn read_only(name: &str) -> Problem {
 
 async fn update(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     Path(name): Path<String>,
     ApiJson(mut body): ApiJson<Value>,
 ) -> Result<Json<Value>> {
@@ -193,11 +233,12 @@ async fn update(
         }
     }
     let _guard = state.servers_lock.lock().await;
-    let current = state.upstreams.get(&name).ok_or_else(|| unknown(&name))?;
+    let current = visible(&state, &principal, &name)?;
+    default_tenant_only(&principal)?;
     if current.spec.source == Source::Config {
         return Err(read_only(&name));
     }
-    let mut spec = admit(&state, body).await?;
+    let mut spec = admit(&state, &principal, body).await?;
     keep_masked_secrets(&mut spec, &current.spec);
     state
         .store
@@ -212,10 +253,12 @@ async fn update(
 
 async fn remove(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
     let _guard = state.servers_lock.lock().await;
-    let current = state.upstreams.get(&name).ok_or_else(|| unknown(&name))?;
+    let current = visible(&state, &principal, &name)?;
+    default_tenant_only(&principal)?;
     if current.spec.source == Source::Config {
         return Err(read_only(&name));
     }
@@ -228,8 +271,11 @@ async fn remove(
 
 async fn restart(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Value>)> {
+    visible(&state, &principal, &name)?;
+    default_tenant_only(&principal)?;
     let _guard = state.servers_lock.lock().await;
     let current = state
         .upstreams

@@ -679,9 +679,9 @@ fn unverified_issuer(token: &str) -> Option<String> {
     struct Iss {
         iss: Option<String>,
     }
-    jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(token)
+    jsonwebtoken::dangerous::insecure_decode::<Iss>(token)
         .ok()
-        .and_then(|c| c.iss)
+        .and_then(|data| data.claims.iss)
 }
 
 impl Issuer {

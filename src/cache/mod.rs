@@ -166,12 +166,17 @@ pub fn context_key(principal: &Principal) -> String {
     roles.sort_unstable();
     let mut scopes: Vec<&str> = principal.scopes.iter().map(String::as_str).collect();
     scopes.sort_unstable();
+    // Everything visibility depends on: who, with which rights, under
+    // which version of the roles and grants.
     format!(
-        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{}",
         principal.tenant_id,
         principal.user_id,
         roles.join(","),
-        scopes.join(",")
+        scopes.join(","),
+        principal.permissions,
+        principal.clearance,
+        principal.policy_epoch
     )
 }
 
@@ -327,7 +332,7 @@ mod tests {
             user_id: Arc::from(user),
             tenant_id: Arc::from(tenant),
             roles: Arc::from(roles.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
-            scopes: Arc::from(Vec::<String>::new()),
+            ..Principal::nobody()
         }
     }
 

@@ -185,7 +185,7 @@ fn principal(context: &RequestContext<RoleServer>) -> Principal {
         .extensions
         .get::<http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<Principal>().cloned())
-        .unwrap_or_else(Principal::local_anonymous)
+        .unwrap_or_else(Principal::nobody)
 }
 
 /// Sends an upstream's progress to the MCP caller, under the caller's token.
@@ -321,35 +321,35 @@ impl ServerHandler for Gateway {
     async fn complete(
         &self,
         mut request: rmcp::model::CompleteRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CompleteResult, McpError> {
         self.count("completion/complete");
+        let principal = principal(&context);
         let snapshot = self.state.catalog.snapshot();
-        let server =
-            match &mut request.r#ref {
-                rmcp::model::Reference::Prompt(p) => {
-                    let Some(prompt) = snapshot
-                        .prompt(&p.name)
-                        .filter(|e| self.serves(&snapshot, &e.server))
-                    else {
-                        return Err(McpError::invalid_params(
-                            format!("Unknown prompt: {}", p.name),
-                            None,
-                        ));
-                    };
-                    p.name = prompt.original_name.clone();
-                    prompt.server.clone()
+        let server = match &mut request.r#ref {
+            rmcp::model::Reference::Prompt(p) => {
+                let Some(prompt) = snapshot
+                    .prompt(&p.name)
+                    .filter(|e| self.serves(&snapshot, &e.server, &principal))
+                else {
+                    return Err(McpError::invalid_params(
+                        format!("Unknown prompt: {}", p.name),
+                        None,
+                    ));
+                };
+                p.name = prompt.original_name.clone();
+                prompt.server.clone()
+            }
+            rmcp::model::Reference::Resource(r) => {
+                match snapshot.templates.iter().find(|(server, t)| {
+                    t.uri_template == r.uri && self.serves(&snapshot, server, &principal)
+                }) {
+                    Some((server, _)) => server.clone(),
+                    None => return Ok(rmcp::model::CompleteResult::default()),
                 }
-                rmcp::model::Reference::Resource(r) => {
-                    match snapshot.templates.iter().find(|(server, t)| {
-                        t.uri_template == r.uri && self.serves(&snapshot, server)
-                    }) {
-                        Some((server, _)) => server.clone(),
-                        None => return Ok(rmcp::model::CompleteResult::default()),
-                    }
-                }
-                _ => return Ok(rmcp::model::CompleteResult::default()),
-            };
+            }
+            _ => return Ok(rmcp::model::CompleteResult::default()),
+        };
         let upstream = self.upstream(&server)?;
         match upstream
             .complete(request, self.state.settings.call_timeout)
@@ -530,14 +530,16 @@ impl ServerHandler for Gateway {
     async fn list_prompts(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         self.count("prompts/list");
+        let principal = principal(&context);
         let snapshot = self.state.catalog.snapshot();
         Ok(ListPromptsResult::with_all_items(
             snapshot
                 .prompts
                 .iter()
+                .filter(|p| self.serves(&snapshot, &p.server, &principal))
                 .map(|p| p.definition.clone())
                 .collect(),
         ))
@@ -546,13 +548,13 @@ impl ServerHandler for Gateway {
     async fn get_prompt(
         &self,
         request: GetPromptRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
         self.count("prompts/get");
         let snapshot = self.state.catalog.snapshot();
         let Some(prompt) = snapshot
             .prompt(&request.name)
-            .filter(|p| self.serves(&snapshot, &p.server))
+            .filter(|p| self.serves(&snapshot, &p.server, &principal(&context)))
         else {
             return Err(McpError::invalid_params(
                 format!("Unknown prompt: {}", request.name),
@@ -574,25 +576,29 @@ impl ServerHandler for Gateway {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         self.count("resources/list");
         let snapshot = self.state.catalog.snapshot();
-        Ok(ListResourcesResult::with_all_items(
-            self.offered(&snapshot, &snapshot.resources),
-        ))
+        Ok(ListResourcesResult::with_all_items(self.offered(
+            &snapshot,
+            &snapshot.resources,
+            &principal(&context),
+        )))
     }
 
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         self.count("resources/templates/list");
         let snapshot = self.state.catalog.snapshot();
-        Ok(ListResourceTemplatesResult::with_all_items(
-            self.offered(&snapshot, &snapshot.templates),
-        ))
+        Ok(ListResourceTemplatesResult::with_all_items(self.offered(
+            &snapshot,
+            &snapshot.templates,
+            &principal(&context),
+        )))
     }
 
     async fn read_resource(
@@ -604,7 +610,7 @@ impl ServerHandler for Gateway {
         let snapshot = self.state.catalog.snapshot();
         let Some(server) = snapshot
             .resource_server(&request.uri)
-            .filter(|s| self.serves(&snapshot, s))
+            .filter(|s| self.serves(&snapshot, s, &principal(&context)))
         else {
             return Err(resource_not_found(&request.uri, &context));
         };
@@ -653,11 +659,14 @@ impl Gateway {
         &self,
         snapshot: &crate::catalog::Snapshot,
         items: &[(String, T)],
+        principal: &Principal,
     ) -> Vec<T> {
         let ready = self.state.upstreams.ready_names();
         items
             .iter()
-            .filter(|(server, _)| ready.contains(server) && self.serves(snapshot, server))
+            .filter(|(server, _)| {
+                ready.contains(server) && self.serves(snapshot, server, principal)
+            })
             .map(|(_, item)| item.clone())
             .collect()
     }
@@ -675,14 +684,23 @@ impl Gateway {
 
     /// Whether this endpoint serves the prompts and resources of `server`:
     /// the whole catalog does; a profile, those of the servers it names.
-    fn serves(&self, snapshot: &crate::catalog::Snapshot, server: &str) -> bool {
-        match &self.profile {
+    /// Whether this endpoint offers `server`'s prompts and resources to
+    /// `principal`: the profile must include it and the principal's grants
+    /// must admit it.
+    fn serves(
+        &self,
+        snapshot: &crate::catalog::Snapshot,
+        server: &str,
+        principal: &Principal,
+    ) -> bool {
+        let in_profile = match &self.profile {
             None => true,
             Some(name) => snapshot
                 .profiles
                 .get(&**name)
                 .is_some_and(|v| v.servers.contains(server)),
-        }
+        };
+        in_profile && policy::may_use_server(principal, server)
     }
 
     fn upstream(&self, server: &str) -> Result<Arc<crate::upstream::Upstream>, McpError> {

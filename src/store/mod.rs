@@ -8,6 +8,10 @@
 use std::{borrow::Cow, path::Path, str::FromStr, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
+mod identity;
+
+pub use identity::{ApiKeyRow, GrantRow, RefreshRow, RoleRow, UserRow};
+
 use sqlx::{
     AnyPool, Row,
     any::AnyPoolOptions,
@@ -67,6 +71,11 @@ fn migrator() -> Migrator {
             2,
             "profiles and pins",
             include_str!("../../migrations/0002_profiles_pins.sql"),
+        ),
+        migration(
+            3,
+            "identity",
+            include_str!("../../migrations/0003_identity.sql"),
         ),
     ]);
     // Advisory locking makes concurrent starts of several replicas safe.

@@ -142,7 +142,8 @@ async fn a_profile_serves_exactly_its_tools_under_its_own_names() {
     assert_eq!(code, 409, "{body}");
     let (code, _) = gw.send("DELETE", "/api/v1/profiles/mini", json!({})).await;
     assert_eq!(code, 204);
-    let r = reqwest::Client::new()
+    let r = gw
+        .client()
         .post(&url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
@@ -365,7 +366,7 @@ async fn sse_until(response: reqwest::Response, needle: &str, within: Duration) 
 #[tokio::test]
 async fn clients_of_both_eras_hear_of_list_changes() {
     let gw = Gateway::start(Options::default()).await;
-    let client = reqwest::Client::new();
+    let client = gw.client();
     let post = |body: Value, headers: Vec<(&'static str, String)>| {
         let mut r = client
             .post(gw.mcp_url())

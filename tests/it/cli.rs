@@ -7,12 +7,14 @@ use serde_json::{Value, json};
 use crate::common::{self, Gateway, Options, fixture_stdio};
 
 fn cli(gw_url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_metamcp"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metamcp"));
+    cmd.args(args)
         .env("META_MCP_URL", gw_url)
-        .env_remove("META_MCP_TOKEN")
-        .output()
-        .expect("run metamcp");
+        .env_remove("META_MCP_TOKEN");
+    if let Some(token) = common::token_for(gw_url) {
+        cmd.env("META_MCP_TOKEN", token);
+    }
+    let out = cmd.output().expect("run metamcp");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -227,4 +229,100 @@ async fn tools_search_finds_tools_by_what_they_do() {
             .is_some_and(|l| l.starts_with("get_weather")),
         "{out}"
     );
+}
+
+/// `metamcp user ...` manages users in the database without a gateway.
+#[tokio::test]
+async fn the_user_cli_manages_users_in_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let user = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_metamcp"))
+            .arg("user")
+            .args(args)
+            .env("META_MCP_DATA_DIR", &data)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = user(
+        &["add", "bob", "--role", "operator", "--password-stdin"],
+        Some("bob-password-1234\n"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = user(&["add", "carol", "--role", "viewer"], None);
+    assert_eq!(code, 0);
+    let generated = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap()
+        .to_owned();
+    let (code, _, err) = user(&["add", "bob"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists"), "{err}");
+    let (code, _, err) = user(&["add", "dave", "--role", "wizard"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown role"), "{err}");
+    let (code, _, err) = user(&["add", "erin", "--password-stdin"], Some("short\n"));
+    assert_ne!(code, 0, "a weak password is refused");
+    assert!(err.contains("12 characters"), "{err}");
+    let (_, listed, _) = user(&["list"], None);
+    assert!(
+        listed.contains("bob") && listed.contains("operator") && listed.contains("carol"),
+        "{listed}"
+    );
+    let (code, _, _) = user(&["disable", "carol"], None);
+    assert_eq!(code, 0);
+
+    let gw = Gateway::start(Options {
+        data_dir: Some(data.clone()),
+        // Users exist already, so no `admin` is created: no harness login.
+        anonymous: true,
+        ..Default::default()
+    })
+    .await;
+    let (code, login) = gw.login("bob", "bob-password-1234").await;
+    assert_eq!(code, 200, "{login}");
+    assert!(
+        !gw.data_dir.join("initial-admin-password").exists(),
+        "no admin is made up when users exist"
+    );
+    let (code, _) = gw.login("carol", &generated).await;
+    assert_eq!(code, 401, "a disabled user cannot log in");
+    drop(gw);
+    let (code, _, _) = user(&["enable", "carol"], None);
+    assert_eq!(code, 0);
+    let (code, out, _) = user(&["passwd", "bob"], None);
+    assert_eq!(code, 0);
+    let new = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap()
+        .to_owned();
+    let gw = Gateway::start(Options {
+        data_dir: Some(data),
+        anonymous: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(gw.login("carol", &generated).await.0, 200);
+    assert_eq!(gw.login("bob", "bob-password-1234").await.0, 401);
+    assert_eq!(gw.login("bob", &new).await.0, 200);
 }

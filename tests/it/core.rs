@@ -91,7 +91,7 @@ async fn rest_execute_runs_the_pipeline_with_typed_errors() {
 #[tokio::test]
 async fn bad_input_gets_clear_4xx_and_changes_nothing() {
     let gw = Gateway::start(Options::default().env("META_MCP_MAX_BODY_BYTES", "2048")).await;
-    let client = reqwest::Client::new();
+    let client = gw.client();
     let post_raw = |path: &str, body: String, ct: &'static str| {
         client
             .post(gw.url(path))
@@ -270,7 +270,7 @@ async fn security_rules_hold() {
     let (_, servers) = gw.get("/api/v1/servers").await;
     assert_eq!(servers["total"], 0);
     // A foreign Host or Origin is refused on the whole listener.
-    let client = reqwest::Client::new();
+    let client = gw.client();
     for path in ["/api/v1/health", "/mcp"] {
         let r = client
             .get(gw.url(path))

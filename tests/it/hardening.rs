@@ -5,7 +5,7 @@
 use reqwest::{Method, Response};
 use serde_json::json;
 
-use crate::common::{Gateway, Options};
+use crate::common::{Gateway, Options, client_with};
 
 fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
@@ -27,8 +27,9 @@ fn assert_hardened(r: &Response, what: &str) {
     );
 }
 
+/// A `tools/list` as the gateway's admin, from `origin` if given.
 async fn mcp_list(gw: &Gateway, origin: Option<&str>) -> Response {
-    let mut request = reqwest::Client::new()
+    let mut request = client_with(&gw.token)
         .post(gw.mcp_url())
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
@@ -66,7 +67,8 @@ async fn preflight(gw: &Gateway, path: &str, origin: &str) -> Response {
 #[tokio::test]
 async fn security_headers_on_every_answer_and_cors_closed_by_default() {
     let gw = Gateway::start(Options::default()).await;
-    let client = reqwest::Client::new();
+    let client = client_with(&gw.token);
+    let anonymous = reqwest::Client::new();
 
     let ok = client
         .get(gw.url("/api/v1/health/live"))
@@ -90,6 +92,25 @@ async fn security_headers_on_every_answer_and_cors_closed_by_default() {
 
     let unrouted = client.get(gw.url("/no/such/path")).send().await.unwrap();
     assert_hardened(&unrouted, "unrouted");
+
+    // Refused for want of credentials, on REST and MCP.
+    let unauthorized = anonymous
+        .get(gw.url("/api/v1/servers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    assert_hardened(&unauthorized, "REST 401");
+    let unauthorized = anonymous
+        .post(gw.mcp_url())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    assert_hardened(&unauthorized, "MCP 401");
 
     let mcp = mcp_list(&gw, None).await;
     assert_eq!(mcp.status(), 200);
@@ -125,14 +146,17 @@ async fn security_headers_on_every_answer_and_cors_closed_by_default() {
     );
 
     // Anything under /api/v1/auth/ is never cached.
-    let auth = client
+    let auth = anonymous
         .post(gw.url("/api/v1/auth/login"))
-        .json(&json!({}))
+        .json(&json!({"username": "admin", "password": crate::common::ADMIN_PASSWORD}))
         .send()
         .await
         .unwrap();
+    assert_eq!(auth.status(), 200);
     assert_eq!(header(&auth, "cache-control"), Some("no-store"));
     assert_hardened(&auth, "auth");
+    let me = client.get(gw.url("/api/v1/auth/me")).send().await.unwrap();
+    assert_eq!(header(&me, "cache-control"), Some("no-store"));
 
     // CORS closed: a cross-origin preflight gets no permission, and the
     // cross-origin request itself is refused.

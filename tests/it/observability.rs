@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::common::{self, Gateway, Options, mcp_request};
 
 async fn scrape(gw: &Gateway) -> (String, prometheus_parse::Scrape) {
-    let r = reqwest::get(gw.url("/metrics")).await.unwrap();
+    let r = gw.client().get(gw.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
@@ -158,6 +158,6 @@ async fn counters_move_by_exactly_the_traffic_sent() {
 #[tokio::test]
 async fn metrics_can_be_switched_off() {
     let gw = Gateway::start(Options::default().env("META_MCP_METRICS_ENABLED", "false")).await;
-    let r = reqwest::get(gw.url("/metrics")).await.unwrap();
+    let r = gw.client().get(gw.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }

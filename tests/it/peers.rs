@@ -535,7 +535,7 @@ async fn fixture_progress_reaches_callers_of_both_eras() {
 async fn progress_relay_keeps_every_notification_in_order() {
     let (gw, _m) = common::gateway_with_fixture("fx-prog").await;
     gw.wait_tool("fx__progress", true).await;
-    let client = reqwest::Client::new();
+    let client = gw.client();
     let post = |session: Option<String>, body: Value| {
         let mut request = client
             .post(gw.mcp_url())
@@ -660,6 +660,8 @@ async fn inspector_cli_lists_and_calls_through_the_gateway() {
             "json",
             "--method",
             method,
+            "--header",
+            &format!("Authorization: Bearer {}", gw.token),
         ]
         .map(String::from)
         .to_vec()
@@ -709,7 +711,15 @@ async fn metamcp_stdio_bridges_a_stdio_client_to_the_gateway() {
         return;
     };
     let (gw, _m) = common::gateway_with_fixture("fx-bridge").await;
-    let command = json!([env!("CARGO_BIN_EXE_metamcp"), "stdio", "--url", gw.base]).to_string();
+    let command = json!([
+        env!("CARGO_BIN_EXE_metamcp"),
+        "stdio",
+        "--url",
+        gw.base,
+        "--token",
+        gw.token
+    ])
+    .to_string();
     for mode in ["legacy", "modern"] {
         let (code, out) = common::python_client(
             &python,

@@ -145,7 +145,7 @@ async fn a_burst_over_the_rate_limit_gets_exactly_the_excess_refused() {
     )
     .await;
     gw.wait_server("fx", "ready").await;
-    let client = reqwest::Client::new();
+    let client = gw.client();
     let calls = (0..8).map(|i| {
         client
             .post(gw.url("/api/v1/tools/fx__echo/execute"))
@@ -193,7 +193,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_stops_cleanly() {
     )
     .await;
     gw.wait_server("fx", "ready").await;
-    let client = reqwest::Client::new();
+    let client = gw.client();
     let calls: Vec<_> = (0..50)
         .map(|i| {
             let request = client
@@ -208,7 +208,8 @@ async fn sigterm_lets_calls_in_flight_finish_and_stops_cleanly() {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     tokio::time::sleep(Duration::from_millis(200)).await;
     // New requests are refused while the calls drain.
-    let late = reqwest::Client::new()
+    let late = gw
+        .client()
         .get(gw.url("/api/v1/health/live"))
         .timeout(Duration::from_secs(2))
         .send()
@@ -428,7 +429,10 @@ async fn tool_lists_and_search_answers_are_cached_until_the_catalog_changes() {
     let (_, s1) = gw.get("/api/v1/tools/search?q=tool").await;
     let (_, s2) = gw.get("/api/v1/tools/search?q=tool").await;
     assert_eq!(s1, s2);
-    let metrics = reqwest::get(gw.url("/metrics"))
+    let metrics = gw
+        .client()
+        .get(gw.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

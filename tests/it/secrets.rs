@@ -239,6 +239,10 @@ async fn postgres_refuses_to_start_without_a_key() {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("META_MCP_DATABASE_URL", &base)
+        .env(
+            "META_MCP_SECRET_KEY",
+            "a-token-signing-key-of-at-least-32-bytes",
+        )
         .env("META_MCP_PORT", "0")
         .env("META_MCP_DATA_DIR", dir.path())
         .output()

@@ -43,8 +43,42 @@ pub fn fixture_bin() -> &'static str {
     env!("CARGO_BIN_EXE_metamcp-fixture")
 }
 
+/// The password of the `admin` user of every gateway the tests start.
+pub const ADMIN_PASSWORD: &str = "it-admin-password-0123";
+
+/// Tokens of the gateways this test process started, by base URL: the
+/// harness's requests authenticate as that gateway's admin.
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The admin token of the gateway that serves `url`, if the harness
+/// started it.
+pub fn token_for(url: &str) -> Option<String> {
+    TOKENS
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(base, _)| url.starts_with(base.as_str()))
+        .map(|(_, token)| token.clone())
+}
+
+/// A client that sends `token` as the bearer on every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// A running gateway process.
 pub struct Gateway {
+    /// An admin API key of this gateway, sent by the harness's requests.
+    pub token: String,
     pub port: u16,
     pub base: String,
     pub data_dir: PathBuf,
@@ -64,6 +98,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Wait for `/health/ready` rather than `/health/live`.
     pub wait_ready: bool,
+    /// Do not log in (for tests of the first start itself).
+    pub anonymous: bool,
 }
 
 impl Options {
@@ -113,6 +149,9 @@ impl Gateway {
             std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
             cmd.arg("--config").arg(path);
         }
+        if !opts.anonymous {
+            cmd.env("META_MCP_ADMIN_PASSWORD", ADMIN_PASSWORD);
+        }
         cmd.env("META_MCP_PORT", port.to_string())
             .env("META_MCP_DATA_DIR", &data_dir)
             .env("META_MCP_LOG_FORMAT", "json")
@@ -123,7 +162,8 @@ impl Gateway {
         let logfile = std::fs::File::create(&log).expect("log file");
         cmd.stdout(Stdio::null()).stderr(logfile);
         let child = cmd.spawn().expect("start metamcp");
-        let gw = Gateway {
+        let mut gw = Gateway {
+            token: String::new(),
             port,
             base: format!("http://127.0.0.1:{port}"),
             data_dir,
@@ -137,7 +177,77 @@ impl Gateway {
             "/api/v1/health/live"
         };
         gw.wait_for(path, Duration::from_secs(60)).await;
+        if !opts.anonymous {
+            gw.token = gw.admin_key().await;
+            TOKENS
+                .lock()
+                .unwrap()
+                .push((gw.base.clone(), gw.token.clone()));
+        }
         gw
+    }
+
+    /// Logs in as a user; returns the login answer (tokens).
+    pub async fn login(&self, username: &str, password: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("login");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Logs in as admin and creates an API key for the harness.
+    async fn admin_key(&self) -> String {
+        let (status, body) = self.login("admin", ADMIN_PASSWORD).await;
+        assert_eq!(
+            status,
+            200,
+            "admin login: {body}\nlog:\n{}",
+            self.log_text()
+        );
+        let access = body["access_token"].as_str().unwrap().to_owned();
+        let r = client_with(&access)
+            .post(self.url("/api/v1/auth/keys"))
+            .json(&json!({"name": "integration tests"}))
+            .send()
+            .await
+            .expect("create key");
+        assert_eq!(r.status().as_u16(), 201);
+        let body: Value = r.json().await.unwrap();
+        body["key"].as_str().unwrap().to_owned()
+    }
+
+    /// A client that authenticates as this gateway's admin.
+    pub fn client(&self) -> reqwest::Client {
+        client_with(&self.token)
+    }
+
+    /// Sends a request with `token` (or none) as the bearer.
+    pub async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = match token {
+            Some(t) => client_with(t),
+            None => reqwest::Client::new(),
+        };
+        let mut request = client.request(method.parse().unwrap(), self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let r = request.send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn wait_for(&self, path: &str, within: Duration) {
@@ -172,13 +282,14 @@ impl Gateway {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = reqwest::get(self.url(path)).await.expect("GET");
+        let r = self.client().get(self.url(path)).send().await.expect("GET");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn send(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
-        let r = reqwest::Client::new()
+        let r = self
+            .client()
             .request(method.parse().unwrap(), self.url(path))
             .json(&body)
             .send()
@@ -323,12 +434,30 @@ pub fn marker(prefix: &str) -> String {
 
 /// Runs the Python SDK client script; returns (exit code, JSON output).
 pub fn python_client(python: &Path, args: &[&str]) -> (i32, Value) {
+    // Against a gateway the harness started, authenticate as its admin.
+    let url = args
+        .iter()
+        .position(|a| *a == "--url")
+        .and_then(|i| args.get(i + 1));
+    let auth = url
+        .and_then(|u| token_for(u))
+        .map(|t| format!("Authorization: Bearer {t}"));
+    python_client_with(python, auth.as_deref(), args)
+}
+
+/// Runs the Python SDK client with an `Authorization` header (or none).
+pub fn python_client_with(
+    python: &Path,
+    authorization: Option<&str>,
+    args: &[&str],
+) -> (i32, Value) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mcp_client.py");
-    let out = Command::new(python)
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python client");
+    let mut cmd = Command::new(python);
+    cmd.arg(script);
+    if let Some(auth) = authorization {
+        cmd.args(["--header", auth]);
+    }
+    let out = cmd.args(args).output().expect("run python client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
         panic!(
@@ -402,7 +531,17 @@ pub async fn everything_http(bin: &Path) -> (Proc, String) {
 
 /// One stateless (2026-07-28) MCP request to `url`; returns the JSON-RPC
 /// response (the last `data:` event of an SSE answer, or the JSON body).
-pub async fn mcp_request(url: &str, method: &str, mut params: Value) -> Value {
+pub async fn mcp_request(url: &str, method: &str, params: Value) -> Value {
+    mcp_request_with(url, token_for(url).as_deref(), method, params).await
+}
+
+/// [`mcp_request`] with `token` (or none) as the bearer.
+pub async fn mcp_request_with(
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    mut params: Value,
+) -> Value {
     if let Some(obj) = params.as_object_mut() {
         obj.insert(
             "_meta".into(),
@@ -413,7 +552,11 @@ pub async fn mcp_request(url: &str, method: &str, mut params: Value) -> Value {
             }),
         );
     }
-    let mut request = reqwest::Client::new()
+    let client = match token {
+        Some(t) => client_with(t),
+        None => reqwest::Client::new(),
+    };
+    let mut request = client
         .post(url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
