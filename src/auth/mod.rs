@@ -314,6 +314,7 @@ impl Identity {
                         permissions,
                         clearance: role.clearance.unwrap_or(0),
                         builtin: false,
+                        description: role.description,
                     },
                 );
             }
@@ -462,6 +463,10 @@ impl Identity {
         let user = self.user(&claims.sub).await?.ok_or(AuthError::Invalid)?;
         if user.disabled || user.tenant_id != claims.tid {
             return Err(AuthError::Invalid);
+        }
+        if claims.iat < user.sessions_valid_after {
+            // Issued before the password changed.
+            return Err(AuthError::Revoked);
         }
         Ok(self.principal_for(&user, method, Some(&claims.jti), &[], Some(claims.exp)))
     }
@@ -727,6 +732,7 @@ impl Identity {
             roles: vec![role.clone()],
             clearance: None,
             disabled: false,
+            sessions_valid_after: 0,
             created_at: String::new(),
             updated_at: String::new(),
         };
