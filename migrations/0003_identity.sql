@@ -20,6 +20,9 @@ CREATE TABLE users (
     roles TEXT NOT NULL,
     clearance INTEGER,
     disabled INTEGER NOT NULL DEFAULT 0,
+    -- Access tokens issued before this time (Unix seconds) are refused: set
+    -- when the password changes or the user is disabled.
+    sessions_valid_after INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     UNIQUE (tenant_id, username)

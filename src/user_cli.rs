@@ -112,6 +112,7 @@ pub async fn run(settings: &Settings, command: UserCommand) -> anyhow::Result<()
                     roles,
                     clearance: None,
                     disabled: false,
+                    sessions_valid_after: 0,
                     created_at: now.clone(),
                     updated_at: now,
                 })
@@ -135,9 +136,10 @@ pub async fn run(settings: &Settings, command: UserCommand) -> anyhow::Result<()
             let mut user = find(&store, &tenant, &username).await?;
             let (pw, generated) = new_password(password_stdin)?;
             user.password_hash = password::hash(&pw).map_err(|e| anyhow::anyhow!(e))?;
+            user.sessions_valid_after = tokens::now_secs();
             store.update_user(&user).await?;
             store.revoke_user_refresh(&user.id).await?;
-            println!("password of {username} changed; their refresh tokens are revoked");
+            println!("password of {username} changed; their sessions are ended");
             if generated {
                 println!("password: {pw}");
             }
@@ -157,6 +159,7 @@ pub async fn run(settings: &Settings, command: UserCommand) -> anyhow::Result<()
         UserCommand::Disable { username, tenant } => {
             let mut user = find(&store, &tenant, &username).await?;
             user.disabled = true;
+            user.sessions_valid_after = tokens::now_secs();
             store.update_user(&user).await?;
             store.revoke_user_refresh(&user.id).await?;
             println!("disabled {username}");

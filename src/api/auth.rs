@@ -159,12 +159,21 @@ async fn logout(
         LogoutBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-body",
-                "Invalid request body",
-                e.to_string(),
-            )
+            if e.is_data() {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-body",
+                    "Invalid request body",
+                    e.to_string(),
+                )
+            } else {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-json",
+                    "Malformed JSON",
+                    e.to_string(),
+                )
+            }
         })?
     };
     state
@@ -258,18 +267,38 @@ struct CreateKey {
 /// account of the same tenant.
 async fn owner_row(state: &AppState, principal: &Principal, id: Option<&str>) -> Result<UserRow> {
     let id = id.unwrap_or(&principal.user_id);
-    if id != &*principal.user_id {
-        principal
-            .require(Permission::UsersAdmin)
-            .map_err(forbidden)?;
-    }
-    state
+    let user = state
         .identity
         .store()
         .user_by_id(id)
         .await?
         .filter(|u| u.tenant_id == *principal.tenant_id)
-        .ok_or_else(|| Problem::not_found("unknown-user", format!("no user with id {id}")))
+        .ok_or_else(|| Problem::not_found("unknown-user", format!("no user with id {id}")))?;
+    if id != &*principal.user_id {
+        principal
+            .require(Permission::UsersAdmin)
+            .map_err(forbidden)?;
+        within_reach(state, principal, &user)?;
+    }
+    Ok(user)
+}
+
+/// An admin acts on another user's keys only if that user has no rights
+/// the admin lacks: a key made for a more powerful user would be a way up.
+fn within_reach(state: &AppState, principal: &Principal, user: &UserRow) -> Result<()> {
+    let (rights, clearance) = state.identity.role_rights(&user.tenant_id, &user.roles);
+    if principal.permissions.contains_all(rights)
+        && user.clearance.unwrap_or(clearance) <= principal.clearance
+    {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "this user has rights you do not have",
+        ))
+    }
 }
 
 async fn create_key(
@@ -330,9 +359,18 @@ async fn revoke_key(
         .await?
         .filter(|k| k.tenant_id == *principal.tenant_id)
         .ok_or_else(missing)?;
-    if row.user_id != *principal.user_id && !principal.has(Permission::UsersAdmin) {
-        // Someone else's key answers like a missing one.
-        return Err(missing());
+    if row.user_id != *principal.user_id {
+        if !principal.has(Permission::UsersAdmin) {
+            // Someone else's key answers like a missing one.
+            return Err(missing());
+        }
+        let owner = state
+            .identity
+            .store()
+            .user_by_id(&row.user_id)
+            .await?
+            .ok_or_else(missing)?;
+        within_reach(&state, &principal, &owner)?;
     }
     if !state
         .identity

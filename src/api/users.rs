@@ -176,6 +176,7 @@ async fn create_user(
         roles,
         clearance: body.clearance,
         disabled: false,
+        sessions_valid_after: 0,
         created_at: now.clone(),
         updated_at: now,
     };
@@ -277,10 +278,15 @@ async fn update_user(
         revoke |= disabled;
         user.disabled = disabled;
     }
+    if revoke {
+        user.sessions_valid_after = tokens::now_secs();
+    }
     if !state.identity.store().update_user(&user).await? {
         return Err(unknown_user(&id));
     }
     if revoke {
+        // Ends every session: refresh tokens now, access tokens issued
+        // until now from the next request on.
         state.identity.store().revoke_user_refresh(&user.id).await?;
     }
     state.identity.forget_user(&user.id);
@@ -293,6 +299,7 @@ fn describe_role(r: &rbac::RoleDef) -> Value {
         "permissions": r.permissions.names(),
         "clearance": r.clearance,
         "builtin": r.builtin,
+        "description": r.description,
     })
 }
 
@@ -379,6 +386,22 @@ async fn delete_role(
             "unknown-role",
             format!("no custom role named {name}"),
         ));
+    }
+    // Its grants go with it: a role created later under the same name must
+    // not inherit them.
+    for grant in state
+        .identity
+        .store()
+        .list_grants(&principal.tenant_id)
+        .await?
+        .into_iter()
+        .filter(|g| g.subject_kind == "role" && g.subject == name)
+    {
+        state
+            .identity
+            .store()
+            .delete_grant(&principal.tenant_id, &grant.id)
+            .await?;
     }
     state.identity.reload_policy().await?;
     Ok(StatusCode::NO_CONTENT)

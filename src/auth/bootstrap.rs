@@ -91,6 +91,7 @@ pub async fn first_admin(settings: &Settings, store: &Store) -> anyhow::Result<(
             roles: vec!["platform_admin".into()],
             clearance: None,
             disabled: false,
+            sessions_valid_after: 0,
             created_at: now.clone(),
             updated_at: now,
         })

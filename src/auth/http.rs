@@ -306,6 +306,41 @@ pub async fn authenticate(
     next.run(request).await
 }
 
+/// The client's address, when the listener recorded it.
+pub fn client_ip(request_extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    request_extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// `/.well-known/oauth-protected-resource[/<resource path>]` (RFC 9728):
+/// which resource this is and who issues tokens for it.
+pub async fn resource_metadata(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+) -> Response {
+    let suffix = uri
+        .path()
+        .strip_prefix("/.well-known/oauth-protected-resource")
+        .unwrap_or_default();
+    let resource_path = if suffix.is_empty() { "/mcp" } else { suffix };
+    if !is_mcp(resource_path) {
+        return Problem::not_found(
+            "no-route",
+            format!("{resource_path} is not a protected resource of this gateway"),
+        )
+        .into_response();
+    }
+    let body = serde_json::json!({
+        "resource": format!("{}{resource_path}", state.base_url()),
+        "authorization_servers": state.identity.authorization_servers(),
+        "scopes_supported": super::rbac::Permission::ALL.map(|p| p.as_str()),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "metamcp",
+    });
+    axum::Json(body).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,39 +395,4 @@ mod tests {
         assert_eq!(need(Method::GET, "/api/v1/auth/me"), None);
         assert!(is_public("/api/v1/health/live") && !is_public("/api/v1/health/detailed"));
     }
-}
-
-/// The client's address, when the listener recorded it.
-pub fn client_ip(request_extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
-    request_extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-}
-
-/// `/.well-known/oauth-protected-resource[/<resource path>]` (RFC 9728):
-/// which resource this is and who issues tokens for it.
-pub async fn resource_metadata(
-    State(state): State<Arc<AppState>>,
-    uri: axum::http::Uri,
-) -> Response {
-    let suffix = uri
-        .path()
-        .strip_prefix("/.well-known/oauth-protected-resource")
-        .unwrap_or_default();
-    let resource_path = if suffix.is_empty() { "/mcp" } else { suffix };
-    if !is_mcp(resource_path) {
-        return Problem::not_found(
-            "no-route",
-            format!("{resource_path} is not a protected resource of this gateway"),
-        )
-        .into_response();
-    }
-    let body = serde_json::json!({
-        "resource": format!("{}{resource_path}", state.base_url()),
-        "authorization_servers": state.identity.authorization_servers(),
-        "scopes_supported": super::rbac::Permission::ALL.map(|p| p.as_str()),
-        "bearer_methods_supported": ["header"],
-        "resource_name": "metamcp",
-    });
-    axum::Json(body).into_response()
 }

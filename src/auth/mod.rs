@@ -315,6 +315,7 @@ impl Identity {
                         permissions,
                         clearance: role.clearance.unwrap_or(0),
                         builtin: false,
+                        description: role.description,
                     },
                 );
             }
@@ -463,6 +464,10 @@ impl Identity {
         let user = self.user(&claims.sub).await?.ok_or(AuthError::Invalid)?;
         if user.disabled || user.tenant_id != claims.tid {
             return Err(AuthError::Invalid);
+        }
+        if claims.iat < user.sessions_valid_after {
+            // Issued before the password changed.
+            return Err(AuthError::Revoked);
         }
         Ok(self.principal_for(&user, method, Some(&claims.jti), &[], Some(claims.exp)))
     }
@@ -728,6 +733,7 @@ impl Identity {
             roles: vec![role.clone()],
             clearance: None,
             disabled: false,
+            sessions_valid_after: 0,
             created_at: String::new(),
             updated_at: String::new(),
         };

@@ -153,6 +153,7 @@ pub struct RoleDef {
     pub permissions: Permissions,
     pub clearance: i64,
     pub builtin: bool,
+    pub description: Option<String>,
 }
 
 pub const BUILTIN_ROLES: [&str; 5] = ["platform_admin", "admin", "operator", "user", "viewer"];
@@ -192,6 +193,7 @@ pub fn builtin_role(name: &str) -> Option<RoleDef> {
         permissions,
         clearance,
         builtin: true,
+        description: None,
     })
 }
 

@@ -15,6 +15,8 @@ pub struct UserRow {
     pub roles: Vec<String>,
     pub clearance: Option<i64>,
     pub disabled: bool,
+    /// Access tokens issued before this (Unix seconds) are refused.
+    pub sessions_valid_after: i64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -87,13 +89,13 @@ fn user(row: &AnyRow) -> Result<UserRow, StoreError> {
         roles: list(row.try_get(4)?)?,
         clearance: row.try_get(5)?,
         disabled: row.try_get::<i64, _>(6)? != 0,
-        created_at: row.try_get(7)?,
-        updated_at: row.try_get(8)?,
+        sessions_valid_after: row.try_get(7)?,
+        created_at: row.try_get(8)?,
+        updated_at: row.try_get(9)?,
     })
 }
 
-const USER_COLUMNS: &str =
-    "id, tenant_id, username, password_hash, roles, clearance, disabled, created_at, updated_at";
+const USER_COLUMNS: &str = "id, tenant_id, username, password_hash, roles, clearance, disabled, sessions_valid_after, created_at, updated_at";
 
 fn api_key(row: &AnyRow) -> Result<ApiKeyRow, StoreError> {
     Ok(ApiKeyRow {
@@ -159,8 +161,8 @@ impl Store {
 
     pub async fn insert_user(&self, u: &UserRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO users (id, tenant_id, username, password_hash, roles, clearance, disabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO users (id, tenant_id, username, password_hash, roles, clearance, disabled, sessions_valid_after, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&u.id)
         .bind(&u.tenant_id)
@@ -169,6 +171,7 @@ impl Store {
         .bind(json(&u.roles))
         .bind(u.clearance)
         .bind(i64::from(u.disabled))
+        .bind(u.sessions_valid_after)
         .bind(&u.created_at)
         .bind(&u.updated_at)
         .execute(&self.pool)
@@ -219,14 +222,15 @@ impl Store {
     /// Saves password, roles, clearance and the disabled flag of a user.
     pub async fn update_user(&self, u: &UserRow) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE users SET password_hash = $1, roles = $2, clearance = $3, disabled = $4, updated_at = $5 \
-             WHERE id = $6 AND tenant_id = $7",
+            "UPDATE users SET password_hash = $1, roles = $2, clearance = $3, disabled = $4, updated_at = $5, sessions_valid_after = $6 \
+             WHERE id = $7 AND tenant_id = $8",
         )
         .bind(&u.password_hash)
         .bind(json(&u.roles))
         .bind(u.clearance)
         .bind(i64::from(u.disabled))
         .bind(now())
+        .bind(u.sessions_valid_after)
         .bind(&u.id)
         .bind(&u.tenant_id)
         .execute(&self.pool)

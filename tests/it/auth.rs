@@ -252,6 +252,49 @@ async fn attack_matrix_is_refused_and_changes_nothing() {
         )
         .await;
     assert_eq!(code, 403, "{body}");
+    // ...nor mint a key for a user more powerful than itself.
+    let (_, admin_me) = gw.get("/api/v1/auth/me").await;
+    let (code, body) = gw
+        .send_as(
+            Some(&admin2),
+            "POST",
+            "/api/v1/auth/keys",
+            Some(json!({"name": "up", "user_id": admin_me["id"]})),
+        )
+        .await;
+    assert_eq!(code, 403, "{body}");
+
+    // A new password ends the sessions that existed before it.
+    let (_, before_change) = gw.login("mallory", "mallory-password-123").await;
+    let old_access = before_change["access_token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, _) = gw
+        .send(
+            "PATCH",
+            &format!("/api/v1/users/{user_id}"),
+            json!({"password": "mallory-password-456"}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, body) = gw
+        .send_as(Some(&old_access), "GET", "/api/v1/auth/me", None)
+        .await;
+    assert_eq!(
+        (code, body["detail"].as_str()),
+        (401, Some("the token has been revoked"))
+    );
+    let (code, _) = gw
+        .send(
+            "PATCH",
+            &format!("/api/v1/users/{user_id}"),
+            json!({"password": "mallory-password-123"}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Mallory's first token ended with the change too: log in again.
+    let (_, relogin) = gw.login("mallory", "mallory-password-123").await;
+    let user = relogin["access_token"].as_str().unwrap().to_owned();
 
     // Logout revokes the access token; the refresh token of that login too.
     let (_, login) = gw.login("mallory", "mallory-password-123").await;
