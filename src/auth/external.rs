@@ -335,16 +335,19 @@ impl ExternalVerifier {
             config.validate()?;
             let audiences = match &config.audience {
                 Some(a) => a.to_vec(),
-                None => vec![
-                    default_audience
+                None => {
+                    let base = default_audience
                         .map(|a| a.trim_end_matches('/').to_owned())
                         .ok_or_else(|| {
                             format!(
                                 "{}: no audience; set META_MCP_PUBLIC_URL (metamcp's resource URI) or the issuer's audience",
                                 config.issuer
                             )
-                        })?,
-                ],
+                        })?;
+                    // The gateway, and its MCP endpoint as the protected
+                    // resource metadata names it.
+                    vec![format!("{base}/mcp"), base]
+                }
             };
             let algorithms = config.pinned_algorithms()?;
             map.insert(
@@ -399,6 +402,17 @@ impl ExternalVerifier {
 
     /// Verifies a bearer token fully and maps its claims.
     pub async fn verify(&self, token: &str) -> Result<ExternalIdentity, ExternalAuthError> {
+        self.verify_for(token, None).await
+    }
+
+    /// As [`ExternalVerifier::verify`], also accepting `resource` (the exact
+    /// URI of the endpoint called, e.g. `https://gw/mcp/PROFILE`) as the
+    /// audience.
+    pub async fn verify_for(
+        &self,
+        token: &str,
+        resource: Option<&str>,
+    ) -> Result<ExternalIdentity, ExternalAuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(ExternalAuthError::TooLarge);
         }
@@ -421,7 +435,9 @@ impl ExternalVerifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = true;
-        validation.set_audience(&issuer.audiences);
+        let mut audiences = issuer.audiences.clone();
+        audiences.extend(resource.map(str::to_owned));
+        validation.set_audience(&audiences);
         validation.set_issuer(&[&issuer.config.issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
 
@@ -874,7 +890,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             v.issuers["https://idp.example.com"].audiences,
-            ["https://gw.example"]
+            ["https://gw.example/mcp", "https://gw.example"]
         );
     }
 

@@ -120,6 +120,22 @@ async fn good_tokens_are_accepted_and_mapped() {
     let v2 = verifier_with(&[explicit], VerifierOptions::default());
     let token = idp.token("api://metamcp", json!({"sub": "u-4"})).await;
     v2.verify(&token).await.expect("explicit jwks_uri");
+    // The MCP endpoint's resource URI is an audience by default, and so is
+    // the exact endpoint a caller names.
+    let token = idp
+        .token(&format!("{RESOURCE}/mcp"), json!({"sub": "u-5"}))
+        .await;
+    v.verify(&token).await.expect("the /mcp resource");
+    let token = idp
+        .token(&format!("{RESOURCE}/mcp/team"), json!({"sub": "u-6"}))
+        .await;
+    assert_eq!(
+        v.verify(&token).await,
+        Err(ExternalAuthError::WrongAudience)
+    );
+    v.verify_for(&token, Some(&format!("{RESOURCE}/mcp/team")))
+        .await
+        .expect("the profile endpoint's resource");
     let token = idp.token(RESOURCE, json!({"sub": "u-4"})).await;
     assert_eq!(
         v2.verify(&token).await,
