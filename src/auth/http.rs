@@ -182,9 +182,31 @@ fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, AuthError> 
 pub async fn principal_of(
     state: &AppState,
     headers: &HeaderMap,
+    path: &str,
 ) -> Result<Option<Principal>, AuthError> {
     match credential(headers)? {
         None => Ok(None),
+        // A token of a configured outside issuer goes to its verifier; the
+        // issuer claim only picks the verifier, which then checks it all.
+        // On an MCP endpoint its exact URI is an accepted audience too.
+        Some(Credential::Bearer(token)) if state.external_tokens.handles(token) => {
+            use super::external::ExternalAuthError as E;
+            let resource = is_mcp(path).then(|| format!("{}{path}", state.base_url()));
+            let identity = state
+                .external_tokens
+                .verify_for(token, resource.as_deref())
+                .await
+                .map_err(|e| {
+                    tracing::debug!(error = %e, "outside token refused");
+                    match e {
+                        E::Expired => AuthError::Expired,
+                        E::NotYetValid | E::IssuedInFuture => AuthError::NotYetValid,
+                        e if e.is_unavailable() => AuthError::Unavailable,
+                        _ => AuthError::Invalid,
+                    }
+                })?;
+            Ok(Some(state.identity.external_principal(&identity)))
+        }
         Some(Credential::Bearer(token)) => {
             state.identity.authenticate_bearer(token).await.map(Some)
         }
@@ -222,7 +244,7 @@ pub async fn authenticate(
             .then(|| state.identity.anonymous_loopback())
             .flatten()
     };
-    let authenticated = principal_of(&state, request.headers()).await;
+    let authenticated = principal_of(&state, request.headers(), &path).await;
     if authenticated.is_err() {
         state.identity.metrics.auth("credentials_rejected");
     }
@@ -333,7 +355,7 @@ pub async fn resource_metadata(
     }
     let body = serde_json::json!({
         "resource": format!("{}{resource_path}", state.base_url()),
-        "authorization_servers": state.identity.authorization_servers(),
+        "authorization_servers": state.external_tokens.issuers(),
         "scopes_supported": super::rbac::Permission::ALL.map(|p| p.as_str()),
         "bearer_methods_supported": ["header"],
         "resource_name": "metamcp",

@@ -740,9 +740,40 @@ impl Identity {
         Some(self.principal_for(&user, AuthMethod::None, None, &[], None))
     }
 
-    /// The outside authorization servers whose tokens are accepted.
-    pub fn authorization_servers(&self) -> Vec<String> {
-        Vec::new()
+    /// The principal of a verified outside token: a user known by issuer
+    /// and subject, with the roles the issuer's mapping gave, narrowed by
+    /// the token's scopes where they name metamcp permissions.
+    pub fn external_principal(&self, identity: &external::ExternalIdentity) -> Principal {
+        let user = UserRow {
+            id: format!("{}#{}", identity.issuer, identity.subject),
+            tenant_id: identity
+                .tenant
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
+            username: identity.username.clone(),
+            password_hash: String::new(),
+            roles: identity.roles.clone(),
+            clearance: None,
+            disabled: false,
+            sessions_valid_after: 0,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        // Scopes such as `openid` mean nothing here; only permission names
+        // narrow what the roles give.
+        let scopes: Vec<String> = identity
+            .scopes
+            .iter()
+            .filter(|s| Permissions::parse(&[s.as_str()]).is_ok())
+            .cloned()
+            .collect();
+        self.principal_for(
+            &user,
+            AuthMethod::External,
+            identity.token_id.as_deref(),
+            &scopes,
+            Some(identity.expires_at.unix_timestamp()),
+        )
     }
 
     /// The setting of the metrics scrape token, if any.

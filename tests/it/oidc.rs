@@ -416,3 +416,138 @@ async fn the_gateway_takes_its_issuers_from_settings() {
     let (code, _) = gw.get("/api/v1/health/live").await;
     assert_eq!(code, 200);
 }
+
+/// The whole path: an MCP client with a token of the outside issuer lists
+/// and calls tools on `/mcp`; a token for another audience is refused with
+/// the challenge that names the resource metadata, which names the issuer.
+#[tokio::test]
+async fn outside_tokens_work_on_the_mcp_endpoint_for_this_resource_only() {
+    let test = "outside_tokens_work_on_the_mcp_endpoint_for_this_resource_only";
+    let Some(idp) = OAuthIssuer::start(test) else {
+        return;
+    };
+    let m = crate::common::marker("fx-oidc");
+    let gw = crate::common::Gateway::start(
+        crate::common::Options::default()
+            .config(json!({
+                "mcpServers": {"fx": crate::common::fixture_stdio(&m)},
+                "oauth_issuers": [config(&idp)],
+            }))
+            .env("META_MCP_PUBLIC_URL", RESOURCE)
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    gw.wait_tool("fx__echo", true).await;
+    let resource = format!("{RESOURCE}/mcp");
+    let (_, meta) = gw
+        .send_as(
+            None,
+            "GET",
+            "/.well-known/oauth-protected-resource/mcp",
+            None,
+        )
+        .await;
+    assert_eq!(meta["resource"], resource);
+    assert_eq!(meta["authorization_servers"], json!([idp.issuer]));
+
+    let user_claims = json!({"sub": "u-olivia", "realm_access": {"roles": ["mcp-users"]}, "preferred_username": "olivia"});
+    let good = idp
+        .token_with(
+            &resource,
+            "openid tools:read tools:execute",
+            user_claims.clone(),
+            json!({}),
+        )
+        .await;
+    let (code, me) = gw
+        .send_as(Some(&good), "GET", "/api/v1/auth/me", None)
+        .await;
+    assert_eq!(code, 200, "{me}");
+    assert_eq!(me["username"], "olivia");
+    assert_eq!(me["auth_method"], "external");
+    assert_eq!(me["roles"], json!(["user"]));
+    let listed =
+        crate::common::mcp_request_with(&gw.mcp_url(), Some(&good), "tools/list", json!({})).await;
+    assert!(
+        crate::common::tool_names(&listed).contains(&"fx__echo".to_owned()),
+        "{listed}"
+    );
+    let called = crate::common::mcp_request_with(
+        &gw.mcp_url(),
+        Some(&good),
+        "tools/call",
+        json!({"name": "fx__echo", "arguments": {"message": "from olivia"}}),
+    )
+    .await;
+    assert_eq!(
+        crate::common::texts(&called["result"]),
+        ["from olivia"],
+        "{called}"
+    );
+
+    // Scopes that name metamcp permissions narrow the mapped role.
+    let read_only = idp
+        .token_with(&resource, "tools:read", user_claims.clone(), json!({}))
+        .await;
+    let (code, _) = gw
+        .send_as(
+            Some(&read_only),
+            "POST",
+            "/api/v1/tools/fx__echo/execute",
+            Some(json!({"arguments": {"message": "x"}})),
+        )
+        .await;
+    assert_eq!(code, 403);
+    // No scope a permission needs for MCP at all: 403 insufficient_scope.
+    let none = idp
+        .token_with(&resource, "servers:read", user_claims.clone(), json!({}))
+        .await;
+    let r = crate::common::client_with(&none)
+        .post(gw.mcp_url())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.contains("insufficient_scope"), "{challenge}");
+
+    // Another resource's token, and an expired one: 401 with the challenge.
+    for token in [
+        idp.token_with(
+            "https://other.example/mcp",
+            "tools:read tools:execute",
+            user_claims.clone(),
+            json!({}),
+        )
+        .await,
+        idp.token_with(
+            &resource,
+            "tools:read",
+            json!({"sub": "u-olivia", "exp": now() - 600, "iat": now() - 1200, "nbf": now() - 1200}),
+            json!({}),
+        )
+        .await,
+    ] {
+        let r = crate::common::client_with(&token)
+            .post(gw.mcp_url())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(
+            challenge.contains(&format!(
+                "resource_metadata=\"{RESOURCE}/.well-known/oauth-protected-resource/mcp\""
+            )),
+            "{challenge}"
+        );
+    }
+    let _ = Duration::ZERO;
+}
