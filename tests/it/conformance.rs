@@ -160,9 +160,10 @@ const EXPECTED_FAILURES_2026_07_28: &[(&str, &str)] = &[
     (
         "server-stateless",
         "four checks need diagnostic tools (test_missing_capability, \
-         test_streaming_elicitation, test_logging_tool) that only mean something when the \
-         gateway forwards each caller's clientCapabilities and logLevel to the upstream \
-         per request; it calls upstreams with its own capabilities and no logLevel",
+         test_streaming_elicitation, test_logging_tool) that the fixture does not implement: \
+         they only mean something once the gateway forwards each caller's \
+         clientCapabilities and logLevel to the upstream per request, and it calls \
+         upstreams with its own (empty) capabilities and no logLevel",
     ),
     ("input-required-result-basic-elicitation", MRTR),
     ("input-required-result-basic-sampling", MRTR),
