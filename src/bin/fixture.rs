@@ -7,6 +7,9 @@
 //! progress, exiting abruptly, reading an environment variable and counting
 //! calls; plus one prompt, one resource and one resource template.
 //!
+//! With `--conformance` it serves instead what the official conformance
+//! suite calls by name (see `fixture/conformance.rs`).
+//!
 //! The handler is written by hand rather than with the `#[tool]` macros so
 //! that the schemas are exactly what the tests expect and a call costs
 //! little more than a JSON decode.
@@ -19,6 +22,9 @@ use std::{
     },
     time::Duration,
 };
+
+#[path = "fixture/conformance.rs"]
+mod conformance;
 
 use clap::Parser;
 use rmcp::{
@@ -64,6 +70,10 @@ struct Cli {
     /// TOKEN` (to test that a gateway sends an upstream's credentials).
     #[arg(long, value_name = "TOKEN")]
     require_bearer: Option<String>,
+    /// Serve the conformance suite's test tools, prompts and resources
+    /// instead of the fixture's own.
+    #[arg(long, conflicts_with = "legacy")]
+    conformance: bool,
 }
 
 /// Every `tools/call` this process has served. Process-wide (not per handler)
@@ -470,7 +480,7 @@ impl ServerHandler for Fixture {
     }
 }
 
-async fn serve_stdio(fixture: Fixture) -> anyhow::Result<()> {
+async fn serve_stdio<H: ServerHandler>(fixture: H) -> anyhow::Result<()> {
     // stdio_pipes uses the IO reactor when stdin/stdout are pipes (as when a
     // gateway spawns us), avoiding a blocking-pool hop per message.
     let service = fixture.serve(rmcp::transport::stdio_pipes()).await?;
@@ -478,8 +488,8 @@ async fn serve_stdio(fixture: Fixture) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_http(
-    fixture: Fixture,
+async fn serve_http<H: ServerHandler + Clone>(
+    fixture: H,
     addr: &str,
     require_bearer: Option<String>,
 ) -> anyhow::Result<()> {
@@ -552,8 +562,15 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    let fixture = Fixture::new(&cli.name, cli.legacy);
     let result = runtime.block_on(async {
+        if cli.conformance {
+            let server = conformance::Conformance::new();
+            return match &cli.http {
+                Some(addr) => serve_http(server, addr, cli.require_bearer.clone()).await,
+                None => serve_stdio(server).await,
+            };
+        }
+        let fixture = Fixture::new(&cli.name, cli.legacy);
         match &cli.http {
             Some(addr) => serve_http(fixture, addr, cli.require_bearer.clone()).await,
             None => serve_stdio(fixture).await,

@@ -12,6 +12,7 @@ mod common;
 mod auth;
 mod catalog;
 mod cli;
+mod conformance;
 mod core;
 mod hardening;
 mod observability;
