@@ -235,70 +235,74 @@ impl Grant {
     }
 }
 
+/// How a set of grants judges one resource.
+#[derive(Debug, Default)]
+struct Verdict {
+    /// A deny grant matched.
+    denied: bool,
+    /// Some allow grant counts (the principal is allow-listed).
+    any_allow: bool,
+    /// An allow grant matched.
+    allowed: bool,
+}
+
+impl Verdict {
+    /// Applies `hit` to each grant that `counts` (deny wins over allow).
+    fn of(grants: &[Grant], counts: impl Fn(&Grant) -> bool, hit: impl Fn(&Grant) -> bool) -> Self {
+        let mut v = Verdict::default();
+        for grant in grants.iter().filter(|g| counts(g)) {
+            let matched = hit(grant);
+            match grant.effect {
+                Effect::Deny => v.denied |= matched,
+                Effect::Allow => {
+                    v.any_allow = true;
+                    v.allowed |= matched;
+                }
+            }
+        }
+        v
+    }
+
+    fn admits(&self) -> bool {
+        !self.denied && (!self.any_allow || self.allowed)
+    }
+}
+
 /// Whether the grants let a principal reach a tool. A deny that matches
 /// wins; when the principal has allow grants at all, one must match
 /// (allow-listing); with no grants everything its permissions cover is
 /// reachable.
 pub fn grants_admit(grants: &[Grant], server: Option<&str>, public: &str, original: &str) -> bool {
-    let mut any_allow = false;
-    let mut allowed = false;
-    for grant in grants {
-        let hit = grant.matches(server, public, original);
-        match grant.effect {
-            Effect::Deny if hit => return false,
-            Effect::Deny => {}
-            Effect::Allow => {
-                any_allow = true;
-                allowed |= hit;
-            }
-        }
-    }
-    !any_allow || allowed
+    Verdict::of(grants, |_| true, |g| g.matches(server, public, original)).admits()
 }
 
 /// Whether a server is reachable at all through the grants (for server
 /// listings): not denied by a server grant, and allowed when allow-listing
 /// by server.
 pub fn grants_admit_server(grants: &[Grant], server: &str) -> bool {
-    let mut any_allow = false;
-    let mut allowed = false;
-    for grant in grants.iter().filter(|g| g.kind == ResourceKind::Server) {
-        let hit = glob(&grant.pattern, server);
-        match grant.effect {
-            Effect::Deny if hit => return false,
-            Effect::Deny => {}
-            Effect::Allow => {
-                any_allow = true;
-                allowed |= hit;
-            }
-        }
-    }
+    let v = Verdict::of(
+        grants,
+        |g| g.kind == ResourceKind::Server,
+        |g| glob(&g.pattern, server),
+    );
     // Tool allow grants name tools of servers: a principal allow-listed by
     // tool still sees the servers those tools live on.
     let tool_allows = grants
         .iter()
         .any(|g| g.kind == ResourceKind::Tool && g.effect == Effect::Allow);
-    !any_allow || allowed || tool_allows
+    !v.denied && (!v.any_allow || v.allowed || tool_allows)
 }
 
 /// Whether a server's prompts and resources (which are not tools) are
 /// reachable: a matching server deny hides them; a principal with allow
 /// grants of any kind is allow-listed and needs a server allow that matches.
 pub fn grants_admit_server_content(grants: &[Grant], server: &str) -> bool {
-    let mut any_allow = false;
-    let mut allowed = false;
-    for grant in grants {
-        let hit = grant.kind == ResourceKind::Server && glob(&grant.pattern, server);
-        match grant.effect {
-            Effect::Deny if hit => return false,
-            Effect::Deny => {}
-            Effect::Allow => {
-                any_allow = true;
-                allowed |= hit;
-            }
-        }
-    }
-    !any_allow || allowed
+    Verdict::of(
+        grants,
+        |_| true,
+        |g| g.kind == ResourceKind::Server && glob(&g.pattern, server),
+    )
+    .admits()
 }
 
 /// Shell-style matching: `*` any run of characters, `?` one character.
