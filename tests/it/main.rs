@@ -15,4 +15,5 @@ mod core;
 mod observability;
 mod peers;
 mod resilience;
+mod search;
 mod store;
