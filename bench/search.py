@@ -150,8 +150,11 @@ def quality(args: argparse.Namespace) -> None:
         label = {safe_name(t["name"]): t["id"] for t in tools}
         relevant_of = lambda q: set(q["relevant"])  # noqa: E731
         to_label = lambda n: label.get(n, n)  # noqa: E731
-    if args.limit:
-        queries = queries[: args.limit]
+    if args.limit and args.limit < len(queries):
+        # An even spread: the files are grouped by tool, so a prefix is not
+        # a fair sample.
+        step = len(queries) / args.limit
+        queries = [queries[int(i * step)] for i in range(args.limit)]
     client = Client(base_url=args.url, timeout=60)
     register(client, payload)
     started = time.monotonic()
@@ -288,7 +291,7 @@ def main() -> None:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "toolsearch"))
     p.add_argument("--livemcpbench", action="store_true", help="quality on LiveMCPBench instead of MetaTool")
-    p.add_argument("--limit", type=int, default=0, help="only the first N queries (0: all)")
+    p.add_argument("--limit", type=int, default=0, help="only N queries, evenly spread over the file (0: all)")
     p.add_argument("--dump", help="write per-query keyword and semantic scores here (for fusion tuning)")
     p.add_argument("--tools", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=500, help="requests per search type at concurrency 1")

@@ -167,10 +167,22 @@ pub struct Answer {
     pub note: Option<String>,
 }
 
-/// Weight of the semantic similarity in hybrid search; the keyword score,
-/// divided by the best keyword score of the query, gets the rest. Tuned on
-/// the MetaTool dev split (BENCHMARKS.md).
-const HYBRID_SEMANTIC_WEIGHT: f32 = 0.7;
+/// Hybrid score: `W * cosine + (1 - W) * bm25 / (bm25 + C)`. The keyword
+/// part saturates on an absolute scale rather than relative to the query's
+/// best match, so a weak word match (one common word) does not count as much
+/// as a strong one just because nothing matched better. Tuned on the MetaTool
+/// dev split (BENCHMARKS.md, `bench/tune_fusion.py`): W 0.85, C 10 gave the
+/// best Recall@5 of the weighted sums and reciprocal rank fusions tried.
+const HYBRID_SEMANTIC_WEIGHT: f32 = 0.85;
+const HYBRID_BM25_HALF: f32 = 10.0;
+
+fn saturated(bm25: f32) -> f32 {
+    if bm25 > 0.0 {
+        bm25 / (bm25 + HYBRID_BM25_HALF)
+    } else {
+        0.0
+    }
+}
 
 /// A keyword index of one catalog snapshot.
 struct KeywordIndex {
@@ -488,14 +500,8 @@ impl Search {
                 semantic.iter().map(|(i, s)| (*i, *s, None)).collect()
             }
             Kind::Hybrid => {
-                let keyword = index.search(&terms)?;
-                let best = keyword
-                    .iter()
-                    .filter(|(i, _)| snapshot.tools.get(*i).is_some_and(|e| keep(e)))
-                    .map(|(_, s)| *s)
-                    .fold(0f32, f32::max);
                 let mut bm25 = vec![None; snapshot.tools.len()];
-                for (i, s) in keyword {
+                for (i, s) in index.search(&terms)? {
                     bm25[i] = Some(s);
                 }
                 // A tool under the similarity threshold has no cosine here
@@ -505,12 +511,8 @@ impl Search {
                     .iter()
                     .map(|(i, cos)| {
                         let kw = bm25[*i];
-                        let norm = match (kw, best > 0.0) {
-                            (Some(k), true) => k / best,
-                            _ => 0.0,
-                        };
-                        let fused =
-                            HYBRID_SEMANTIC_WEIGHT * cos + (1.0 - HYBRID_SEMANTIC_WEIGHT) * norm;
+                        let fused = HYBRID_SEMANTIC_WEIGHT * cos
+                            + (1.0 - HYBRID_SEMANTIC_WEIGHT) * kw.map(saturated).unwrap_or(0.0);
                         (*i, fused, kw)
                     })
                     .chain(bm25.iter().enumerate().filter_map(|(i, kw)| {
@@ -520,9 +522,8 @@ impl Search {
                         let entry = snapshot.tools.get(i)?;
                         (cosine[i].is_none()
                             && request.similarity_threshold.is_none()
-                            && keep(entry)
-                            && best > 0.0)
-                            .then_some((i, (1.0 - HYBRID_SEMANTIC_WEIGHT) * k / best, Some(k)))
+                            && keep(entry))
+                        .then_some((i, (1.0 - HYBRID_SEMANTIC_WEIGHT) * saturated(k), Some(k)))
                     }))
                     .collect()
             }
