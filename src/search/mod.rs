@@ -175,6 +175,8 @@ pub struct Answer {
 /// best Recall@5 of the weighted sums and reciprocal rank fusions tried.
 const HYBRID_SEMANTIC_WEIGHT: f32 = 0.85;
 const HYBRID_BM25_HALF: f32 = 10.0;
+/// Keyword matches taken into the fusion.
+const HYBRID_KEYWORD_DEPTH: usize = 300;
 
 fn saturated(bm25: f32) -> f32 {
     if bm25 > 0.0 {
@@ -305,9 +307,13 @@ impl KeywordIndex {
             .collect()
     }
 
-    /// BM25 scores of every tool that matches a term, best first, as
-    /// (index into the snapshot's tools, score).
-    fn search(&self, terms: &HashSet<String>) -> Result<Vec<(usize, f32)>, SearchError> {
+    /// BM25 scores of the `limit` best tools that match a term (all when
+    /// `None`), best first, as (index into the snapshot's tools, score).
+    fn search(
+        &self,
+        terms: &HashSet<String>,
+        limit: Option<usize>,
+    ) -> Result<Vec<(usize, f32)>, SearchError> {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
@@ -328,7 +334,8 @@ impl KeywordIndex {
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
-        let limit = self.snapshot.tools.len().max(1);
+        let all = self.snapshot.tools.len().max(1);
+        let limit = limit.unwrap_or(all).clamp(1, all);
         let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
         // The tool's index is a fast field: no stored document is read.
         let columns = searcher
@@ -455,8 +462,19 @@ impl Search {
             },
         };
         let Some(query_vector) = query_vector else {
+            // Most searches keep most tools: collect a few more than asked
+            // for, and everything only when filters left too few.
             let mut hits = Vec::new();
-            for (i, score) in index.search(&terms)? {
+            let first = request.max_results * 4 + 20;
+            let mut found = index.search(&terms, Some(first))?;
+            let kept = found
+                .iter()
+                .filter(|(i, _)| snapshot.tools.get(*i).is_some_and(|e| keep(e)))
+                .count();
+            if kept < request.max_results && found.len() == first {
+                found = index.search(&terms, None)?;
+            }
+            for (i, score) in found {
                 let Some(entry) = snapshot.tools.get(i).filter(|e| keep(e)) else {
                     continue;
                 };
@@ -501,7 +519,9 @@ impl Search {
             }
             Kind::Hybrid => {
                 let mut bm25 = vec![None; snapshot.tools.len()];
-                for (i, s) in index.search(&terms)? {
+                // The keyword part only lifts tools: beyond the best few
+                // hundred matches it is too small to reorder anything.
+                for (i, s) in index.search(&terms, Some(HYBRID_KEYWORD_DEPTH))? {
                     bm25[i] = Some(s);
                 }
                 // A tool under the similarity threshold has no cosine here
