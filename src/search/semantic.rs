@@ -475,14 +475,26 @@ impl Semantic {
                 url,
                 model,
                 api_key,
-            } => Embedder::Remote(Remote {
-                client: http,
-                policy,
-                url: url.clone(),
-                model: model.clone(),
-                api_key: api_key.clone(),
-                max_bytes,
-            }),
+            } => {
+                // A literal address the policy refuses is known now; names
+                // are checked by the client's resolver on each request.
+                if let Err(e) =
+                    policy.check_url(&format!("{}/embeddings", url.trim_end_matches('/')))
+                {
+                    let why = format!("embedding endpoint refused: {e}");
+                    tracing::warn!(error = %why, "semantic search unavailable: keyword search only");
+                    self.state.store(Arc::new(State::Unavailable(why)));
+                    return;
+                }
+                Embedder::Remote(Remote {
+                    client: http,
+                    policy,
+                    url: url.clone(),
+                    model: model.clone(),
+                    api_key: api_key.clone(),
+                    max_bytes,
+                })
+            }
         };
         let embedder = Arc::new(embedder);
         // Vectors computed by earlier runs: only changed texts are embedded.

@@ -392,3 +392,109 @@ async fn python_sdk_finds_and_calls_echo_in_discovery_mode() {
     assert_eq!(code, 0, "{all}");
     assert!(listed_names(&all).len() > 5, "{all}");
 }
+
+/// A stand-in for an OpenAI-compatible `/v1/embeddings` endpoint: each word
+/// of a text adds one to a hashed dimension, so texts that share words are
+/// close. It records the bearer token it was sent.
+async fn fake_embeddings() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::{Json, Router, http::HeaderMap, routing::post};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tokens = seen.clone();
+    let app = Router::new().route(
+        "/v1/embeddings",
+        post(move |headers: HeaderMap, Json(body): Json<Value>| {
+            let tokens = tokens.clone();
+            async move {
+                if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+                    tokens.lock().unwrap().push(auth.to_owned());
+                }
+                let inputs = body["input"].as_array().cloned().unwrap_or_default();
+                let data: Vec<Value> = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| {
+                        let mut v = vec![0f32; 64];
+                        for word in text
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_lowercase()
+                            .split(|c: char| !c.is_alphanumeric())
+                        {
+                            if word.len() > 2 {
+                                let h = word
+                                    .bytes()
+                                    .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+                                v[(h % 64) as usize] += 1.0;
+                            }
+                        }
+                        json!({"object": "embedding", "index": i, "embedding": v})
+                    })
+                    .collect();
+                Json(json!({"object": "list", "data": data, "model": body["model"]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/v1"), seen)
+}
+
+#[tokio::test]
+async fn an_openai_compatible_endpoint_provides_the_vectors() {
+    let (url, seen) = fake_embeddings().await;
+    let gw = Gateway::start(
+        Options::default()
+            .env("META_MCP_EMBEDDING_PROVIDER", "openai")
+            .env("META_MCP_EMBEDDING_URL", &url)
+            .env("META_MCP_EMBEDDING_MODEL", "fake-embed")
+            .env("META_MCP_EMBEDDING_API_KEY", "sk-test-secret"),
+    )
+    .await;
+    let tools: Value = serde_json::from_str(TOOLS).unwrap();
+    let (code, body) = gw.post("/api/v1/tools/import", tools).await;
+    assert_eq!(code, 201, "{body}");
+    let status = wait_embedded(&gw, 5).await;
+    assert_eq!(status["provider"], "openai", "{status}");
+    assert_eq!(status["model"], "openai:fake-embed", "{status}");
+    let body = search(&gw, "q=forecast%20for%20my%20city&search_type=semantic").await;
+    assert_eq!(body["used"], "semantic", "{body}");
+    assert_eq!(names(&body)[0], "get_weather", "{body}");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|t| t == "Bearer sk-test-secret"),
+        "the key is sent as a bearer token"
+    );
+    assert!(
+        !gw.log_text().contains("sk-test-secret"),
+        "the key is never logged"
+    );
+    drop(gw);
+
+    // The endpoint is a user-supplied URL: the outbound guard applies.
+    let gw = Gateway::start(
+        Options::default()
+            .env("META_MCP_EMBEDDING_PROVIDER", "openai")
+            .env("META_MCP_EMBEDDING_URL", &url)
+            .env("META_MCP_EMBEDDING_MODEL", "fake-embed")
+            .env("META_MCP_OUTBOUND_ALLOW_LOOPBACK", "false"),
+    )
+    .await;
+    let (code, body) = gw
+        .post(
+            "/api/v1/tools",
+            json!({"name": "get_weather", "description": "Weather forecast"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let state = wait_state(&gw).await;
+    assert_eq!(state["state"], "unavailable", "{state}");
+    assert!(
+        state["error"].as_str().unwrap().contains("refused"),
+        "{state}"
+    );
+    let body = search(&gw, "q=weather").await;
+    assert_eq!(body["used"], "keyword", "{body}");
+}
