@@ -68,10 +68,12 @@ fn migrator() -> Migrator {
             "profiles and pins",
             include_str!("../../migrations/0002_profiles_pins.sql"),
         ),
+        // Version 3 is the identity migration of "Identity and access",
+        // built alongside on main; this one follows it.
         migration(
-            3,
+            4,
             "tool embeddings",
-            include_str!("../../migrations/0003_tool_embeddings.sql"),
+            include_str!("../../migrations/0004_tool_embeddings.sql"),
         ),
     ]);
     // Advisory locking makes concurrent starts of several replicas safe.
