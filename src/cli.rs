@@ -84,6 +84,9 @@ pub enum ToolsCommand {
         search_type: Option<String>,
         #[arg(long)]
         max: Option<usize>,
+        /// Least semantic similarity (0..1) of a hit.
+        #[arg(long)]
+        threshold: Option<f64>,
         #[arg(long)]
         server: Option<String>,
         #[arg(long)]
@@ -440,6 +443,7 @@ fn tools(client: &Client, cmd: ToolsCommand) -> Outcome {
             query,
             search_type,
             max,
+            threshold,
             server,
             category,
             tags,
@@ -448,6 +452,7 @@ fn tools(client: &Client, cmd: ToolsCommand) -> Outcome {
             for (k, v) in [
                 ("search_type", search_type),
                 ("max_results", max.map(|m| m.to_string())),
+                ("similarity_threshold", threshold.map(|t| t.to_string())),
                 ("server", server),
                 ("category", category),
                 ("tags", tags),

@@ -150,9 +150,28 @@ pub struct Settings {
     /// current one.
     pub encryption_old_keys: Vec<crate::secrets::SecretString>,
     pub auth: AuthSettings,
+    /// Who computes the sentence vectors of semantic search.
+    pub embedding_provider: EmbeddingProvider,
+    /// The folder of the local model; `None` is `<data_dir>/models/all-MiniLM-L6-v2`.
+    pub model_dir: Option<PathBuf>,
+    /// Base URL of an OpenAI-compatible API (`.../v1`), for the `openai` provider.
+    pub embedding_url: Option<String>,
+    pub embedding_model: Option<String>,
+    pub embedding_api_key: Option<Secret>,
 }
 
-/// A secret setting: its `Debug` never shows the value.
+/// Which embedder semantic search uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingProvider {
+    /// all-MiniLM-L6-v2 on the CPU (cargo feature `semantic`).
+    Local,
+    /// An OpenAI-compatible `/v1/embeddings` endpoint.
+    OpenAi,
+    /// Keyword search only.
+    Off,
+}
+
+/// A setting that must not appear in logs or `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
@@ -278,6 +297,15 @@ impl Default for Settings {
             encryption_key: None,
             encryption_old_keys: Vec::new(),
             auth: AuthSettings::default(),
+            embedding_provider: if cfg!(feature = "semantic") {
+                EmbeddingProvider::Local
+            } else {
+                EmbeddingProvider::Off
+            },
+            model_dir: None,
+            embedding_url: None,
+            embedding_model: None,
+            embedding_api_key: None,
         }
     }
 }
@@ -340,6 +368,11 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_ADMIN_PASSWORD",
     "META_MCP_METRICS_TOKEN",
     "META_MCP_ANONYMOUS_LOOPBACK_ROLE",
+    "META_MCP_EMBEDDING_PROVIDER",
+    "META_MCP_MODEL_DIR",
+    "META_MCP_EMBEDDING_URL",
+    "META_MCP_EMBEDDING_MODEL",
+    "META_MCP_EMBEDDING_API_KEY",
 ];
 
 impl Settings {
@@ -433,7 +466,38 @@ impl Settings {
                 }
             }
         }
+        if settings.embedding_provider == EmbeddingProvider::OpenAi
+            && (settings.embedding_url.is_none() || settings.embedding_model.is_none())
+        {
+            return Err(SettingError::new(
+                "META_MCP_EMBEDDING_PROVIDER",
+                "openai needs META_MCP_EMBEDDING_URL and META_MCP_EMBEDDING_MODEL",
+            ));
+        }
         Ok(settings)
+    }
+
+    /// The folder the local embedding model is loaded from (and fetched to).
+    pub fn model_dir(&self) -> PathBuf {
+        self.model_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("models").join("all-MiniLM-L6-v2"))
+    }
+
+    /// The semantic-search provider these settings describe.
+    pub fn search_provider(&self) -> crate::search::semantic::Provider {
+        use crate::search::semantic::Provider;
+        match self.embedding_provider {
+            EmbeddingProvider::Local => Provider::Local {
+                dir: self.model_dir(),
+            },
+            EmbeddingProvider::OpenAi => Provider::OpenAi {
+                url: self.embedding_url.clone().unwrap_or_default(),
+                model: self.embedding_model.clone().unwrap_or_default(),
+                api_key: self.embedding_api_key.as_ref().map(|k| k.0.clone()),
+            },
+            EmbeddingProvider::Off => Provider::Off,
+        }
     }
 
     /// Applies one setting given as text (`name` is how the user spelled it,
@@ -720,6 +784,33 @@ impl Settings {
                 }
                 self.auth.metrics_token = Some(Secret(value.to_owned()));
             }
+            "embedding_provider" => {
+                self.embedding_provider = match value.trim().to_ascii_lowercase().as_str() {
+                    "local" => EmbeddingProvider::Local,
+                    "openai" => EmbeddingProvider::OpenAi,
+                    "off" | "none" => EmbeddingProvider::Off,
+                    other => {
+                        return Err(err(format!("expected local, openai or off, got {other:?}")));
+                    }
+                }
+            }
+            "model_dir" => self.model_dir = Some(PathBuf::from(value.trim())),
+            "embedding_url" => {
+                let url = url::Url::parse(value.trim())
+                    .map_err(|e| err(format!("not a URL ({e}): {value:?}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(err("expected an http or https URL".into()));
+                }
+                self.embedding_url = Some(value.trim().trim_end_matches('/').to_owned());
+            }
+            "embedding_model" => {
+                let model = value.trim();
+                if model.is_empty() || model.len() > 200 {
+                    return Err(err("expected a model name of 1 to 200 characters".into()));
+                }
+                self.embedding_model = Some(model.to_owned());
+            }
+            "embedding_api_key" => self.embedding_api_key = Some(Secret(value.trim().to_owned())),
             other => return Err(err(format!("unknown setting {other:?}"))),
         }
         Ok(())

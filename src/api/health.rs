@@ -78,6 +78,10 @@ async fn detailed(State(state): State<Arc<AppState>>) -> Json<Value> {
         "uptime_seconds": uptime(&state),
         "store": store,
         "cache": state.pipeline.cache.status(),
+        // The embedder's state: a missing or corrupt model shows here (and
+        // in the notes of search answers) while search falls back to
+        // keywords.
+        "search": state.search.semantic.status(),
         "upstreams": upstreams,
     }))
 }

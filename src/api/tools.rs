@@ -659,6 +659,51 @@ struct SearchQuery {
     tags: Option<String>,
 }
 
+impl SearchQuery {
+    /// Checks the parameters and turns them into a search request.
+    fn request(&self) -> Result<crate::search::Request> {
+        let max = crate::search::MAX_QUERY_CHARS;
+        if self.q.trim().is_empty() || self.q.chars().count() > max {
+            return Err(Problem::invalid(format!("q must be 1 to {max} characters")));
+        }
+        let max_results = self.max_results.unwrap_or(10);
+        if !(1..=100).contains(&max_results) {
+            return Err(Problem::invalid("max_results must be between 1 and 100"));
+        }
+        if let Some(t) = self.similarity_threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(Problem::invalid(
+                "similarity_threshold must be between 0 and 1",
+            ));
+        }
+        let kind = self
+            .search_type
+            .as_deref()
+            .unwrap_or("hybrid")
+            .parse()
+            .map_err(Problem::invalid)?;
+        Ok(crate::search::Request {
+            query: self.q.clone(),
+            kind,
+            max_results,
+            similarity_threshold: self.similarity_threshold.map(|t| t as f32),
+            server: self.server.clone(),
+            category: self.category.clone(),
+            tags: self
+                .tags
+                .as_deref()
+                .map(|t| {
+                    t.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
 /// `GET /tools/search`: the tools the caller may see that best match `q`.
 async fn search(
     State(state): State<Arc<AppState>>,
@@ -666,134 +711,68 @@ async fn search(
     query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>> {
     let Query(q) = query.map_err(|e| Problem::invalid(e.body_text()))?;
-    if q.q.trim().is_empty() || q.q.len() > 1000 {
-        return Err(Problem::invalid("q must be 1 to 1000 characters"));
-    }
-    let max_results = q.max_results.unwrap_or(10);
-    if !(1..=100).contains(&max_results) {
-        return Err(Problem::invalid("max_results must be between 1 and 100"));
-    }
-    if let Some(t) = q.similarity_threshold
-        && !(0.0..=1.0).contains(&t)
-    {
-        return Err(Problem::invalid(
-            "similarity_threshold must be between 0 and 1",
-        ));
-    }
-    let requested = q.search_type.as_deref().unwrap_or("hybrid");
-    let note = match requested {
-        "keyword" => None,
-        "hybrid" => {
-            Some("no embedding model is configured: hybrid search answered with keyword results")
-        }
-        "semantic" => {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "semantic-unavailable",
-                "Semantic search unavailable",
-                "semantic search needs an embedding model and none is configured; use search_type=keyword or hybrid",
-            ));
-        }
-        other => {
-            return Err(Problem::invalid(format!(
-                "search_type {other:?} unknown: use keyword, semantic or hybrid"
-            )));
-        }
-    };
+    let request = q.request()?;
+    let requested = request.kind.as_str();
+    // Cached per catalog state, semantic state (a fallback answer must not
+    // outlive the model becoming ready), caller and parameters.
     let key = format!(
-        "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{max_results}\u{1f}{}\u{1f}{}\u{1f}{}",
+        "{}\u{1f}{}\u{1f}{}\u{1f}{requested}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{}\u{1f}{}",
         state.pipeline.cache.generation(),
+        state.search.semantic.generation(),
         crate::cache::context_key(&principal),
-        requested,
-        q.q,
-        q.server.as_deref().unwrap_or_default(),
-        q.category.as_deref().unwrap_or_default(),
-        q.tags.as_deref().unwrap_or_default(),
+        request.query,
+        request.max_results,
+        request.similarity_threshold,
+        request.server.as_deref().unwrap_or_default(),
+        request.category.as_deref().unwrap_or_default(),
+        request.tags.join(","),
     );
-    let answers = crate::metrics::CacheLabels { cache: "search" };
-    if let Some(answer) = state.search_answers.get(&key) {
-        state
-            .pipeline
-            .metrics
-            .cache_hits
-            .get_or_create(&answers)
-            .inc();
-        state
-            .pipeline
-            .metrics
-            .search_requests
-            .get_or_create(&crate::metrics::SearchLabels {
-                search_type: requested.to_owned(),
-            })
-            .inc();
-        return Ok(Json((*answer).clone()));
-    }
-    state
-        .pipeline
-        .metrics
-        .cache_misses
-        .get_or_create(&answers)
-        .inc();
-    let tags: Vec<String> = q
-        .tags
-        .as_deref()
-        .map(|t| {
-            t.split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    let snapshot = state.catalog.snapshot();
-    let started = std::time::Instant::now();
-    let hits = state
-        .search
-        .keyword(&snapshot, &q.q, max_results, |t| {
-            t.enabled()
-                && t.quarantine.is_none()
-                && policy::may_see(&principal, t)
-                && q.server.as_deref().is_none_or(|s| t.server() == Some(s))
-                && q.category
-                    .as_deref()
-                    .is_none_or(|c| t.overlay.category.as_deref() == Some(c))
-                && tags.iter().all(|tag| {
-                    t.overlay
-                        .tags
-                        .as_ref()
-                        .is_some_and(|have| have.contains(tag))
-                })
-        })
-        .map_err(|e| {
-            tracing::error!(error = %e, "keyword search failed");
-            Problem::internal()
-        })?;
     let labels = crate::metrics::SearchLabels {
         search_type: requested.to_owned(),
     };
-    state
-        .pipeline
-        .metrics
-        .search_requests
-        .get_or_create(&labels)
-        .inc();
-    state
-        .pipeline
-        .metrics
+    let metrics = &state.pipeline.metrics;
+    let answers = crate::metrics::CacheLabels { cache: "search" };
+    metrics.search_requests.get_or_create(&labels).inc();
+    if let Some(answer) = state.search_answers.get(&key) {
+        metrics.cache_hits.get_or_create(&answers).inc();
+        return Ok(Json((*answer).clone()));
+    }
+    metrics.cache_misses.get_or_create(&answers).inc();
+    let snapshot = state.catalog.snapshot();
+    let started = std::time::Instant::now();
+    let answer = state
+        .search
+        .search(&snapshot, &principal, &request)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "search failed");
+            Problem::internal()
+        })?;
+    metrics
         .search_duration
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
-    let results: Vec<Value> = hits
+    let results: Vec<Value> = answer
+        .hits
         .iter()
-        .map(|h| json!({"tool": record(&state, &h.entry), "score": h.score, "matched": h.matched}))
+        .map(|h| {
+            json!({
+                "tool": record(&state, &h.entry),
+                "score": h.score,
+                "matched": h.matched,
+                "keyword_score": h.keyword_score,
+                "semantic_score": h.semantic_score,
+            })
+        })
         .collect();
     let mut body = json!({
-        "query": q.q,
+        "query": request.query,
         "search_type": requested,
-        "used": "keyword",
+        "used": answer.used.as_str(),
         "results": results,
         "total": results.len(),
     });
-    if let Some(note) = note {
+    if let Some(note) = answer.note {
         body["note"] = json!(note);
     }
     state.search_answers.put(key, Arc::new(body.clone()));

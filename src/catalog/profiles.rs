@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use super::{ToolEntry, names::validate_tool_name};
 use crate::upstream::spec::{Source, validate_name};
 
+/// The profile name taken by discovery mode (`/mcp/discovery`, which shows
+/// only `search_tools` and `call_tool`).
+pub const DISCOVERY: &str = "discovery";
+
 /// Per-profile changes to how one tool is shown.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +63,14 @@ impl Profile {
     /// Checks what the types do not.
     pub fn validate(&self) -> Result<(), String> {
         validate_name(&self.name).map_err(|e| e.to_string())?;
+        if self.name == DISCOVERY {
+            // `/mcp/discovery` is discovery mode: a profile of that name
+            // could never be reached, so it is refused rather than shadowed.
+            return Err(format!(
+                "the profile name {:?} is reserved for discovery mode (/mcp/discovery)",
+                self.name
+            ));
+        }
         for pattern in &self.patterns {
             if pattern.is_empty() || pattern.len() > 256 {
                 return Err("patterns must be 1 to 256 characters".into());
@@ -209,6 +221,13 @@ mod tests {
         assert!(!glob("a?c", "abbc"));
         assert!(glob("*", ""));
         assert!(!glob("fs__*", "git__log"));
+    }
+
+    #[test]
+    fn discovery_is_a_reserved_name() {
+        let p: Profile = serde_json::from_value(serde_json::json!({"name": "discovery"})).unwrap();
+        let err = p.validate().unwrap_err();
+        assert!(err.contains("reserved for discovery mode"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod bridge;
 pub mod cursor;
+pub mod discovery;
 
 use std::{sync::Arc, time::Duration};
 
@@ -42,6 +43,9 @@ pub struct Gateway {
     state: Arc<AppState>,
     /// The profile served (`/mcp/{profile}`), or the whole catalog.
     profile: Option<Arc<str>>,
+    /// Discovery mode (`/mcp/discovery`): only `search_tools` and
+    /// `call_tool` over the whole catalog.
+    discovery: bool,
 }
 
 /// The Streamable HTTP service of `/mcp` or of one profile.
@@ -55,6 +59,20 @@ pub fn service(
     shutdown: CancellationToken,
     profile: Option<Arc<str>>,
 ) -> McpService {
+    make_service(state, shutdown, profile, false)
+}
+
+/// Builds the Streamable HTTP service of discovery mode, `/mcp/discovery`.
+pub fn discovery_service(state: Arc<AppState>, shutdown: CancellationToken) -> McpService {
+    make_service(state, shutdown, None, true)
+}
+
+fn make_service(
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    profile: Option<Arc<str>>,
+    discovery: bool,
+) -> McpService {
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(true)
         .disable_allowed_hosts()
@@ -62,7 +80,11 @@ pub fn service(
         .with_max_request_body_bytes(state.settings.max_body_bytes)
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_cancellation_token(shutdown);
-    let handler = Gateway { state, profile };
+    let handler = Gateway {
+        state,
+        profile,
+        discovery,
+    };
     // The session manager is where a shared (Redis) session store plugs in
     // for many replicas; one process keeps sessions in memory.
     StreamableHttpService::new(
@@ -237,6 +259,9 @@ impl ServerHandler for Gateway {
     /// A legacy session is set up: from now on its client hears of list
     /// changes (on its standing GET stream).
     async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        if self.discovery {
+            return; // its two tools never change
+        }
         let mut changes = self.state.list_changes.subscribe();
         let stop = self.state.mcp_shutdown.clone();
         let peer = context.peer;
@@ -375,6 +400,11 @@ impl ServerHandler for Gateway {
     }
 
     fn get_info(&self) -> ServerConfig {
+        if self.discovery {
+            return ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+                .with_server_info(Implementation::new("metamcp", env!("CARGO_PKG_VERSION")))
+                .with_instructions(discovery::INSTRUCTIONS);
+        }
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
@@ -399,6 +429,9 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         self.count("tools/list");
+        if self.discovery {
+            return Ok(ListToolsResult::with_all_items(discovery::tools()));
+        }
         let principal = principal(&context);
         let snapshot = self.state.catalog.snapshot();
         // Tools of a server that is reconnecting stay in the catalog (calls
@@ -481,11 +514,38 @@ impl ServerHandler for Gateway {
                 token,
             }) as Arc<dyn ProgressSink>
         });
+        let (name, arguments) = if self.discovery {
+            match request.name.as_ref() {
+                discovery::SEARCH_TOOLS => {
+                    return Ok(discovery::search_tools(
+                        &self.state,
+                        &principal(&context),
+                        request.arguments,
+                    )
+                    .await
+                    .into());
+                }
+                discovery::CALL_TOOL => match discovery::call_target(request.arguments) {
+                    Ok((name, arguments)) => (name, Some(arguments)),
+                    Err(result) => return Ok(result.into()),
+                },
+                other => {
+                    return Err(McpError::invalid_params(
+                        format!(
+                            "Unknown tool: {other} (discovery mode has search_tools and call_tool)"
+                        ),
+                        None,
+                    ));
+                }
+            }
+        } else {
+            (request.name.to_string(), request.arguments)
+        };
         let call = ToolCall {
             principal: principal(&context),
-            name: request.name.to_string(),
+            name,
             profile: self.profile.as_deref().map(str::to_owned),
-            arguments: request.arguments,
+            arguments,
             progress,
         };
         let outcome = tokio::select! {
@@ -497,6 +557,13 @@ impl ServerHandler for Gateway {
         };
         match outcome {
             Ok(called) => Ok(called.result.into()),
+            // In discovery mode the name is an argument a model chose: it
+            // reads the answer as a result and can search again.
+            Err(CallError::UnknownTool(name) | CallError::Disabled(name)) if self.discovery => {
+                Ok(tool_error(format!(
+                    "Unknown tool: {name}. Use search_tools to find the exact name."
+                )))
+            }
             Err(CallError::UnknownTool(name) | CallError::Disabled(name)) => Err(
                 McpError::invalid_params(format!("Unknown tool: {name}"), None),
             ),
@@ -682,8 +749,6 @@ impl Gateway {
             .inc();
     }
 
-    /// Whether this endpoint serves the prompts and resources of `server`:
-    /// the whole catalog does; a profile, those of the servers it names.
     /// Whether this endpoint offers `server`'s prompts and resources to
     /// `principal`: the profile must include it and the principal's grants
     /// must admit it.
@@ -693,6 +758,10 @@ impl Gateway {
         server: &str,
         principal: &Principal,
     ) -> bool {
+        // The discovery endpoint offers its two tools and nothing else.
+        if self.discovery {
+            return false;
+        }
         let in_profile = match &self.profile {
             None => true,
             Some(name) => snapshot

@@ -442,7 +442,7 @@ impl Pipeline {
                 if e.is_timeout() {
                     fail(format!("no answer within {:?}", self.call_timeout))
                 } else {
-                    fail(format!("request failed: {}", error_chain(&e)))
+                    fail(format!("request failed: {}", crate::util::error_chain(&e)))
                 }
             })?;
         let status = resp.status();
@@ -510,15 +510,4 @@ fn counts_against_breaker(error: &UpstreamError) -> bool {
         UpstreamError::Rpc { error, .. } => error.code == rmcp::model::ErrorCode::INTERNAL_ERROR,
         _ => true,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -77,6 +77,13 @@ fn migrator() -> Migrator {
             "identity",
             include_str!("../../migrations/0003_identity.sql"),
         ),
+        // Version 3 is the identity migration of "Identity and access",
+        // built alongside on main; this one follows it.
+        migration(
+            4,
+            "tool embeddings",
+            include_str!("../../migrations/0004_tool_embeddings.sql"),
+        ),
     ]);
     // Advisory locking makes concurrent starts of several replicas safe.
     migrator.set_locking(true);
@@ -419,6 +426,56 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    // ---- tool embeddings -------------------------------------------------
+
+    /// Every stored vector of one model, as (server, tool, text hash,
+    /// encoded vector).
+    pub async fn list_embeddings(
+        &self,
+        tenant: &str,
+        model: &str,
+    ) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT server, tool, text_hash, vector FROM tool_embeddings WHERE tenant_id = $1 AND model = $2",
+        )
+        .bind(tenant)
+        .bind(model)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+
+    /// Stores vectors as (server, tool, text hash, encoded vector), replacing
+    /// older ones of the same tool and model, in one transaction.
+    pub async fn put_embeddings(
+        &self,
+        tenant: &str,
+        model: &str,
+        rows: &[(String, String, String, String)],
+    ) -> Result<(), StoreError> {
+        let ts = now();
+        let mut tx = self.pool.begin().await?;
+        for (server, tool, hash, vector) in rows {
+            sqlx::query(
+                "INSERT INTO tool_embeddings (tenant_id, model, server, tool, text_hash, vector, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (tenant_id, model, server, tool) DO UPDATE SET text_hash = excluded.text_hash, vector = excluded.vector, updated_at = excluded.updated_at",
+            )
+            .bind(tenant)
+            .bind(model)
+            .bind(server)
+            .bind(tool)
+            .bind(hash)
+            .bind(vector)
+            .bind(&ts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     // ---- tool pins and changes -----------------------------------------

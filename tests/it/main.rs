@@ -19,5 +19,6 @@ mod observability;
 mod oidc;
 mod peers;
 mod resilience;
+mod search;
 mod secrets;
 mod store;

@@ -102,6 +102,32 @@ async fn suite(store: &Store) {
     assert!(store.delete_manual_tool("t1", "x").await.unwrap());
     let tools: Vec<Doc> = store.list_manual_tools("t1").await.unwrap();
     assert_eq!(tools, [doc("y", 7)]);
+
+    // tool embeddings: upsert keyed by (tenant, model, server, tool)
+    let row = |tool: &str, hash: &str| {
+        (
+            "srv".to_owned(),
+            tool.to_owned(),
+            hash.to_owned(),
+            "AACAPw==".to_owned(),
+        )
+    };
+    store
+        .put_embeddings("t1", "m1", &[row("echo", "h1"), row("add", "h1")])
+        .await
+        .unwrap();
+    store
+        .put_embeddings("t1", "m1", &[row("echo", "h2")])
+        .await
+        .unwrap();
+    store
+        .put_embeddings("t1", "m2", &[row("echo", "other-model")])
+        .await
+        .unwrap();
+    let mut rows = store.list_embeddings("t1", "m1").await.unwrap();
+    rows.sort();
+    assert_eq!(rows, [row("add", "h1"), row("echo", "h2")]);
+    assert!(store.list_embeddings("t2", "m1").await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -118,6 +144,32 @@ async fn store_suite_on_sqlite() {
     let store = Store::connect(&url).await.expect("reopen");
     let tools: Vec<Doc> = store.list_manual_tools("t1").await.unwrap();
     assert_eq!(tools, [doc("y", 7)]);
+
+    // tool embeddings: upsert keyed by (tenant, model, server, tool)
+    let row = |tool: &str, hash: &str| {
+        (
+            "srv".to_owned(),
+            tool.to_owned(),
+            hash.to_owned(),
+            "AACAPw==".to_owned(),
+        )
+    };
+    store
+        .put_embeddings("t1", "m1", &[row("echo", "h1"), row("add", "h1")])
+        .await
+        .unwrap();
+    store
+        .put_embeddings("t1", "m1", &[row("echo", "h2")])
+        .await
+        .unwrap();
+    store
+        .put_embeddings("t1", "m2", &[row("echo", "other-model")])
+        .await
+        .unwrap();
+    let mut rows = store.list_embeddings("t1", "m1").await.unwrap();
+    rows.sort();
+    assert_eq!(rows, [row("add", "h1"), row("echo", "h2")]);
+    assert!(store.list_embeddings("t2", "m1").await.unwrap().is_empty());
 }
 
 #[tokio::test]

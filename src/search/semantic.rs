@@ -1,0 +1,649 @@
+//! Semantic search: sentence vectors of every tool, computed in the
+//! background by the configured embedder, stored in the database, and
+//! compared by cosine with the query's vector.
+//!
+//! A tool's vector is keyed by its identity (server, original name), the
+//! model, and a hash of the text embedded: a change of prefix mode changes
+//! no vector, and a tool is embedded again only when its text changes.
+//! Until the embedder is ready (model loading, files missing, endpoint
+//! down), search falls back to keyword results and says why.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::split_words;
+use crate::{
+    catalog::{Snapshot, ToolEntry},
+    outbound::OutboundPolicy,
+    store::Store,
+};
+
+/// Which embedder computes the vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Provider {
+    /// all-MiniLM-L6-v2 from a local folder (cargo feature `semantic`).
+    Local { dir: PathBuf },
+    /// An OpenAI-compatible `POST {url}/embeddings` (OpenAI, Ollama, TEI).
+    OpenAi {
+        url: String,
+        model: String,
+        api_key: Option<String>,
+    },
+    /// Keyword search only.
+    Off,
+}
+
+/// What the embedder is doing, for search answers and `/health/detailed`.
+#[derive(Debug, Clone)]
+enum State {
+    Off,
+    Loading,
+    Ready,
+    Unavailable(String),
+}
+
+/// Texts embedded per call: large enough to use the CPU well, small enough
+/// that a search waiting for the CPU is not held up for long.
+const BATCH: usize = 32;
+
+/// A computed vector and the hash of the text it was computed from.
+#[derive(Clone)]
+struct Stored {
+    hash: String,
+    vector: Arc<[f32]>,
+}
+
+/// The vectors of one snapshot's tools, row `i` for `snapshot.tools[i]`,
+/// for brute-force scoring.
+struct Matrix {
+    snapshot: Arc<Snapshot>,
+    version: u64,
+    dims: usize,
+    rows: Vec<f32>,
+    present: Vec<bool>,
+}
+
+enum Embedder {
+    #[cfg(feature = "semantic")]
+    Local(Arc<super::model::LocalModel>),
+    Remote(Remote),
+}
+
+struct Remote {
+    client: reqwest::Client,
+    policy: OutboundPolicy,
+    url: String,
+    model: String,
+    api_key: Option<String>,
+    max_bytes: usize,
+}
+
+impl Embedder {
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
+        match self {
+            #[cfg(feature = "semantic")]
+            Embedder::Local(model) => {
+                let model = model.clone();
+                tokio::task::spawn_blocking(move || model.embed(&texts))
+                    .await
+                    .map_err(|e| format!("embedding task failed: {e}"))?
+            }
+            Embedder::Remote(remote) => remote.embed(texts).await,
+        }
+    }
+}
+
+impl Remote {
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
+        let url = format!("{}/embeddings", self.url.trim_end_matches('/'));
+        // Literal addresses are judged here; names by the client's resolver.
+        self.policy
+            .check_url(&url)
+            .map_err(|e| format!("embedding endpoint refused: {e}"))?;
+        let n = texts.len();
+        let mut request = self
+            .client
+            .post(&url)
+            .timeout(Duration::from_secs(30))
+            .json(&json!({"model": self.model, "input": texts}));
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let resp = request.send().await.map_err(|e| {
+            format!(
+                "embedding endpoint {}: {}",
+                crate::outbound::redact_url(&url),
+                crate::util::error_chain(&e)
+            )
+        })?;
+        let status = resp.status();
+        let body = crate::outbound::read_limited(resp, self.max_bytes)
+            .await
+            .map_err(|e| format!("embedding endpoint: {e}"))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            return Err(format!(
+                "embedding endpoint answered HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ));
+        }
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("embedding endpoint: not JSON: {e}"))?;
+        let mut rows: Vec<(usize, Vec<f32>)> = value["data"]
+            .as_array()
+            .ok_or("embedding endpoint: no data array")?
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let index = item["index"].as_u64().map(|x| x as usize).unwrap_or(i);
+                let vector: Option<Vec<f32>> = item["embedding"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_f64())
+                        .map(|x| x as f32)
+                        .collect()
+                });
+                vector
+                    .map(|v| (index, v))
+                    .ok_or_else(|| "embedding endpoint: an item has no embedding".to_owned())
+            })
+            .collect::<Result<_, _>>()?;
+        rows.sort_by_key(|(i, _)| *i);
+        if rows.len() != n {
+            return Err(format!(
+                "embedding endpoint returned {} vectors for {n} texts",
+                rows.len()
+            ));
+        }
+        // Not every server normalizes; cosine below assumes unit length.
+        Ok(rows.into_iter().map(|(_, v)| normalized(v)).collect())
+    }
+}
+
+fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+/// The identity a vector is stored under: (server, original name); a
+/// hand-registered tool has no server and is keyed by its name.
+fn identity(entry: &ToolEntry) -> (String, String) {
+    (
+        entry.server().unwrap_or_default().to_owned(),
+        entry.original_name().to_owned(),
+    )
+}
+
+/// The text a tool is embedded from: its name in words, then what it does,
+/// its arguments, then its category and tags. The server name is left out: it says where a
+/// tool lives, not what it is for, and would pull every tool of a server
+/// towards queries that mention the server.
+pub fn embedding_text(entry: &ToolEntry) -> String {
+    let name = split_words(entry.original_name());
+    let description = entry.definition.description.as_deref().unwrap_or_default();
+    let mut text = match entry.definition.title.as_deref() {
+        Some(title) if !title.is_empty() => format!("{name} ({title}): {description}"),
+        _ => format!("{name}: {description}"),
+    };
+    let params = super::param_text(entry);
+    if !params.is_empty() {
+        text.push_str(&format!(" Arguments: {params}."));
+    }
+    if let Some(category) = &entry.overlay.category {
+        text.push_str(&format!(" Category: {category}."));
+    }
+    if let Some(tags) = entry.overlay.tags.as_ref().filter(|t| !t.is_empty()) {
+        text.push_str(&format!(" Tags: {}.", tags.join(", ")));
+    }
+    text
+}
+
+fn text_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn encode(vector: &[f32]) -> String {
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn decode(text: &str) -> Option<Vec<f32>> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+/// The semantic half of search.
+pub struct Semantic {
+    provider: Provider,
+    model_id: String,
+    tenant: String,
+    state: ArcSwap<State>,
+    embedder: RwLock<Option<Arc<Embedder>>>,
+    vectors: RwLock<HashMap<(String, String), Stored>>,
+    /// Bumped whenever `vectors` changes.
+    version: AtomicU64,
+    matrix: Mutex<Option<Arc<Matrix>>>,
+    queries: moka::sync::Cache<String, Arc<[f32]>>,
+    wake: tokio::sync::Notify,
+    /// Tools whose text has no vector yet (as of the last pass).
+    pending: AtomicU64,
+    /// Milliseconds the last pass spent embedding, and how many tools.
+    last_pass: Mutex<Option<(u64, usize)>>,
+}
+
+impl Semantic {
+    pub fn new(provider: Provider, tenant: &str) -> Self {
+        let model_id = match &provider {
+            Provider::Local { .. } => super::fetch::MODEL_ID.to_owned(),
+            Provider::OpenAi { model, .. } => format!("openai:{model}"),
+            Provider::Off => String::new(),
+        };
+        let state = match &provider {
+            Provider::Off => State::Off,
+            #[cfg(not(feature = "semantic"))]
+            Provider::Local { .. } => State::Unavailable(
+                "this build has no local embedding model (cargo feature `semantic`); \
+                 set META_MCP_EMBEDDING_PROVIDER=openai or rebuild with the feature"
+                    .into(),
+            ),
+            _ => State::Loading,
+        };
+        Self {
+            provider,
+            model_id,
+            tenant: tenant.to_owned(),
+            state: ArcSwap::from_pointee(state),
+            embedder: RwLock::new(None),
+            vectors: RwLock::new(HashMap::new()),
+            version: AtomicU64::new(0),
+            matrix: Mutex::new(None),
+            queries: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            wake: tokio::sync::Notify::new(),
+            pending: AtomicU64::new(0),
+            last_pass: Mutex::new(None),
+        }
+    }
+
+    /// Asks the background worker to look at the catalog again.
+    pub fn catalog_changed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The embedder's state, for `/health/detailed`.
+    pub fn status(&self) -> Value {
+        let (state, error) = match &**self.state.load() {
+            State::Off => ("off", None),
+            State::Loading => ("loading", None),
+            State::Ready => ("ready", None),
+            State::Unavailable(why) => ("unavailable", Some(why.clone())),
+        };
+        let provider = match &self.provider {
+            Provider::Local { .. } => "local",
+            Provider::OpenAi { .. } => "openai",
+            Provider::Off => "off",
+        };
+        let mut status = json!({
+            "provider": provider,
+            "model": self.model_id,
+            "state": state,
+            "embedded_tools": self.vectors.read().len(),
+            "pending_tools": self.pending.load(Ordering::Relaxed),
+        });
+        if let Provider::Local { dir } = &self.provider {
+            status["model_dir"] = json!(dir.display().to_string());
+        }
+        if let Some(error) = error {
+            status["error"] = json!(error);
+        }
+        if let Some((ms, n)) = *self.last_pass.lock() {
+            status["last_pass"] = json!({"embedded": n, "ms": ms});
+        }
+        status
+    }
+
+    /// Why semantic search cannot answer now, if it cannot.
+    pub fn unavailable(&self) -> Option<String> {
+        match &**self.state.load() {
+            State::Ready => None,
+            State::Off => Some(
+                "semantic search is off (META_MCP_EMBEDDING_PROVIDER=off): answered with keyword results".into(),
+            ),
+            State::Loading => Some(
+                "the embedding model is still loading: answered with keyword results".into(),
+            ),
+            State::Unavailable(why) => Some(format!(
+                "semantic search is unavailable ({why}): answered with keyword results"
+            )),
+        }
+    }
+
+    /// Changes whenever semantic answers may change (state or vectors), for
+    /// the keys of cached answers.
+    pub fn generation(&self) -> String {
+        let state = match &**self.state.load() {
+            State::Off => "off",
+            State::Loading => "loading",
+            State::Ready => "ready",
+            State::Unavailable(_) => "unavailable",
+        };
+        format!("{state}{}", self.version.load(Ordering::Acquire))
+    }
+
+    /// How many tools still wait for their vector.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The query's vector (cached).
+    pub async fn query_vector(&self, query: &str) -> Result<Arc<[f32]>, String> {
+        if let Some(v) = self.queries.get(query) {
+            return Ok(v);
+        }
+        let embedder = self
+            .embedder
+            .read()
+            .clone()
+            .ok_or_else(|| "no embedder".to_owned())?;
+        let mut vectors = embedder.embed(vec![query.to_owned()]).await?;
+        let v: Arc<[f32]> = vectors.pop().ok_or("no vector for the query")?.into();
+        self.queries.insert(query.to_owned(), v.clone());
+        Ok(v)
+    }
+
+    fn matrix_for(&self, snapshot: &Arc<Snapshot>) -> Arc<Matrix> {
+        let version = self.version.load(Ordering::Acquire);
+        let mut slot = self.matrix.lock();
+        if let Some(m) = slot.as_ref()
+            && Arc::ptr_eq(&m.snapshot, snapshot)
+            && m.version == version
+        {
+            return m.clone();
+        }
+        let vectors = self.vectors.read();
+        let dims = vectors.values().next().map(|s| s.vector.len()).unwrap_or(0);
+        let mut rows = vec![0f32; dims * snapshot.tools.len()];
+        let mut present = vec![false; snapshot.tools.len()];
+        for (i, entry) in snapshot.tools.iter().enumerate() {
+            let Some(stored) = vectors.get(&identity(entry)) else {
+                continue;
+            };
+            // A vector of an older text does not describe the tool now.
+            if stored.vector.len() != dims || stored.hash != text_hash(&embedding_text(entry)) {
+                continue;
+            }
+            rows[i * dims..(i + 1) * dims].copy_from_slice(&stored.vector);
+            present[i] = true;
+        }
+        let m = Arc::new(Matrix {
+            snapshot: snapshot.clone(),
+            version,
+            dims,
+            rows,
+            present,
+        });
+        *slot = Some(m.clone());
+        m
+    }
+
+    /// Cosine similarity of `query` with every tool of `snapshot` that has a
+    /// current vector, as (index into `snapshot.tools`, similarity).
+    pub fn scores(&self, snapshot: &Arc<Snapshot>, query: &[f32]) -> Vec<(usize, f32)> {
+        let m = self.matrix_for(snapshot);
+        if m.dims == 0 || m.dims != query.len() {
+            return Vec::new();
+        }
+        m.rows
+            .chunks_exact(m.dims)
+            .enumerate()
+            .filter(|(i, _)| m.present[*i])
+            .map(|(i, row)| (i, row.iter().zip(query).map(|(a, b)| a * b).sum()))
+            .collect()
+    }
+
+    /// The background worker: brings up the embedder, then keeps the tool
+    /// vectors in step with the catalog until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        catalog: Arc<crate::catalog::Catalog>,
+        store: Store,
+        http: reqwest::Client,
+        policy: OutboundPolicy,
+        max_bytes: usize,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let embedder = match &self.provider {
+            Provider::Off => return,
+            #[cfg(feature = "semantic")]
+            Provider::Local { dir } => {
+                let dir = dir.clone();
+                let started = Instant::now();
+                match tokio::task::spawn_blocking(move || super::model::LocalModel::load(&dir))
+                    .await
+                {
+                    Ok(Ok(model)) => {
+                        tracing::info!(
+                            ms = started.elapsed().as_millis() as u64,
+                            "embedding model loaded"
+                        );
+                        Embedder::Local(Arc::new(model))
+                    }
+                    Ok(Err(why)) => {
+                        tracing::warn!(error = %why, "embedding model unavailable: keyword search only");
+                        self.state.store(Arc::new(State::Unavailable(why)));
+                        return;
+                    }
+                    Err(e) => {
+                        self.state.store(Arc::new(State::Unavailable(format!(
+                            "loading the model failed: {e}"
+                        ))));
+                        return;
+                    }
+                }
+            }
+            #[cfg(not(feature = "semantic"))]
+            Provider::Local { .. } => return,
+            Provider::OpenAi {
+                url,
+                model,
+                api_key,
+            } => {
+                // A literal address the policy refuses is known now; names
+                // are checked by the client's resolver on each request.
+                if let Err(e) =
+                    policy.check_url(&format!("{}/embeddings", url.trim_end_matches('/')))
+                {
+                    let why = format!("embedding endpoint refused: {e}");
+                    tracing::warn!(error = %why, "semantic search unavailable: keyword search only");
+                    self.state.store(Arc::new(State::Unavailable(why)));
+                    return;
+                }
+                Embedder::Remote(Remote {
+                    client: http,
+                    policy,
+                    url: url.clone(),
+                    model: model.clone(),
+                    api_key: api_key.clone(),
+                    max_bytes,
+                })
+            }
+        };
+        let embedder = Arc::new(embedder);
+        // Vectors computed by earlier runs: only changed texts are embedded.
+        match store.list_embeddings(&self.tenant, &self.model_id).await {
+            Ok(rows) => {
+                let mut vectors = self.vectors.write();
+                for (server, tool, hash, vector) in rows {
+                    if let Some(v) = decode(&vector) {
+                        vectors.insert(
+                            (server, tool),
+                            Stored {
+                                hash,
+                                vector: v.into(),
+                            },
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "stored tool embeddings not read"),
+        }
+        *self.embedder.write() = Some(embedder.clone());
+        self.version.fetch_add(1, Ordering::AcqRel);
+        let mut ready_announced = false;
+        loop {
+            // Register for the next wake-up before looking, so a change
+            // during the pass is not missed.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let pass = self.pass(&catalog, &store, &embedder, &stop).await;
+            match pass {
+                Ok(()) => {
+                    if !ready_announced {
+                        self.state.store(Arc::new(State::Ready));
+                        ready_announced = true;
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(error = %why, "tool embeddings not computed");
+                    // A remote endpoint may come back: keep whatever
+                    // vectors exist, and try again on the next change or
+                    // in a minute.
+                    if !ready_announced || self.vectors.read().is_empty() {
+                        self.state.store(Arc::new(State::Unavailable(why)));
+                    }
+                    tokio::select! {
+                        _ = &mut woken => {}
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Embeds every tool whose text has no current vector.
+    async fn pass(
+        &self,
+        catalog: &crate::catalog::Catalog,
+        store: &Store,
+        embedder: &Embedder,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), String> {
+        let snapshot = catalog.snapshot();
+        let mut todo: Vec<((String, String), String, String)> = {
+            let vectors = self.vectors.read();
+            let mut seen = std::collections::HashSet::new();
+            snapshot
+                .tools
+                .iter()
+                .filter_map(|entry| {
+                    let key = identity(entry);
+                    let text = embedding_text(entry);
+                    let hash = text_hash(&text);
+                    let current = vectors.get(&key).is_some_and(|s| s.hash == hash);
+                    (!current && seen.insert(key.clone())).then_some((key, text, hash))
+                })
+                .collect()
+        };
+        self.pending.store(todo.len() as u64, Ordering::Relaxed);
+        if todo.is_empty() {
+            return Ok(());
+        }
+        // Similar lengths in a batch: less padding, less work.
+        todo.sort_by_key(|(_, text, _)| text.len());
+        let started = Instant::now();
+        let total = todo.len();
+        for batch in todo.chunks(BATCH) {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            let texts: Vec<String> = batch.iter().map(|(_, t, _)| t.clone()).collect();
+            let vectors = embedder.embed(texts).await?;
+            let rows: Vec<(String, String, String, String)> = batch
+                .iter()
+                .zip(&vectors)
+                .map(|((key, _, hash), v)| (key.0.clone(), key.1.clone(), hash.clone(), encode(v)))
+                .collect();
+            {
+                let mut stored = self.vectors.write();
+                for ((key, _, hash), v) in batch.iter().zip(vectors) {
+                    stored.insert(
+                        key.clone(),
+                        Stored {
+                            hash: hash.clone(),
+                            vector: v.into(),
+                        },
+                    );
+                }
+            }
+            self.version.fetch_add(1, Ordering::AcqRel);
+            self.pending
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            if let Err(e) = store
+                .put_embeddings(&self.tenant, &self.model_id, &rows)
+                .await
+            {
+                // Kept in memory all the same; the next start embeds again.
+                tracing::warn!(error = %e, "tool embeddings not stored");
+            }
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        *self.last_pass.lock() = Some((ms, total));
+        tracing::info!(tools = total, ms, "tool embeddings computed");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_survive_the_round_trip_through_text() {
+        let v = vec![0.25f32, -1.5, 3.0e-7, 0.0];
+        assert_eq!(decode(&encode(&v)).unwrap(), v);
+        assert!(decode("not base64!").is_none());
+        assert!(decode("AAA=").is_none(), "two bytes are not a float");
+    }
+
+    #[test]
+    fn normalizes_to_unit_length() {
+        let v = normalized(vec![3.0, 4.0]);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        assert_eq!(normalized(vec![0.0, 0.0]), vec![0.0, 0.0]);
+    }
+}
