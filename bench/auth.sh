@@ -9,7 +9,11 @@
 #   jwt  an access token (JWT) verified on every call;
 #   key  an API key verified on every call.
 #
-#   bash bench/auth.sh [--rounds 5] [--duration 10s] [--out FILE]
+#   bash bench/auth.sh [--rounds 5] [--duration 10s] [--out FILE] [--bin-dir DIR]
+#
+# --bin-dir measures the metamcp and metamcp-fixture binaries in DIR instead
+# of building them (identity does not depend on the `semantic` feature, so a
+# `cargo build --release --bins --no-default-features` build will do).
 #
 # Reports per mode the median throughput ratio through/direct and how much
 # lower it is than with auth off (target: no more than 10% lower).
@@ -17,6 +21,7 @@
 set -euo pipefail
 
 ROUNDS=5
+BIN=
 DURATION=10s
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$ROOT/bench/results/auth-latest.md
@@ -25,6 +30,7 @@ while (($#)); do
         --rounds) ROUNDS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
+        --bin-dir) BIN=$(cd "$2" && pwd); shift 2 ;;
         -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "auth.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -36,9 +42,11 @@ while read -r var; do unset "$var"; done < <(compgen -e | grep '^META_MCP_' || t
 command -v wrk >/dev/null || die "wrk is required (apt-get install wrk)"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/metamcp/target}
-BIN=$CARGO_TARGET_DIR/release
-log "building this checkout (release)"
-cargo build --release --bins --quiet
+if [[ -z ${BIN:-} ]]; then
+    BIN=$CARGO_TARGET_DIR/release
+    log "building this checkout (release)"
+    cargo build --release --bins --quiet
+fi
 
 TMP=$(mktemp -d -t metamcp-auth.XXXXXX)
 PIDS=()
