@@ -104,83 +104,44 @@ fn main() -> std::process::ExitCode {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
                 )
                 .try_init();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("metamcp: cannot start the runtime: {e}");
-                    return std::process::ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(metamcp::mcp::bridge::run(&url, token.as_deref())) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("metamcp: {e:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            let runtime =
+                match runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2)) {
+                    Ok(r) => r,
+                    Err(code) => return code,
+                };
+            outcome(runtime.block_on(metamcp::mcp::bridge::run(&url, token.as_deref())))
         }
         Command::Tools { conn, command } => cli::run_tools(conn, command),
         Command::Profiles { conn, command } => cli::run_profiles(conn, command),
         Command::User { config, command } => {
-            let settings = match Settings::load(config.as_deref()) {
+            let settings = match settings(config.as_deref()) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("metamcp: {e}");
-                    return std::process::ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("metamcp: cannot start the runtime: {e}");
-                    return std::process::ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
-            match runtime.block_on(metamcp::user_cli::run(&settings, command)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("metamcp: {e:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            outcome(runtime.block_on(metamcp::user_cli::run(&settings, command)))
         }
         Command::Models {
             command: ModelsCommand::Fetch { dir, config },
         } => fetch_model(dir, config),
         Command::Serve { config } => {
-            let settings = match Settings::load(config.as_deref()) {
+            let settings = match settings(config.as_deref()) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("metamcp: {e}");
-                    return std::process::ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             metamcp::telemetry::init(&settings);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("metamcp: cannot start the runtime: {e}");
-                    return std::process::ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
-            match runtime.block_on(serve(settings)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("metamcp: {e:#}");
-                    std::process::ExitCode::FAILURE
-                }
+            let result = runtime.block_on(serve(settings));
+            if let Err(e) = &result {
+                tracing::error!("{e:#}");
             }
+            outcome(result)
         }
     }
 }
@@ -190,23 +151,14 @@ fn fetch_model(dir: Option<PathBuf>, config: Option<PathBuf>) -> std::process::E
     use metamcp::search::fetch;
     let dir = match dir {
         Some(d) => d,
-        None => match Settings::load(config.as_deref()) {
+        None => match settings(config.as_deref()) {
             Ok(s) => s.model_dir(),
-            Err(e) => {
-                eprintln!("metamcp: {e}");
-                return std::process::ExitCode::from(2);
-            }
+            Err(code) => return code,
         },
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("metamcp: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let mut last = (String::new(), u64::MAX);
     let mut progress = |p: fetch::Progress<'_>| {
@@ -251,6 +203,35 @@ fn fetch_model(dir: Option<PathBuf>, config: Option<PathBuf>) -> std::process::E
         }
         Err(e) => {
             eprintln!("metamcp: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The settings, or exit status 2 after naming the bad one.
+fn settings(config: Option<&std::path::Path>) -> Result<Settings, std::process::ExitCode> {
+    Settings::load(config).map_err(|e| {
+        eprintln!("metamcp: {e}");
+        std::process::ExitCode::from(2)
+    })
+}
+
+/// A runtime from `builder` (with I/O and timers), or a failure status.
+fn runtime(
+    builder: &mut tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("metamcp: cannot start the runtime: {e}");
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// The exit status of a command's result, printing the error chain.
+fn outcome(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("metamcp: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
