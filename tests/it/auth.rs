@@ -178,15 +178,12 @@ async fn attack_matrix_is_refused_and_changes_nothing() {
                 "{what}: {body}"
             );
         }
-        let r = reqwest::Client::new()
-            .post(gw.mcp_url())
-            .bearer_auth(token.clone().unwrap_or_default())
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#)
-            .send()
-            .await
-            .unwrap();
+        let r = common::mcp_post(
+            &gw.mcp_url(),
+            Some(token.as_deref().unwrap_or_default()),
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#,
+        )
+        .await;
         assert_eq!(r.status().as_u16(), 401, "{what} on /mcp");
         let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
         assert!(
@@ -1056,15 +1053,7 @@ async fn a_legacy_session_belongs_to_the_principal_that_opened_it() {
     let gw = Gateway::start(Options::default()).await;
     let (_, other) = user_token(&gw, "carol", &["user"]).await;
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
-    let r = gw
-        .client()
-        .post(gw.mcp_url())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(init)
-        .send()
-        .await
-        .unwrap();
+    let r = common::mcp_post(&gw.mcp_url(), Some(&gw.token), init).await;
     assert_eq!(r.status().as_u16(), 200);
     let session = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{}}"#;

@@ -503,14 +503,12 @@ async fn outside_tokens_work_on_the_mcp_endpoint_for_this_resource_only() {
     let none = idp
         .token_with(&resource, "servers:read", user_claims.clone(), json!({}))
         .await;
-    let r = crate::common::client_with(&none)
-        .post(gw.mcp_url())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#)
-        .send()
-        .await
-        .unwrap();
+    let r = crate::common::mcp_post(
+        &gw.mcp_url(),
+        Some(&none),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#,
+    )
+    .await;
     assert_eq!(r.status().as_u16(), 403);
     let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
     assert!(challenge.contains("insufficient_scope"), "{challenge}");
@@ -532,14 +530,7 @@ async fn outside_tokens_work_on_the_mcp_endpoint_for_this_resource_only() {
         )
         .await,
     ] {
-        let r = crate::common::client_with(&token)
-            .post(gw.mcp_url())
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#)
-            .send()
-            .await
-            .unwrap();
+        let r = crate::common::mcp_post(&gw.mcp_url(), Some(&token), r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#).await;
         assert_eq!(r.status().as_u16(), 401);
         let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
         assert!(

@@ -535,6 +535,23 @@ pub async fn mcp_request(url: &str, method: &str, params: Value) -> Value {
     mcp_request_with(url, token_for(url).as_deref(), method, params).await
 }
 
+/// POSTs a raw JSON-RPC body to an MCP endpoint with `token` (or none) as
+/// the bearer, for tests that look at the HTTP answer itself.
+pub async fn mcp_post(url: &str, token: Option<&str>, body: &str) -> reqwest::Response {
+    let client = match token {
+        Some(t) => client_with(t),
+        None => reqwest::Client::new(),
+    };
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("MCP request")
+}
+
 /// [`mcp_request`] with `token` (or none) as the bearer.
 pub async fn mcp_request_with(
     url: &str,
