@@ -95,19 +95,6 @@ impl Principal {
         }
     }
 
-    /// A principal with every permission in the default tenant (for code
-    /// that acts as the gateway itself, and unit tests).
-    pub fn system() -> Self {
-        Self {
-            user_id: Arc::from("system"),
-            username: Arc::from("system"),
-            roles: Arc::from(vec!["platform_admin".to_owned()]),
-            permissions: Permissions::all(),
-            clearance: i64::MAX,
-            ..Self::nobody()
-        }
-    }
-
     pub fn has(&self, permission: Permission) -> bool {
         self.permissions.has(permission)
     }

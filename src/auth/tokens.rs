@@ -177,19 +177,6 @@ impl TokenIssuer {
     }
 }
 
-/// The unverified `iss` claim of a JWT, to pick who must verify it.
-pub fn peek_issuer(token: &str) -> Option<String> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return None;
-    }
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("iss")?.as_str().map(str::to_owned)
-}
-
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -285,7 +272,6 @@ mod tests {
         parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(serde_json::to_vec(&payload).unwrap());
         assert_eq!(t.verify(&parts.join(".")), Err(TokenError::Invalid));
-        assert_eq!(peek_issuer(&token).as_deref(), Some(ISSUER));
     }
 
     #[test]

@@ -311,15 +311,6 @@ impl Store {
             .collect()
     }
 
-    /// Every grant of every tenant (the policy keeps them in memory).
-    pub async fn all_grants(&self) -> Result<Vec<GrantRow>, StoreError> {
-        let mut all = Vec::new();
-        for (tenant, _, _) in self.list_tenants().await? {
-            all.extend(self.list_grants(&tenant).await?);
-        }
-        Ok(all)
-    }
-
     pub async fn insert_grant(&self, g: &GrantRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO grants (id, tenant_id, subject_kind, subject, effect, resource_kind, pattern, created_at) \
