@@ -788,3 +788,63 @@ async fn server_everything_logs_and_resource_updates_reach_a_python_client() {
     assert_eq!(code, 0, "{out}\n{}", gw.log_text());
     assert_eq!(out["updated"][0], uri, "{out}");
 }
+
+/// `metamcp stdio` passes a legacy desktop client's level and subscriptions
+/// on to the gateway, and brings back its log messages and updates.
+#[tokio::test]
+async fn metamcp_stdio_relays_log_levels_and_subscriptions() {
+    let test = "metamcp_stdio_relays_log_levels_and_subscriptions";
+    let Some(python) = common::external("METAMCP_TEST_PYTHON", test) else {
+        return;
+    };
+    let gw = gateway_with_one_era("relay-bridge", false).await;
+    let command = json!([
+        env!("CARGO_BIN_EXE_metamcp"),
+        "stdio",
+        "--url",
+        gw.base,
+        "--token",
+        gw.token
+    ])
+    .to_string();
+    let args = log_args(&[("info", "i"), ("error", "e"), ("emergency", "end")]).to_string();
+    let (code, out) = common::python_client(
+        &python,
+        &[
+            "--stdio", &command, "--mode", "legacy", "logs", "fx__log", &args, "--level", "error",
+            "--until", "end",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let data: Vec<&Value> = out["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["data"])
+        .collect();
+    assert_eq!(data, [&json!("e"), &json!("end")], "{out}");
+
+    let uri = "fixture://items/bridged";
+    let trigger = json!({"uri": uri}).to_string();
+    let (code, out) = common::python_client(
+        &python,
+        &[
+            "--stdio",
+            &command,
+            "--mode",
+            "legacy",
+            "watch",
+            uri,
+            "--trigger",
+            "fx__touch",
+            "--trigger-args",
+            &trigger,
+            "--unsubscribe",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["updated"], json!([uri]), "{out}");
+    let admin = Session::open(&gw, &gw.token, "admin").await;
+    wait_upstream_subscriptions(&admin, "fx", &[]).await;
+    admin.close().await;
+}
