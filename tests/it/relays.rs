@@ -563,6 +563,52 @@ async fn subscriptions_at_a_legacy_upstream_are_shared_routed_and_released() {
     subscriptions_are_shared_routed_and_released(true).await;
 }
 
+/// A new connection to the upstream is subscribed again to what clients
+/// still watch.
+async fn subscriptions_survive_an_upstream_reconnect(legacy_upstream: bool) {
+    let gw = gateway_with_one_era("relay-reconnect", legacy_upstream).await;
+    const README: &str = "fixture://readme";
+    let mut a = Session::open(&gw, &gw.token, "a").await;
+    a.subscribe(README).await.expect("a subscribes");
+    wait_upstream_subscriptions(&a, "fx", &[README]).await;
+
+    // The upstream process dies (the call that kills it gets no answer)
+    // and the gateway starts a new one.
+    let (code, body) = gw.execute("fx__exit", json!({"code": 3})).await;
+    assert_eq!(code, 502, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, server) = gw.get("/api/v1/servers/fx").await;
+        if server["status"]["status"] == "ready"
+            && server["status"]["attempts"].as_u64().unwrap_or(0) >= 2
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fx did not come back: {server}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_upstream_subscriptions(&a, "fx", &[README]).await;
+    a.call("fx__touch", json!({"uri": README})).await;
+    assert_eq!(
+        a.until_updated(README).await,
+        [Note::Updated(README.into())]
+    );
+    a.close().await;
+}
+
+#[tokio::test]
+async fn subscriptions_at_a_modern_upstream_survive_its_reconnect() {
+    subscriptions_survive_an_upstream_reconnect(false).await;
+}
+
+#[tokio::test]
+async fn subscriptions_at_a_legacy_upstream_survive_its_reconnect() {
+    subscriptions_survive_an_upstream_reconnect(true).await;
+}
+
 #[tokio::test]
 async fn a_hidden_resource_answers_subscribe_like_a_missing_one() {
     let (gw, _m) = common::gateway_with_fixture("relay-hidden").await;
