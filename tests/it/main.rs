@@ -22,3 +22,4 @@ mod resilience;
 mod search;
 mod secrets;
 mod store;
+mod tenants;
