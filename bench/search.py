@@ -36,9 +36,13 @@ import time
 from pathlib import Path
 
 import http.client
+import os
 import urllib.parse
 
 KINDS = ["keyword", "semantic", "hybrid"]
+
+# Credentials sent with every request (set by authenticate()).
+AUTH: dict[str, str] = {}
 
 
 class Response:
@@ -60,7 +64,7 @@ class Client:
     def request(self, method: str, path: str, body=None, params=None) -> Response:
         if params:
             path += "?" + urllib.parse.urlencode(params)
-        headers = {}
+        headers = dict(AUTH)
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -74,6 +78,20 @@ class Client:
 
     def post(self, path: str, json=None) -> Response:  # noqa: A002 - httpx-like
         return self.request("POST", path, body=json)
+
+
+def authenticate(base_url: str, username: str, password: str) -> None:
+    """Logs in and creates an API key for the run: access tokens expire
+    during a long quality run, keys do not."""
+    c = Client(base_url)
+    r = c.post("/api/v1/auth/login", json={"username": username, "password": password})
+    if r.status_code != 200:
+        sys.exit(f"login failed: HTTP {r.status_code} {r.text[:300]}")
+    AUTH["Authorization"] = f"Bearer {r.json()['access_token']}"
+    r = c.post("/api/v1/auth/keys", json={"name": f"bench-search-{os.getpid()}", "expires_in_days": 1})
+    if r.status_code != 201:
+        sys.exit(f"API key not created: HTTP {r.status_code} {r.text[:300]}")
+    AUTH["Authorization"] = f"Bearer {r.json()['key']}"
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -303,7 +321,13 @@ def main() -> None:
     p.add_argument("--tools", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=500, help="requests per search type at concurrency 1")
     p.add_argument("--pid", type=int, default=0, help="the gateway's pid, to report its RSS")
+    p.add_argument("--username", default="admin")
+    p.add_argument("--password-env", default="META_MCP_ADMIN_PASSWORD", help="the environment variable holding the password")
     main_args = p.parse_args()
+    password = os.environ.get(main_args.password_env)
+    if not password:
+        sys.exit(f"set {main_args.password_env} to the password of {main_args.username}")
+    authenticate(main_args.url, main_args.username, password)
     if main_args.mode == "quality":
         quality(main_args)
     else:

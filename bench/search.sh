@@ -18,6 +18,9 @@ DATA=${TOOLSEARCH_DATA:-$(cd .. && pwd)/shared/toolsearch}
 cargo build --release --bin metamcp >&2
 BIN=${CARGO_TARGET_DIR:-target}/release/metamcp
 
+# The gateway's first admin, for bench/search.py to log in with.
+export META_MCP_ADMIN_PASSWORD=${META_MCP_ADMIN_PASSWORD:-bench-$(python3 -c 'import secrets; print(secrets.token_hex(12))')}
+
 PID=""
 TMP=""
 stop() {
@@ -30,6 +33,7 @@ start() { # extra env assignments...
   TMP=$(mktemp -d)
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   env -i PATH="$PATH" HOME="$HOME" META_MCP_PORT="$PORT" META_MCP_DATA_DIR="$TMP" \
+    META_MCP_ADMIN_PASSWORD="$META_MCP_ADMIN_PASSWORD" \
     META_MCP_MODEL_DIR="$MODEL_DIR" META_MCP_LOGGING_LEVEL=warning "$@" \
     "$BIN" serve >"$TMP/log" 2>&1 &
   PID=$!

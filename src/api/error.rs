@@ -205,7 +205,11 @@ impl From<CallError> for Problem {
             )
             .with("server", server)
             .with("code", error.code.0),
-            CallError::Upstream(UpstreamError::Protocol { server, .. }) => Problem::new(
+            // Unsupported comes of subscriptions, which REST does not offer:
+            // it is here for completeness.
+            CallError::Upstream(
+                UpstreamError::Protocol { server, .. } | UpstreamError::Unsupported { server, .. },
+            ) => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream-error",
                 "Upstream error",

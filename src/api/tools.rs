@@ -522,7 +522,7 @@ async fn execute(
             name: name.clone(),
             profile: None,
             arguments: Some(body.arguments.unwrap_or_default()),
-            progress: None,
+            caller: None,
         })
         .await?;
     let mut result = serde_json::to_value(&called.result).unwrap_or_default();

@@ -5,7 +5,8 @@
 //! `/mcp`) and offers tools whose behaviour the tests can steer: echoing,
 //! adding, sleeping (cancellably), failing at tool or protocol level, sending
 //! progress, exiting abruptly, reading an environment variable and counting
-//! calls; plus one prompt, one resource and one resource template.
+//! calls, logging at chosen levels, and telling subscribers of resource
+//! updates; plus one prompt, one resource and one resource template.
 //!
 //! With `--conformance` it serves instead what the official conformance
 //! suite calls by name (see `fixture/conformance.rs`).
@@ -14,7 +15,12 @@
 //! that the schemas are exactly what the tests expect and a call costs
 //! little more than a JSON decode.
 
+// Logging and resources/subscribe are deprecated by SEP-2577 but are what
+// the gateway's relay tests exercise.
+#![allow(deprecated)]
+
 use std::{
+    collections::{BTreeSet, HashMap},
     io::Write as _,
     sync::{
         Arc,
@@ -33,12 +39,14 @@ use rmcp::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
         DiscoverRequestMethod, DiscoverResult, GetPromptRequestParams, GetPromptResponse,
         GetPromptResult, Implementation, JsonObject, ListPromptsResult,
-        ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-        ProgressNotificationParam, Prompt, PromptArgument, PromptMessage, ProtocolVersion,
-        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-        ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig, Tool,
+        ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+        LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam, Prompt,
+        PromptArgument, PromptMessage, ProtocolVersion, ReadResourceRequestParams,
+        ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+        ResourceUpdatedNotificationParam, Role, ServerCapabilities, ServerConfig,
+        SetLevelRequestParams, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
     },
-    service::RequestContext,
+    service::{Peer, RequestContext},
     transport::{
         StreamableHttpServerConfig, StreamableHttpService,
         streamable_http_server::session::local::LocalSessionManager,
@@ -88,10 +96,37 @@ static MUTATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// Wakes `subscriptions/listen` streams when `mutate` changed the tools.
 static TOOLS_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// Who is subscribed to which resource, process-wide: legacy subscribers by
+/// peer, and the URIs of each open `subscriptions/listen` (2026-07-28).
+#[derive(Default)]
+struct Subscribers {
+    legacy: Vec<(String, Peer<RoleServer>)>,
+    listens: HashMap<u64, Vec<String>>,
+    next_listen: u64,
+}
+
+static SUBSCRIBERS: std::sync::Mutex<Option<Subscribers>> = std::sync::Mutex::new(None);
+
+fn subscribers<T>(f: impl FnOnce(&mut Subscribers) -> T) -> T {
+    let mut guard = SUBSCRIBERS.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(Default::default))
+}
+
+/// URIs `touch` changed, for the open `subscriptions/listen` streams.
+static TOUCHED: std::sync::OnceLock<tokio::sync::broadcast::Sender<String>> =
+    std::sync::OnceLock::new();
+
+fn touched() -> &'static tokio::sync::broadcast::Sender<String> {
+    TOUCHED.get_or_init(|| tokio::sync::broadcast::channel(64).0)
+}
+
 #[derive(Clone)]
 struct Fixture {
     name: Arc<str>,
     legacy: bool,
+    /// The level a legacy peer set with `logging/setLevel` (per stdio
+    /// process, per HTTP session).
+    level: Arc<std::sync::Mutex<Option<LoggingLevel>>>,
 }
 
 impl Fixture {
@@ -99,7 +134,29 @@ impl Fixture {
         Self {
             name: name.into(),
             legacy,
+            level: Arc::default(),
         }
+    }
+
+    /// Whether a message at `level` may be sent for this request: a
+    /// 2026-07-28 request names its level (none: no messages); a legacy
+    /// peer gets everything until it sets one.
+    fn may_log(&self, level: LoggingLevel, context: &RequestContext<RoleServer>) -> bool {
+        let modern = context
+            .protocol_version()
+            .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        let threshold = if modern {
+            match context.meta.log_level() {
+                Some(l) => l,
+                None => return false,
+            }
+        } else {
+            match *self.level.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(l) => l,
+                None => return true,
+            }
+        };
+        level as u8 >= threshold as u8
     }
 
     fn tools(&self) -> Vec<Tool> {
@@ -152,6 +209,19 @@ fn tool_definitions(mutated: bool) -> Vec<Tool> {
              "key": {"type": "string"}, "failures": {"type": "integer", "minimum": 0, "default": 2}}}},
         {"name": "mutate", "description": "Change echo's description and schema, then announce tools/list_changed",
          "inputSchema": {"type": "object", "required": [], "properties": {}}},
+        {"name": "log", "description": "Send notifications/message for each entry (at or above the peer's level), then answer",
+         "inputSchema": {"type": "object", "required": ["entries"], "properties": {
+             "entries": {"type": "array", "items": {"type": "object", "required": ["level", "data"],
+                 "properties": {"level": {"type": "string"}, "data": {}}}},
+             "logger": {"type": "string"},
+             "delay_ms": {"type": "integer", "minimum": 0, "default": 0}}}},
+        {"name": "log_level", "description": "The level the peer set with logging/setLevel, or <unset>",
+         "inputSchema": {"type": "object", "required": [], "properties": {}}},
+        {"name": "subscriptions", "description": "The resource URIs subscribed to now (resources/subscribe and subscriptions/listen), sorted",
+         "inputSchema": {"type": "object", "required": [], "properties": {}}},
+        {"name": "touch", "description": "Tell the subscribers of uri that it was updated",
+         "inputSchema": {"type": "object", "required": ["uri"],
+                         "properties": {"uri": {"type": "string"}}}},
     ]);
     if let Some(list) = tools.as_array_mut() {
         list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -202,6 +272,24 @@ struct ProgressArgs {
 }
 
 #[derive(Deserialize)]
+struct LogEntry {
+    level: LoggingLevel,
+    data: Value,
+}
+
+#[derive(Deserialize)]
+struct LogArgs {
+    entries: Vec<LogEntry>,
+    logger: Option<String>,
+    delay_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct TouchArgs {
+    uri: String,
+}
+
+#[derive(Deserialize)]
 struct ExitArgs {
     code: Option<i32>,
 }
@@ -242,6 +330,8 @@ impl ServerHandler for Fixture {
                 .enable_tool_list_changed()
                 .enable_prompts()
                 .enable_resources()
+                .enable_resources_subscribe()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new(
@@ -266,14 +356,66 @@ impl ServerHandler for Fixture {
     }
 
     async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
-        loop {
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        let mut touches = touched().subscribe();
+        let id = subscribers(|s| {
+            s.next_listen += 1;
+            s.listens.insert(s.next_listen, uris.clone());
+            s.next_listen
+        });
+        let result = loop {
             tokio::select! {
-                _ = context.cancelled() => return Ok(()),
+                _ = context.cancelled() => break Ok(()),
                 _ = TOOLS_CHANGED.notified() => {
                     let _ = context.sink().notify_tool_list_changed().await;
                 }
+                touch = touches.recv() => match touch {
+                    Ok(uri) if uris.contains(&uri) => {
+                        let _ = context.sink().notify_resource_updated(uri).await;
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break Ok(()),
+                },
             }
-        }
+        };
+        subscribers(|s| s.listens.remove(&id));
+        result
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        *self.level.lock().unwrap_or_else(|e| e.into_inner()) = Some(request.level);
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        subscribers(|s| s.legacy.push((request.uri, context.peer.clone())));
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        // One peer's subscription goes (a gateway holds one per URI).
+        subscribers(|s| {
+            if let Some(at) = s.legacy.iter().position(|(uri, _)| *uri == request.uri) {
+                s.legacy.remove(at);
+            }
+        });
+        Ok(())
     }
 
     async fn discover(
@@ -392,6 +534,67 @@ impl ServerHandler for Fixture {
                 } else {
                     Ok(text_result(format!("ok after {attempt} attempts")))
                 }
+            }
+            "log" => {
+                let LogArgs {
+                    entries,
+                    logger,
+                    delay_ms,
+                } = parse(args)?;
+                let total = entries.len();
+                let mut sent = 0;
+                for (i, entry) in entries.into_iter().enumerate() {
+                    if i > 0 && delay_ms.unwrap_or(0) > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay_ms.unwrap_or(0))).await;
+                    }
+                    if !self.may_log(entry.level, &context) {
+                        continue;
+                    }
+                    let mut note = LoggingMessageNotificationParam::new(entry.level, entry.data);
+                    note.logger = logger.clone();
+                    if let Err(e) = context.peer.notify_logging_message(note).await {
+                        tracing::warn!("log notification failed: {e}");
+                    }
+                    sent += 1;
+                }
+                Ok(text_result(format!("logged {sent} of {total}")))
+            }
+            "log_level" => {
+                let level = *self.level.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(text_result(match level {
+                    Some(l) => serde_json::to_value(l)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    None => "<unset>".to_owned(),
+                }))
+            }
+            "subscriptions" => {
+                let uris: BTreeSet<String> = subscribers(|s| {
+                    s.legacy
+                        .iter()
+                        .map(|(uri, _)| uri.clone())
+                        .chain(s.listens.values().flatten().cloned())
+                        .collect()
+                });
+                Ok(text_result(json!(uris).to_string()))
+            }
+            "touch" => {
+                let TouchArgs { uri } = parse(args)?;
+                let peers: Vec<Peer<RoleServer>> = subscribers(|s| {
+                    s.legacy
+                        .iter()
+                        .filter(|(u, _)| *u == uri)
+                        .map(|(_, p)| p.clone())
+                        .collect()
+                });
+                for peer in peers {
+                    let _ = peer
+                        .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri.clone()))
+                        .await;
+                }
+                let _ = touched().send(uri);
+                Ok(text_result("touched"))
             }
             "mutate" => {
                 MUTATED.store(true, Ordering::Relaxed);

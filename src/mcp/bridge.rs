@@ -4,7 +4,13 @@
 //!
 //! The bridge is a plain MCP client of the gateway's `/mcp` endpoint (with
 //! `--token` as a bearer token) and an MCP server toward the desktop client;
-//! requests pass through, progress and list changes come back.
+//! requests pass through (`logging/setLevel` and resource subscriptions
+//! included: the bridge's gateway session is the desktop client's), and
+//! progress, log messages, resource updates and list changes come back.
+
+// Logging and resources/subscribe are deprecated by SEP-2577 (2026-07-28)
+// but the bridge speaks the legacy lifecycle to the gateway.
+#![allow(deprecated)]
 
 use std::{
     collections::HashMap,
@@ -18,8 +24,10 @@ use rmcp::{
         CallToolRequest, CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig,
         ClientRequest, GetExtensions, GetPromptRequestParams, GetPromptResponse, Implementation,
         ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-        PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
-        ReadResourceResponse, ResultType, ServerConfig, ServerResult,
+        LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+        ReadResourceRequestParams, ReadResourceResponse, ResourceUpdatedNotificationParam,
+        ResultType, ServerConfig, ServerResult, SetLevelRequestParams, SubscribeRequestParams,
+        UnsubscribeRequestParams,
     },
     service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, RunningService},
     transport::{
@@ -27,7 +35,7 @@ use rmcp::{
     },
 };
 
-use crate::upstream::relay::{RelayHandle, RelayTransport, Relays};
+use crate::upstream::relay::{RelayHandle, RelayTransport, Relayed, Relays};
 
 /// The client side: hears the gateway's list changes and passes them on.
 #[derive(Clone, Default)]
@@ -58,6 +66,27 @@ impl ClientHandler for GatewayClient {
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
         if let Some(peer) = self.downstream.get() {
             let _ = peer.notify_resource_list_changed().await;
+        }
+    }
+
+    /// The gateway already applied the level this session set.
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(peer) = self.downstream.get() {
+            let _ = peer.notify_logging_message(params).await;
+        }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(peer) = self.downstream.get() {
+            let _ = peer.notify_resource_updated(params).await;
         }
     }
 }
@@ -112,11 +141,16 @@ impl ServerHandler for Bridge {
         // Progress of the gateway's answer goes back under the desktop
         // client's own token, in order, before the result.
         let forward = context.meta.get_progress_token().map(|token| {
-            let (handle, mut queue) = RelayHandle::new();
+            // No origin: log messages come through the client handler (the
+            // gateway session is this client's alone).
+            let (handle, mut queue) = RelayHandle::new(None);
             outgoing.extensions_mut().insert(handle.clone());
             let peer = context.peer.clone();
             let task = tokio::spawn(async move {
-                while let Some(p) = queue.recv().await {
+                while let Some(relayed) = queue.recv().await {
+                    let Relayed::Progress(p) = relayed else {
+                        continue;
+                    };
                     let mut params = ProgressNotificationParam::new(token.clone(), p.progress);
                     params.total = p.total;
                     params.message = p.message;
@@ -229,6 +263,30 @@ impl ServerHandler for Bridge {
             .map_err(relay_error)?;
         r.result_type = Some(ResultType::COMPLETE);
         Ok(r.into())
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.gateway.set_level(request).await.map_err(relay_error)
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.gateway.subscribe(request).await.map_err(relay_error)
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.gateway.unsubscribe(request).await.map_err(relay_error)
     }
 }
 

@@ -11,20 +11,19 @@
 pub mod bridge;
 pub mod cursor;
 pub mod discovery;
+pub mod relays;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::future::BoxFuture;
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
         GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
         ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-        ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse,
-        ServerCapabilities, ServerConfig,
+        ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
     },
-    service::{Peer, RequestContext},
+    service::RequestContext,
     transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     },
@@ -35,7 +34,7 @@ use crate::{
     app::AppState,
     auth::Principal,
     pipeline::{CallError, ToolCall, policy},
-    upstream::{Progress, ProgressSink, UpstreamError},
+    upstream::{Caller, LevelHold, UpstreamError},
 };
 
 /// The `ServerHandler` behind `/mcp`: a cheap clone of the shared state, made
@@ -48,6 +47,9 @@ pub struct Gateway {
     /// Discovery mode (`/mcp/discovery`): only `search_tools` and
     /// `call_tool` over the whole catalog.
     discovery: bool,
+    /// This session's relay state (log level, resource subscriptions);
+    /// a 2026-07-28 request's own, as each is made its own handler.
+    session: Arc<relays::Session>,
 }
 
 /// The Streamable HTTP service of `/mcp` or of one profile.
@@ -83,14 +85,22 @@ fn make_service(
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_cancellation_token(shutdown);
     let handler = Gateway {
+        session: Arc::new(relays::Session::new(state.settings.call_timeout)),
         state,
         profile,
         discovery,
     };
     // The session manager is where a shared (Redis) session store plugs in
-    // for many replicas; one process keeps sessions in memory.
+    // for many replicas; one process keeps sessions in memory. The factory
+    // runs once per legacy session and once per 2026-07-28 request: each
+    // gets its own relay state.
     StreamableHttpService::new(
-        move || Ok(handler.clone()),
+        move || {
+            Ok(Gateway {
+                session: Arc::new(relays::Session::new(handler.state.settings.call_timeout)),
+                ..handler.clone()
+            })
+        },
         Arc::new(LocalSessionManager::default()),
         config,
     )
@@ -262,26 +272,6 @@ async fn next_change(
     }
 }
 
-/// Sends an upstream's progress to the MCP caller, under the caller's token.
-struct McpProgress {
-    peer: Peer<RoleServer>,
-    token: ProgressToken,
-}
-
-impl ProgressSink for McpProgress {
-    fn send(&self, progress: Progress) -> BoxFuture<'static, ()> {
-        let peer = self.peer.clone();
-        let mut params = ProgressNotificationParam::new(self.token.clone(), progress.progress);
-        params.total = progress.total;
-        params.message = progress.message;
-        Box::pin(async move {
-            if let Err(error) = peer.notify_progress(params).await {
-                tracing::debug!(%error, "progress notification not delivered");
-            }
-        })
-    }
-}
-
 fn tool_error(text: String) -> CallToolResponse {
     CallToolResult::error(vec![ContentBlock::text(text)]).into()
 }
@@ -346,18 +336,25 @@ impl ServerHandler for Gateway {
         });
     }
 
-    /// 2026-07-28 clients hear of list changes on `subscriptions/listen`.
+    /// 2026-07-28 clients hear of list changes and resource updates on
+    /// `subscriptions/listen`. Every requested URI is acknowledged: rmcp
+    /// asks before the request's principal is known, so which URIs the
+    /// caller may see cannot be told here, and acknowledging only existing
+    /// ones would tell a caller which hidden resources exist. A URI that is
+    /// missing or hidden from the caller is acknowledged alike and never
+    /// updated (see `listen`).
     fn accepted_subscription_filter(
         &self,
         requested: &rmcp::model::SubscriptionFilter,
     ) -> Option<rmcp::model::SubscriptionFilter> {
-        let mut accepted = requested.clone();
-        accepted.resource_subscriptions = None;
-        Some(accepted)
+        Some(requested.clone())
     }
 
     async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
         let tenant = principal(context.request_context()).tenant_id;
+        self.watch_for_listen(&context).await;
+        // However the listen ends, its resource subscriptions end with it.
+        let _unwatch = relays::UnwatchOnDrop(self.session.clone());
         let mut changes = self.state.list_changes.subscribe();
         loop {
             let change = tokio::select! {
@@ -378,6 +375,93 @@ impl ServerHandler for Gateway {
                 let _ = sink.notify_resource_list_changed().await;
             }
         }
+    }
+
+    /// `logging/setLevel` (legacy sessions; 2026-07-28 requests name their
+    /// level themselves).
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.count("logging/setLevel");
+        self.session
+            .set_level(self.state.upstreams.log_levels(), request.level);
+        Ok(())
+    }
+
+    /// `resources/subscribe` (legacy sessions): routed to the upstream that
+    /// owns the resource, which the gateway subscribes to once for all its
+    /// subscribers. A resource the caller may not see answers as a missing
+    /// one.
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.count("resources/subscribe");
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
+        let Some(server) = snapshot
+            .resource_server(&request.uri)
+            .filter(|s| self.serves(&snapshot, s, &principal))
+        else {
+            return Err(resource_not_found(&request.uri, &context));
+        };
+        let upstream = self.upstream(&snapshot.tenant, server)?;
+        let (caller, _hold) = self.caller(&context);
+        let sink = Arc::new(relays::SessionUpdates(context.peer.clone()));
+        upstream
+            .watch_resource(
+                &request.uri,
+                self.session.origin,
+                sink,
+                Some(&caller),
+                self.state.settings.call_timeout,
+            )
+            .await
+            .map_err(upstream_error)?;
+        self.session.watched(&upstream, &request.uri);
+        Ok(())
+    }
+
+    /// `resources/unsubscribe` (legacy sessions). Unsubscribing a resource
+    /// the session did not subscribe to is a no-op, unless the resource is
+    /// missing (or hidden), which answers as `resources/subscribe` would.
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.count("resources/unsubscribe");
+        let watched = self.session.unwatched(Some(&request.uri));
+        if watched.is_empty() {
+            let principal = principal(&context);
+            let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
+            let visible = snapshot
+                .resource_server(&request.uri)
+                .is_some_and(|s| self.serves(&snapshot, s, &principal));
+            return if visible {
+                Ok(())
+            } else {
+                Err(resource_not_found(&request.uri, &context))
+            };
+        }
+        let (caller, _hold) = self.caller(&context);
+        for (upstream, uri) in watched {
+            upstream
+                .unwatch_resource(
+                    &uri,
+                    self.session.origin,
+                    Some(&caller),
+                    self.state.settings.call_timeout,
+                )
+                .await;
+        }
+        Ok(())
     }
 
     /// `completion/complete`, routed to the upstream that owns the prompt or
@@ -415,8 +499,9 @@ impl ServerHandler for Gateway {
             _ => return Ok(rmcp::model::CompleteResult::default()),
         };
         let upstream = self.upstream(&snapshot.tenant, &server)?;
+        let (caller, _hold) = self.caller(&context);
         match upstream
-            .complete(request, self.state.settings.call_timeout)
+            .complete(request, Some(&caller), self.state.settings.call_timeout)
             .await
         {
             Ok(mut result) => {
@@ -438,11 +523,20 @@ impl ServerHandler for Gateway {
         Ok(())
     }
 
+    // Logging is deprecated by SEP-2577 (2026-07-28) but legacy clients use
+    // it, and 2026-07-28 ones may still name a logLevel.
+    #[allow(deprecated)]
     fn get_info(&self) -> ServerConfig {
         if self.discovery {
-            return ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-                .with_server_info(Implementation::new("metamcp", env!("CARGO_PKG_VERSION")))
-                .with_instructions(discovery::INSTRUCTIONS);
+            // Log messages of the calls it makes are relayed as anywhere.
+            return ServerConfig::new(
+                ServerCapabilities::builder()
+                    .enable_tools()
+                    .enable_logging()
+                    .build(),
+            )
+            .with_server_info(Implementation::new("metamcp", env!("CARGO_PKG_VERSION")))
+            .with_instructions(discovery::INSTRUCTIONS);
         }
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -452,7 +546,9 @@ impl ServerHandler for Gateway {
                 .enable_prompts_list_changed()
                 .enable_resources()
                 .enable_resources_list_changed()
+                .enable_resources_subscribe()
                 .enable_completions()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new("metamcp", env!("CARGO_PKG_VERSION")))
@@ -547,12 +643,7 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         self.count("tools/call");
-        let progress = context.meta.get_progress_token().map(|token| {
-            Arc::new(McpProgress {
-                peer: context.peer.clone(),
-                token,
-            }) as Arc<dyn ProgressSink>
-        });
+        let (caller, _hold) = self.caller(&context);
         let (name, arguments) = if self.discovery {
             match request.name.as_ref() {
                 discovery::SEARCH_TOOLS => {
@@ -585,7 +676,7 @@ impl ServerHandler for Gateway {
             name,
             profile: self.profile.as_deref().map(str::to_owned),
             arguments,
-            progress,
+            caller: Some(caller),
         };
         let outcome = tokio::select! {
             outcome = self.state.pipeline.call(call) => outcome,
@@ -669,10 +760,12 @@ impl ServerHandler for Gateway {
             ));
         };
         let upstream = self.upstream(&prompt.tenant, &prompt.server)?;
+        let (caller, _hold) = self.caller(&context);
         upstream
             .get_prompt(
                 &prompt.original_name,
                 request.arguments,
+                Some(&caller),
                 self.state.settings.call_timeout,
             )
             .await
@@ -725,8 +818,13 @@ impl ServerHandler for Gateway {
             return Err(resource_not_found(&request.uri, &context));
         };
         let upstream = self.upstream(&snapshot.tenant, server)?;
+        let (caller, _hold) = self.caller(&context);
         upstream
-            .read_resource(&request.uri, self.state.settings.call_timeout)
+            .read_resource(
+                &request.uri,
+                Some(&caller),
+                self.state.settings.call_timeout,
+            )
             .await
             .map(Into::into)
             .map_err(upstream_error)
@@ -734,6 +832,56 @@ impl ServerHandler for Gateway {
 }
 
 impl Gateway {
+    /// The caller of a request, for relaying what upstreams send while
+    /// serving it; with the hold of a 2026-07-28 request's log level, to be
+    /// kept for as long as the request runs.
+    #[allow(deprecated)]
+    fn caller(&self, context: &RequestContext<RoleServer>) -> (Caller, Option<LevelHold>) {
+        self.session.caller(
+            self.state.upstreams.log_levels(),
+            &context.peer,
+            context.meta.get_progress_token(),
+            is_modern(context),
+            context.meta.log_level(),
+        )
+    }
+
+    /// Subscribes a `subscriptions/listen` request to the resources it
+    /// asked for that the caller may see.
+    async fn watch_for_listen(&self, context: &rmcp::service::SubscriptionContext) {
+        let Some(uris) = context.accepted().resource_subscriptions.clone() else {
+            return;
+        };
+        let principal = principal(context.request_context());
+        let sink: Arc<dyn crate::upstream::UpdateSink> =
+            Arc::new(relays::ListenUpdates(context.sink().clone()));
+        for uri in uris {
+            let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
+            let Some(upstream) = snapshot
+                .resource_server(&uri)
+                .filter(|s| self.serves(&snapshot, s, &principal))
+                .and_then(|s| self.state.upstreams.get(&snapshot.tenant, s))
+            else {
+                continue;
+            };
+            match upstream
+                .watch_resource(
+                    &uri,
+                    self.session.origin,
+                    sink.clone(),
+                    None,
+                    self.state.settings.call_timeout,
+                )
+                .await
+            {
+                Ok(()) => self.session.watched(&upstream, &uri),
+                Err(error) => {
+                    tracing::debug!(uri, %error, "subscriptions/listen: resource not subscribed")
+                }
+            }
+        }
+    }
+
     /// One page of `items`, from the request's cursor, with the cursor of
     /// the next page. `scope` holds everything the list depends on (catalog
     /// generation, readiness, profile, authorization context), so a cursor
@@ -831,11 +979,16 @@ fn gone(profile: &str) -> McpError {
     McpError::invalid_request(format!("profile {profile} no longer exists"), None)
 }
 
+/// Whether a request came in 2026-07-28 (or later) form.
+fn is_modern(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .protocol_version()
+        .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str())
+}
+
 /// Each era's resource-not-found: -32002 up to 2025-11-25, -32602 after.
 fn resource_not_found(uri: &str, context: &RequestContext<RoleServer>) -> McpError {
-    let modern = context
-        .protocol_version()
-        .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
+    let modern = is_modern(context);
     let data = Some(serde_json::json!({ "uri": uri }));
     if modern {
         McpError::invalid_params(format!("Resource not found: {uri}"), data)
@@ -847,6 +1000,9 @@ fn resource_not_found(uri: &str, context: &RequestContext<RoleServer>) -> McpErr
 fn upstream_error(error: UpstreamError) -> McpError {
     match error {
         UpstreamError::Rpc { error, .. } => error,
+        // The request names something the upstream cannot do (subscribe
+        // to a resource of a server without subscriptions).
+        e @ UpstreamError::Unsupported { .. } => McpError::invalid_params(e.to_string(), None),
         other => McpError::internal_error(other.to_string(), None),
     }
 }

@@ -28,7 +28,7 @@ use crate::{
         retry::RetryPolicy,
     },
     outbound,
-    upstream::{ProgressSink, UpstreamError, UpstreamManager},
+    upstream::{Caller, UpstreamError, UpstreamManager},
 };
 
 /// One tool call, as the front doors hand it to the pipeline.
@@ -40,8 +40,9 @@ pub struct ToolCall {
     /// The profile the call came through; only its tools can be called.
     pub profile: Option<String>,
     pub arguments: Option<JsonObject>,
-    /// Where progress goes, if the caller asked for it.
-    pub progress: Option<Arc<dyn ProgressSink>>,
+    /// Who to relay what the upstream sends during the call to (progress,
+    /// log messages); `None` for a caller nothing can be relayed to.
+    pub caller: Option<Caller>,
 }
 
 /// Why a call did not produce a result. Each variant maps to one REST problem
@@ -352,7 +353,7 @@ impl Pipeline {
                 .call_tool(
                     original,
                     call.arguments.clone(),
-                    call.progress.clone(),
+                    call.caller.as_ref(),
                     remaining.min(timeout),
                     extend_until.map(|_| remaining),
                 )
@@ -378,6 +379,7 @@ impl Pipeline {
             // idempotent tools.
             let retryable = match &error {
                 UpstreamError::Unavailable { .. } => true,
+                UpstreamError::Unsupported { .. } => false,
                 UpstreamError::ConnectionLost { .. }
                 | UpstreamError::Timeout { .. }
                 | UpstreamError::Protocol { .. } => idempotent,

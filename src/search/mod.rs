@@ -4,8 +4,8 @@
 //!   camelCase), description, tags, category and server name, with field
 //!   weights.
 //! - Semantic: cosine between sentence vectors of the query and of each
-//!   tool ([`semantic`]), from a local all-MiniLM-L6-v2 or an
-//!   OpenAI-compatible endpoint.
+//!   tool (two per tool: what it does, and its name; [`semantic`]), from a
+//!   local all-MiniLM-L6-v2 or an OpenAI-compatible endpoint.
 //! - Hybrid (the default): a weighted sum of the two, tuned on the dev split
 //!   of MetaTool (BENCHMARKS.md).
 //!
@@ -153,7 +153,7 @@ pub struct Request {
     pub query: String,
     pub kind: Kind,
     pub max_results: usize,
-    /// The least cosine similarity a hit may have (semantic and hybrid).
+    /// The least semantic score a hit may have (semantic and hybrid).
     pub similarity_threshold: Option<f32>,
     pub server: Option<String>,
     pub category: Option<String>,
@@ -172,12 +172,13 @@ pub struct Answer {
     pub note: Option<String>,
 }
 
-/// Hybrid score: `W * cosine + (1 - W) * bm25 / (bm25 + C)`. The keyword
+/// Hybrid score: `W * semantic + (1 - W) * bm25 / (bm25 + C)`. The keyword
 /// part saturates on an absolute scale rather than relative to the query's
 /// best match, so a weak word match (one common word) does not count as much
 /// as a strong one just because nothing matched better. Tuned on the MetaTool
 /// dev split (BENCHMARKS.md, `bench/tune_fusion.py`): W 0.85, C 10 gave the
-/// best Recall@5 of the weighted sums and reciprocal rank fusions tried.
+/// best Recall@5 of the weighted sums and reciprocal rank fusions tried, and
+/// is still in the middle of the plateau with two vectors per tool.
 const HYBRID_SEMANTIC_WEIGHT: f32 = 0.85;
 const HYBRID_BM25_HALF: f32 = 10.0;
 /// Keyword matches taken into the fusion.

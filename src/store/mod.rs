@@ -251,11 +251,19 @@ impl Store {
     }
 
     pub async fn delete_server(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM servers WHERE tenant_id = $1 AND name = $2")
             .bind(tenant)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        // Its tools' vectors describe nothing any more.
+        sqlx::query("DELETE FROM tool_embeddings WHERE tenant_id = $1 AND server = $2")
+            .bind(tenant)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -505,6 +513,28 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// Deletes the vectors of tools that are gone, as (server, tool), of
+    /// every model.
+    pub async fn delete_embeddings(
+        &self,
+        tenant: &str,
+        tools: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (server, tool) in tools {
+            sqlx::query(
+                "DELETE FROM tool_embeddings WHERE tenant_id = $1 AND server = $2 AND tool = $3",
+            )
+            .bind(tenant)
+            .bind(server)
+            .bind(tool)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Stores vectors as (server, tool, text hash, encoded vector), replacing

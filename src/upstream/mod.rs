@@ -6,12 +6,17 @@
 //! take a cheap handle ([`Connection`]) to the live connection; requests of
 //! all callers are multiplexed on it.
 
+// Logging and resources/subscribe are deprecated by SEP-2577 (2026-07-28)
+// but are what legacy upstreams and clients speak.
+#![allow(deprecated)]
+
 pub mod client;
 pub mod http;
 pub mod relay;
 pub mod spec;
 pub mod sse;
 pub mod stdio;
+pub mod watch;
 
 use std::{
     sync::Arc,
@@ -22,7 +27,6 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::RwLock;
 use rmcp::{
     RoleClient, ServiceError,
-    model::GetExtensions,
     model::{
         CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotification,
         CancelledNotificationParam, ClientRequest, GetPromptRequest, GetPromptRequestParams,
@@ -30,6 +34,7 @@ use rmcp::{
         ReadResourceRequestParams, ReadResourceResult, Resource, ResourceTemplate, ServerResult,
         Tool,
     },
+    model::{GetExtensions, GetMeta, LoggingLevel, SetLevelRequest, SetLevelRequestParams},
     service::{ClientLifecycleMode, ClientServiceExt, Peer, PeerRequestOptions, RunningService},
 };
 use serde::Serialize;
@@ -43,10 +48,12 @@ use crate::{
     outbound::OutboundPolicy,
 };
 use client::UpstreamClient;
-pub use client::{Progress, ProgressSink};
-use relay::{RelayHandle, RelayTransport, Relays};
+pub use client::{CallSink, Caller, LevelHold, LogLevels, Origin, Progress, passes, severity};
+use relay::{RelayHandle, RelayTransport, Relayed, Relays};
 use spec::{ServerSpec, Transport};
 use stdio::StderrTail;
+pub use watch::UpdateSink;
+use watch::Watches;
 
 /// Where an upstream stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,12 +108,41 @@ pub enum UpstreamError {
     },
     #[error("server {server} answered with something unexpected: {detail}")]
     Protocol { server: String, detail: String },
+    #[error("server {server} does not support {what}")]
+    Unsupported { server: String, what: String },
 }
 
 /// A live connection to an upstream: a request handle shared by all callers.
 pub struct Connection {
     pub peer: Peer<RoleClient>,
     relays: Relays,
+    /// The upstream speaks 2026-07-28 (per-request log levels, resource
+    /// subscriptions through `subscriptions/listen`).
+    modern: bool,
+    /// It advertises `logging`.
+    logging: bool,
+    /// It advertises `resources.subscribe`.
+    subscribe: bool,
+    /// The level last set with `logging/setLevel` on this connection.
+    level: tokio::sync::Mutex<Option<LoggingLevel>>,
+    /// Woken when the upstream says one of its lists changed.
+    resync: Arc<Notify>,
+    /// The reader of the standing `subscriptions/listen` (2026-07-28).
+    listener: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Connection {
+    fn stop_listening(&self) {
+        if let Some(listener) = self.listener.lock().take() {
+            listener.abort();
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.stop_listening();
+    }
 }
 
 /// One upstream server and its supervisor.
@@ -129,6 +165,10 @@ pub struct Upstream {
     /// reconnect skips the probe (and its timeout on servers that never
     /// answer an unknown method). Forgotten when a connection attempt fails.
     era: parking_lot::Mutex<Option<Era>>,
+    /// Downstream subscribers of this upstream's resources.
+    watches: Arc<Watches>,
+    /// The log levels downstream callers want (shared by all upstreams).
+    levels: Arc<LogLevels>,
 }
 
 /// Which lifecycle an upstream speaks.
@@ -179,8 +219,10 @@ impl Upstream {
         self.status.store(Arc::new(next));
     }
 
-    /// Calls a tool on this upstream. Progress the upstream reports goes to
-    /// `progress`. Dropping the returned future cancels the upstream request.
+    /// Calls a tool on this upstream. Progress and log messages the upstream
+    /// sends for the call go to `caller` (`None`: a caller nothing can be
+    /// relayed to). Dropping the returned future cancels the upstream
+    /// request.
     ///
     /// `timeout` bounds the wait for an answer; with `extend_until`, each
     /// progress notification restarts that wait, up to `extend_until` in all.
@@ -188,7 +230,7 @@ impl Upstream {
         &self,
         name: &str,
         arguments: Option<JsonObject>,
-        progress: Option<Arc<dyn ProgressSink>>,
+        caller: Option<&Caller>,
         timeout: Duration,
         extend_until: Option<Duration>,
     ) -> Result<CallToolResult, UpstreamError> {
@@ -201,7 +243,7 @@ impl Upstream {
                 .with_max_total_timeout(total),
             None => PeerRequestOptions::with_timeout(timeout),
         };
-        match self.request(request, progress, options).await? {
+        match self.request(request, caller, options).await? {
             ServerResult::CallToolResult(result) => Ok(result),
             ServerResult::InputRequiredResult(_) => Err(UpstreamError::Protocol {
                 server: self.spec.name.clone(),
@@ -215,13 +257,14 @@ impl Upstream {
         &self,
         name: &str,
         arguments: Option<JsonObject>,
+        caller: Option<&Caller>,
         timeout: Duration,
     ) -> Result<GetPromptResult, UpstreamError> {
         let mut params = GetPromptRequestParams::new(name.to_owned());
         params.arguments = arguments;
         let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
         match self
-            .request(request, None, PeerRequestOptions::with_timeout(timeout))
+            .request(request, caller, PeerRequestOptions::with_timeout(timeout))
             .await?
         {
             ServerResult::GetPromptResult(result) => Ok(result),
@@ -233,11 +276,12 @@ impl Upstream {
     pub async fn complete(
         &self,
         params: rmcp::model::CompleteRequestParams,
+        caller: Option<&Caller>,
         timeout: Duration,
     ) -> Result<rmcp::model::CompleteResult, UpstreamError> {
         let request = ClientRequest::CompleteRequest(rmcp::model::CompleteRequest::new(params));
         match self
-            .request(request, None, PeerRequestOptions::with_timeout(timeout))
+            .request(request, caller, PeerRequestOptions::with_timeout(timeout))
             .await?
         {
             ServerResult::CompleteResult(result) => Ok(result),
@@ -248,12 +292,13 @@ impl Upstream {
     pub async fn read_resource(
         &self,
         uri: &str,
+        caller: Option<&Caller>,
         timeout: Duration,
     ) -> Result<ReadResourceResult, UpstreamError> {
         let params = ReadResourceRequestParams::new(uri.to_owned());
         let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params));
         match self
-            .request(request, None, PeerRequestOptions::with_timeout(timeout))
+            .request(request, caller, PeerRequestOptions::with_timeout(timeout))
             .await?
         {
             ServerResult::ReadResourceResult(result) => Ok(result),
@@ -269,48 +314,79 @@ impl Upstream {
         }
     }
 
+    /// Sends one request of a downstream caller and waits for its answer.
+    /// What the upstream sends while serving it is relayed to `caller`.
     async fn request(
         &self,
         mut request: ClientRequest,
-        progress: Option<Arc<dyn ProgressSink>>,
+        caller: Option<&Caller>,
         options: PeerRequestOptions,
     ) -> Result<ServerResult, UpstreamError> {
         let Some(conn) = self.conn.load_full() else {
             return Err(self.unavailable());
         };
-        // Progress is queued in wire order by the relay transport and sent
-        // on by one task, so the caller gets it in order, before the result.
-        let relay = progress.map(|sink| {
-            let (handle, mut queue) = RelayHandle::new();
-            request.extensions_mut().insert(handle.clone());
-            let forward = tokio::spawn(async move {
-                while let Some(p) = queue.recv().await {
-                    sink.send(p).await;
+        if let Some(level) = caller.and_then(|c| c.log_level) {
+            if conn.modern {
+                // 2026-07-28: the level is the request's own; the upstream
+                // sends no log message for a request that names none.
+                request.get_meta_mut().set_log_level(level);
+            } else if conn.logging {
+                self.align_level(&conn, level, options.timeout).await;
+            }
+        }
+        // Every caller request is marked in flight with its caller (log
+        // messages are attributed by that), and what is relayed is queued
+        // in wire order and sent on by one task, so the caller gets it in
+        // order, before the result.
+        let (handle, mut queue) = RelayHandle::new(caller.map(|c| c.origin));
+        request.extensions_mut().insert(handle.clone());
+        let forward = caller.map(|caller| {
+            let sink = caller.sink.clone();
+            let server = self.spec.name.clone();
+            tokio::spawn(async move {
+                while let Some(relayed) = queue.recv().await {
+                    match relayed {
+                        Relayed::Progress(p) => sink.progress(p).await,
+                        Relayed::Log(mut m) => {
+                            // Many servers log through one gateway: the
+                            // logger says which one (its own name kept).
+                            m.logger = Some(match m.logger.take() {
+                                Some(logger) => format!("{server}/{logger}"),
+                                None => server.clone(),
+                            });
+                            sink.log(m).await;
+                        }
+                    }
                 }
-            });
-            (handle, forward)
+            })
         });
-        let handle = conn
-            .peer
-            .send_request_with_option(request, options)
-            .await
-            .map_err(|_| self.unavailable())?;
+        let pending = match conn.peer.send_request_with_option(request, options).await {
+            Ok(pending) => pending,
+            Err(_) => {
+                handle.close();
+                return Err(self.unavailable());
+            }
+        };
         let mut cancel = CancelOnDrop {
             peer: Some(conn.peer.clone()),
             relays: conn.relays.clone(),
-            id: handle.id.clone(),
+            id: pending.id.clone(),
         };
-        let id = handle.id.clone();
-        let result = handle.await_response().await;
+        let id = pending.id.clone();
+        let result = pending.await_response().await;
         cancel.peer = None;
         conn.relays.finish(&id);
-        if let Some((handle, forward)) = relay {
-            handle.close();
+        handle.close();
+        if let Some(forward) = forward {
             // Deliver what arrived before the response; a stuck caller
             // stream must not hold the result back for long.
             let _ = tokio::time::timeout(Duration::from_secs(5), forward).await;
         }
-        result.map_err(|e| match e {
+        result.map_err(|e| self.service_error(e))
+    }
+
+    fn service_error(&self, error: ServiceError) -> UpstreamError {
+        match error {
             ServiceError::McpError(error) => UpstreamError::Rpc {
                 server: self.spec.name.clone(),
                 error,
@@ -328,7 +404,44 @@ impl Upstream {
                 server: self.spec.name.clone(),
                 detail: other.to_string(),
             },
-        })
+        }
+    }
+
+    /// Before a request of a caller who wants log messages at `level`: sets
+    /// a legacy upstream's level (`logging/setLevel`, which applies to the
+    /// whole shared connection) to the most verbose level any downstream
+    /// caller wants now. The gateway then filters per caller. The level
+    /// follows the callers both ways: more verbose when someone asks for
+    /// more, less when those who did are gone, so an upstream does not keep
+    /// sending debug output nobody reads. A failure is logged and the call
+    /// goes on: the caller may get fewer messages, not a failed call.
+    async fn align_level(&self, conn: &Connection, level: LoggingLevel, timeout: Option<Duration>) {
+        let mut set = conn.level.lock().await;
+        let target = match self.levels.wanted() {
+            Some(wanted) if severity(wanted) < severity(level) => wanted,
+            _ => level,
+        };
+        if *set == Some(target) {
+            return;
+        }
+        let request = ClientRequest::SetLevelRequest(SetLevelRequest::new(
+            SetLevelRequestParams::new(target),
+        ));
+        let timeout = timeout.unwrap_or(Duration::from_secs(10));
+        let answer = match conn
+            .peer
+            .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+            .await
+        {
+            Ok(handle) => handle.await_response().await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(_) => *set = Some(target),
+            Err(error) => {
+                tracing::debug!(server = %self.spec.name, %error, "logging/setLevel failed")
+            }
+        }
     }
 }
 
@@ -394,6 +507,8 @@ impl Context {
 pub struct UpstreamManager {
     upstreams: RwLock<Vec<Arc<Upstream>>>,
     cx: Context,
+    /// The log levels downstream callers want, for every upstream.
+    levels: Arc<LogLevels>,
 }
 
 impl UpstreamManager {
@@ -412,7 +527,13 @@ impl UpstreamManager {
                 breaker: settings.breaker,
                 catalog_hook: Default::default(),
             },
+            levels: Arc::default(),
         }
+    }
+
+    /// Where downstream callers hold the log levels they want.
+    pub fn log_levels(&self) -> &Arc<LogLevels> {
+        &self.levels
     }
 
     /// Sets what rebuilds the catalog when an upstream's offer changes.
@@ -492,6 +613,8 @@ impl UpstreamManager {
             stopped: Notify::new(),
             tried: Default::default(),
             era: parking_lot::Mutex::new(None),
+            watches: Arc::default(),
+            levels: self.levels.clone(),
             spec,
         });
         upstreams.push(upstream.clone());
@@ -575,6 +698,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         let handler = UpstreamClient {
             server: Arc::from(name.as_str()),
             resync: resync.clone(),
+            watches: upstream.watches.clone(),
         };
         let relays = Relays::default();
         let connected = tokio::select! {
@@ -629,10 +753,20 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         if let Err(error) = sync(&upstream, &peer).await {
             tracing::warn!(server = %name, %error, "listing the upstream's catalog failed");
         }
-        upstream.conn.store(Some(Arc::new(Connection {
+        let caps = info.as_ref().map(|i| &i.capabilities);
+        let conn = Arc::new(Connection {
             peer: peer.clone(),
             relays,
-        })));
+            modern,
+            logging: caps.is_some_and(|c| c.logging.is_some()),
+            subscribe: caps
+                .and_then(|c| c.resources.as_ref())
+                .is_some_and(|r| r.subscribe == Some(true)),
+            level: tokio::sync::Mutex::new(None),
+            resync: resync.clone(),
+            listener: parking_lot::Mutex::new(None),
+        });
+        upstream.conn.store(Some(conn.clone()));
         // The catalog holds the server's tools before it counts as ready, so
         // "ready" means its tools can be called.
         cx.catalog_changed(&tenant).await;
@@ -659,30 +793,17 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
             tenant: tenant.clone(),
             server: Some(name.clone()),
         });
-        // A 2026-07-28 upstream tells of list changes only on a standing
-        // subscriptions/listen request; legacy ones send them unasked.
-        let listener = modern.then(|| {
-            let peer = peer.clone();
-            let resync = resync.clone();
-            let name = name.clone();
-            tokio::spawn(async move {
-                let filter = rmcp::model::SubscriptionFilter::builder()
-                    .tools_list_changed()
-                    .prompts_list_changed()
-                    .resources_list_changed()
-                    .build();
-                match peer.listen(filter).await {
-                    Ok(mut subscription) => {
-                        while let Ok(Some(_)) = subscription.next().await {
-                            resync.notify_one();
-                        }
-                    }
-                    Err(error) => {
-                        tracing::debug!(server = %name, %error, "upstream offers no subscriptions/listen")
-                    }
-                }
-            })
-        });
+        // A 2026-07-28 upstream tells of list changes (and updates of
+        // subscribed resources) only on a standing subscriptions/listen
+        // request; legacy ones send list changes unasked, and are subscribed
+        // again to the resources downstream callers still watch.
+        {
+            let upstream = upstream.clone();
+            let conn = conn.clone();
+            let timeout = cx.connect_timeout;
+            tokio::spawn(async move { upstream.restore_watches(&conn, timeout).await });
+        }
+        drop(conn);
         let stop_service = running.cancellation_token();
         let waiting = running.waiting();
         tokio::pin!(waiting);
@@ -721,9 +842,8 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
             failures_in_a_row = 0;
             backoff = Duration::from_millis(100);
         }
-        upstream.conn.store(None);
-        if let Some(listener) = listener {
-            listener.abort();
+        if let Some(conn) = upstream.conn.swap(None) {
+            conn.stop_listening();
         }
         if stopping || missed_probes >= cx.health_failures {
             stop_service.cancel();
@@ -761,7 +881,9 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    upstream.conn.store(None);
+    if let Some(conn) = upstream.conn.swap(None) {
+        conn.stop_listening();
+    }
     upstream.stopped.notify_one();
 }
 

@@ -1,47 +1,83 @@
-//! Progress relay at the transport: every progress notification of an
-//! upstream call reaches its caller, in order, before the call's result.
+//! Relay at the transport: what an upstream sends while serving a caller's
+//! request (progress, log messages) reaches that caller, in order, before
+//! the request's result.
 //!
 //! rmcp hands each incoming notification to its own task, so a handler
 //! callback can see them out of order, or after the response it preceded on
 //! the wire. This transport wrapper sees messages in wire order instead: it
-//! learns a call's progress token when the request goes out (the call's
+//! learns a request's caller when the request goes out (the caller's
 //! [`RelayHandle`] rides in the request's extensions, so there is no window
-//! in which progress could arrive unregistered), queues each progress
-//! notification for that call, and closes the queue when the response comes.
-//! Every message still goes on to rmcp unchanged.
+//! in which a notification could arrive unregistered), queues what belongs
+//! to that caller, and closes the queue when the response comes. Every
+//! message still goes on to rmcp unchanged.
+//!
+//! Progress names its request (by progress token). A log message does not:
+//! MCP gives `notifications/message` no request id, and on a shared
+//! connection (stdio, one HTTP session) nothing else on the wire says which
+//! request it was sent for. So a log message is attributed by what is in
+//! flight when it arrives: if every caller request then in flight on the
+//! connection comes from one downstream origin (one legacy session, or one
+//! 2026-07-28 request), it is that origin's; if requests of several origins
+//! overlap, or one whose caller cannot be told anything (a REST call), it is
+//! nobody's, and only the gateway's own log records it. A message is never
+//! guessed onto another caller's stream. The gateway's own requests (lists,
+//! pings, `logging/setLevel`, `subscriptions/listen`) carry no caller data
+//! and do not count.
+
+// Logging is deprecated by SEP-2577 but legacy upstreams still send it.
+#![allow(deprecated)]
 
 use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::Mutex;
 use rmcp::{
     RoleClient,
-    model::{GetExtensions, GetMeta, JsonRpcMessage, ProgressToken, RequestId, ServerNotification},
+    model::{
+        ClientNotification, GetExtensions, GetMeta, JsonRpcMessage,
+        LoggingMessageNotificationParam, ProgressToken, RequestId, ServerNotification,
+    },
     transport::Transport,
 };
 use tokio::sync::mpsc;
 
-use super::Progress;
+use super::{Origin, Progress};
 
-/// The queue of one call's progress, in wire order.
+/// What the upstream sent for one request, in wire order.
+#[derive(Debug, Clone)]
+pub enum Relayed {
+    Progress(Progress),
+    Log(LoggingMessageNotificationParam),
+}
+
+/// The queue of what the upstream sends for one caller's request.
 #[derive(Clone)]
-pub struct RelayHandle(Arc<Mutex<Option<mpsc::UnboundedSender<Progress>>>>);
+pub struct RelayHandle {
+    queue: Arc<Mutex<Option<mpsc::UnboundedSender<Relayed>>>>,
+    /// The downstream caller, or `None` for one nothing can be relayed to
+    /// (a REST call).
+    origin: Option<Origin>,
+}
 
 impl RelayHandle {
-    /// A handle and the receiving end of its queue.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Progress>) {
+    /// A handle for a request of `origin` and the receiving end of its queue.
+    pub fn new(origin: Option<Origin>) -> (Self, mpsc::UnboundedReceiver<Relayed>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self(Arc::new(Mutex::new(Some(tx)))), rx)
+        let handle = Self {
+            queue: Arc::new(Mutex::new(Some(tx))),
+            origin,
+        };
+        (handle, rx)
     }
 
-    fn push(&self, progress: Progress) {
-        if let Some(tx) = self.0.lock().as_ref() {
-            let _ = tx.send(progress);
+    fn push(&self, relayed: Relayed) {
+        if let Some(tx) = self.queue.lock().as_ref() {
+            let _ = tx.send(relayed);
         }
     }
 
-    /// No more progress: the receiver drains what is queued, then ends.
+    /// No more messages: the receiver drains what is queued, then ends.
     pub fn close(&self) {
-        self.0.lock().take();
+        self.queue.lock().take();
     }
 }
 
@@ -49,6 +85,9 @@ impl RelayHandle {
 struct Table {
     by_token: HashMap<ProgressToken, RelayHandle>,
     token_of: HashMap<RequestId, ProgressToken>,
+    /// Requests sent and not answered yet, oldest first, with their caller
+    /// (`None`: the gateway's own request).
+    in_flight: Vec<(RequestId, Option<RelayHandle>)>,
 }
 
 /// The relays of one connection, shared by its transport and its calls.
@@ -56,23 +95,49 @@ struct Table {
 pub struct Relays(Arc<Mutex<Table>>);
 
 impl Relays {
-    fn register(&self, id: RequestId, token: ProgressToken, handle: RelayHandle) {
+    fn sent(&self, id: RequestId, token: Option<ProgressToken>, handle: Option<RelayHandle>) {
         let mut t = self.0.lock();
-        t.token_of.insert(id, token.clone());
-        t.by_token.insert(token, handle);
+        if let (Some(token), Some(handle)) = (token, &handle) {
+            t.token_of.insert(id.clone(), token.clone());
+            t.by_token.insert(token, handle.clone());
+        }
+        t.in_flight.push((id, handle));
     }
 
-    fn get(&self, token: &ProgressToken) -> Option<RelayHandle> {
+    fn by_token(&self, token: &ProgressToken) -> Option<RelayHandle> {
         self.0.lock().by_token.get(token).cloned()
     }
 
-    /// The call `id` is answered (or abandoned): close its queue.
+    /// The caller a log message arriving now belongs to, if that can be
+    /// told (see the module documentation).
+    fn log_owner(&self) -> Option<RelayHandle> {
+        let t = self.0.lock();
+        let mut owner: Option<&RelayHandle> = None;
+        for (_, handle) in &t.in_flight {
+            let Some(handle) = handle else { continue };
+            let origin = handle.origin?;
+            match owner {
+                None => owner = Some(handle),
+                Some(o) if o.origin == Some(origin) => {}
+                Some(_) => return None,
+            }
+        }
+        owner.cloned()
+    }
+
+    /// The request `id` is answered (or abandoned): close its queue.
     pub fn finish(&self, id: &RequestId) {
         let mut t = self.0.lock();
         if let Some(token) = t.token_of.remove(id)
             && let Some(handle) = t.by_token.remove(&token)
         {
             handle.close();
+        }
+        if let Some(at) = t.in_flight.iter().position(|(i, _)| i == id) {
+            let (_, handle) = t.in_flight.remove(at);
+            if let Some(handle) = handle {
+                handle.close();
+            }
         }
     }
 }
@@ -96,12 +161,22 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for RelayTransport<T> {
         &mut self,
         item: rmcp::service::TxJsonRpcMessage<RoleClient>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
-        if let JsonRpcMessage::Request(request) = &item
-            && let Some(handle) = request.request.extensions().get::<RelayHandle>()
-            && let Some(token) = request.request.get_meta().get_progress_token()
-        {
-            self.relays
-                .register(request.id.clone(), token, handle.clone());
+        match &item {
+            JsonRpcMessage::Request(request) => self.relays.sent(
+                request.id.clone(),
+                request.request.get_meta().get_progress_token(),
+                request.request.extensions().get::<RelayHandle>().cloned(),
+            ),
+            // A request given up on (timeout, caller gone) is no longer in
+            // flight, whether or not the upstream ever answers it.
+            JsonRpcMessage::Notification(n) => {
+                if let ClientNotification::CancelledNotification(c) = &n.notification
+                    && let Some(id) = &c.params.request_id
+                {
+                    self.relays.finish(id);
+                }
+            }
+            _ => {}
         }
         self.inner.send(item)
     }
@@ -109,19 +184,25 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for RelayTransport<T> {
     async fn receive(&mut self) -> Option<rmcp::service::RxJsonRpcMessage<RoleClient>> {
         let message = self.inner.receive().await?;
         match &message {
-            JsonRpcMessage::Notification(n) => {
-                if let ServerNotification::ProgressNotification(p) = &n.notification
-                    && let Some(handle) = self.relays.get(&p.params.progress_token)
-                {
-                    handle.push(Progress {
-                        progress: p.params.progress,
-                        total: p.params.total,
-                        message: p.params.message.clone(),
-                    });
+            JsonRpcMessage::Notification(n) => match &n.notification {
+                ServerNotification::ProgressNotification(p) => {
+                    if let Some(handle) = self.relays.by_token(&p.params.progress_token) {
+                        handle.push(Relayed::Progress(Progress {
+                            progress: p.params.progress,
+                            total: p.params.total,
+                            message: p.params.message.clone(),
+                        }));
+                    }
+                    // It goes on to rmcp too, whose request timer a progress
+                    // notification restarts when the call asked for that.
                 }
-                // It goes on to rmcp too, whose request timer a progress
-                // notification restarts when the call asked for that.
-            }
+                ServerNotification::LoggingMessageNotification(m) => {
+                    if let Some(handle) = self.relays.log_owner() {
+                        handle.push(Relayed::Log(m.params.clone()));
+                    }
+                }
+                _ => {}
+            },
             JsonRpcMessage::Response(r) => self.relays.finish(&r.id),
             JsonRpcMessage::Error(e) => {
                 if let Some(id) = &e.id {
@@ -135,5 +216,73 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for RelayTransport<T> {
 
     fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
         self.inner.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: i64) -> RequestId {
+        RequestId::Number(n)
+    }
+
+    #[test]
+    fn a_log_message_belongs_to_the_only_origin_in_flight() {
+        let relays = Relays::default();
+        let a = Origin::next();
+        let (first, _q1) = RelayHandle::new(Some(a));
+        let (second, _q2) = RelayHandle::new(Some(a));
+        relays.sent(id(1), None, Some(first));
+        // The gateway's own requests do not count.
+        relays.sent(id(2), None, None);
+        relays.sent(id(3), None, Some(second));
+        assert_eq!(relays.log_owner().and_then(|h| h.origin), Some(a));
+    }
+
+    #[test]
+    fn overlapping_origins_own_no_log_message() {
+        let relays = Relays::default();
+        let (a, _qa) = RelayHandle::new(Some(Origin::next()));
+        let (b, _qb) = RelayHandle::new(Some(Origin::next()));
+        relays.sent(id(1), None, Some(a));
+        relays.sent(id(2), None, Some(b));
+        assert!(relays.log_owner().is_none());
+        relays.finish(&id(2));
+        assert!(relays.log_owner().is_some());
+    }
+
+    #[test]
+    fn a_caller_that_cannot_be_told_blocks_attribution() {
+        let relays = Relays::default();
+        let (a, _qa) = RelayHandle::new(Some(Origin::next()));
+        let (rest, _qr) = RelayHandle::new(None);
+        relays.sent(id(1), None, Some(a));
+        relays.sent(id(2), None, Some(rest));
+        assert!(relays.log_owner().is_none());
+        relays.finish(&id(2));
+        relays.finish(&id(1));
+        // Nothing in flight: nobody's.
+        assert!(relays.log_owner().is_none());
+    }
+
+    #[test]
+    fn finishing_closes_the_queue() {
+        let relays = Relays::default();
+        let (a, mut queue) = RelayHandle::new(Some(Origin::next()));
+        relays.sent(id(1), None, Some(a.clone()));
+        a.push(Relayed::Progress(Progress {
+            progress: 1.0,
+            total: None,
+            message: None,
+        }));
+        relays.finish(&id(1));
+        a.push(Relayed::Progress(Progress {
+            progress: 2.0,
+            total: None,
+            message: None,
+        }));
+        assert!(matches!(queue.try_recv(), Ok(Relayed::Progress(p)) if p.progress == 1.0));
+        assert!(queue.try_recv().is_err());
     }
 }

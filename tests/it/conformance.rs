@@ -65,16 +65,6 @@ const SUITE_2025_11_25: &[&str] = &[
 /// the suite talks to it directly).
 const EXPECTED_FAILURES_2025_11_25: &[(&str, &str)] = &[
     (
-        "logging-set-level",
-        "the gateway does not implement logging/setLevel (nor advertise `logging`): \
-         per-session log levels and upstream log relay are not built",
-    ),
-    (
-        "tools-call-with-logging",
-        "needs logging/setLevel, and upstream notifications/message are not relayed to \
-         the calling client",
-    ),
-    (
         "tools-call-sampling",
         "server-to-client requests are not relayed: the gateway advertises no sampling \
          capability upstream, and its 2026-07-28 upstream may only ask through an \
@@ -92,15 +82,6 @@ const EXPECTED_FAILURES_2025_11_25: &[(&str, &str)] = &[
     (
         "elicitation-sep1330-enums",
         "elicitation/create is not relayed (as tools-call-sampling)",
-    ),
-    (
-        "resources-subscribe",
-        "the gateway does not implement resources/subscribe (nor advertise \
-         `resources.subscribe`): upstream resource subscriptions are not relayed",
-    ),
-    (
-        "resources-unsubscribe",
-        "the gateway does not implement resources/unsubscribe (as resources-subscribe)",
     ),
 ];
 
@@ -162,8 +143,8 @@ const EXPECTED_FAILURES_2026_07_28: &[(&str, &str)] = &[
         "four checks need diagnostic tools (test_missing_capability, \
          test_streaming_elicitation, test_logging_tool) that the fixture does not implement: \
          they only mean something once the gateway forwards each caller's \
-         clientCapabilities and logLevel to the upstream per request, and it calls \
-         upstreams with its own (empty) capabilities and no logLevel",
+         clientCapabilities to the upstream per request, and it calls upstreams with its \
+         own (empty) capabilities (it does forward the caller's logLevel)",
     ),
     ("input-required-result-basic-elicitation", MRTR),
     ("input-required-result-basic-sampling", MRTR),

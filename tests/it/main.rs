@@ -18,6 +18,7 @@ mod hardening;
 mod observability;
 mod oidc;
 mod peers;
+mod relays;
 mod resilience;
 mod search;
 mod secrets;

@@ -194,6 +194,16 @@ async fn semantic_and_hybrid_search_with_the_real_model() {
             "{kind}: {body}"
         );
     }
+    // Its vector is forgotten too, in memory and in the store.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, health) = gw.get("/api/v1/health/detailed").await;
+        if health["search"]["embedded_tools"] == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "vector kept: {health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Vectors are stored: a restart embeds nothing again.
     gw.stop();
@@ -207,6 +217,10 @@ async fn semantic_and_hybrid_search_with_the_real_model() {
     assert!(
         status["last_pass"].is_null(),
         "nothing re-embedded: {status}"
+    );
+    assert_eq!(
+        status["embedded_tools"], 4,
+        "the removed tool's vector is gone: {status}"
     );
     let body = search(&gw2, "q=say%20it%20in%20french&search_type=semantic").await;
     assert_eq!(names(&body)[0], "stock_quote", "{body}");

@@ -14,6 +14,16 @@ Commands:
     get-prompt NAME JSON_ARGS
     list-resources
     read-resource URI
+    logs TOOL JSON_ARGS [--level LEVEL] (--until DATA | --count N)
+        calls TOOL and collects the log messages (notifications/message) the
+        client receives until one whose data is DATA (or N of them); legacy:
+        sets LEVEL with logging/setLevel first; modern: names LEVEL on every
+        request
+    watch URI --trigger TOOL [--trigger-args JSON] [--unsubscribe]
+        subscribes to URI (legacy: resources/subscribe; modern: a
+        subscriptions/listen stream), calls TOOL, and waits for
+        notifications/resources/updated of URI; --unsubscribe then
+        unsubscribes (legacy)
 
 Modes:
     legacy  2025-11-25 `initialize` handshake (stateful, Mcp-Session-Id).
@@ -127,10 +137,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # Validate command arguments before any network traffic.
     tool_args: dict[str, Any] = {}
     prompt_args: dict[str, Any] = {}
-    if args.command == "call":
+    if args.command in ("call", "logs"):
         tool_args = parse_json_object(args.json_args, "JSON_ARGS")
     elif args.command == "get-prompt":
         prompt_args = parse_json_object(args.json_args, "JSON_ARGS")
+
+    logs: list[dict[str, Any]] = []
+    log_seen = anyio.Event()
+    updates: list[str] = []
+    update_seen = anyio.Event()
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(dump(params))
+        if args.command == "logs" and (
+            params.data == args.until or (args.count is not None and len(logs) >= args.count)
+        ):
+            log_seen.set()
+
+    async def on_message(message: Any) -> None:
+        # Modern clients read updates off their listen stream (below), which
+        # the SDK also hands to this handler.
+        if args.mode != "modern" and isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(message.params.uri)
+            if args.command == "watch" and message.params.uri == args.uri:
+                update_seen.set()
 
     async with contextlib.AsyncExitStack() as stack:
         if args.stdio:
@@ -146,6 +176,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cache=None,  # always hit the wire: the tests observe the server
             read_timeout_seconds=args.timeout,
             client_info=types.Implementation(name="metamcp-test-client", version="0.1.0"),
+            logging_callback=on_log,
+            message_handler=on_message,
+            # Modern requests name their level; legacy ones use setLevel below.
+            log_level=getattr(args, "level", None) if args.mode == "modern" else None,
         )
         async with client:
             if args.mode == "modern":
@@ -199,6 +233,39 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             elif args.command == "read-resource":
                 out.update(dump(await client.read_resource(args.uri)))
 
+            elif args.command == "logs":
+                if args.level and args.mode != "modern":
+                    await client.set_logging_level(args.level)
+                result = await client.call_tool(args.tool, tool_args)
+                out["isError"] = bool(result.is_error)
+                out["content"] = dump(list(result.content))
+                with anyio.fail_after(args.timeout):
+                    await log_seen.wait()
+                out["logs"] = logs
+
+            elif args.command == "watch":
+                trigger_args = parse_json_object(args.trigger_args, "--trigger-args")
+                if args.mode == "modern":
+                    async with client.listen(resource_subscriptions=[args.uri]) as sub:
+                        honored = sub.honored.resource_subscriptions if sub.honored else None
+                        out["honored"] = list(honored or [])
+                        await client.call_tool(args.trigger, trigger_args)
+                        with anyio.fail_after(args.timeout):
+                            async for event in sub:
+                                uri = getattr(event, "uri", None)
+                                if uri is not None:
+                                    updates.append(uri)
+                                    if uri == args.uri:
+                                        break
+                else:
+                    await client.subscribe_resource(args.uri)
+                    await client.call_tool(args.trigger, trigger_args)
+                    with anyio.fail_after(args.timeout):
+                        await update_seen.wait()
+                    if args.unsubscribe:
+                        await client.unsubscribe_resource(args.uri)
+                out["updated"] = updates
+
             else:  # pragma: no cover - argparse rejects unknown commands
                 raise UsageError(f"unknown command {args.command!r}")
 
@@ -238,6 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list-resources")
     r = sub.add_parser("read-resource")
     r.add_argument("uri")
+    lg = sub.add_parser("logs")
+    lg.add_argument("tool")
+    lg.add_argument("json_args", nargs="?", default="{}")
+    lg.add_argument("--level", help="log level to ask for (debug ... emergency)")
+    until = lg.add_mutually_exclusive_group(required=True)
+    until.add_argument("--until", help="wait for the log message with this data")
+    until.add_argument("--count", type=int, help="wait for this many log messages")
+    w = sub.add_parser("watch")
+    w.add_argument("uri")
+    w.add_argument("--trigger", required=True, help="tool to call once subscribed")
+    w.add_argument("--trigger-args", default="{}")
+    w.add_argument("--unsubscribe", action="store_true")
     return p
 
 
