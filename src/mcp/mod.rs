@@ -383,11 +383,12 @@ impl ServerHandler for Gateway {
     async fn set_level(
         &self,
         request: rmcp::model::SetLevelRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         self.count("logging/setLevel");
+        let tenant = principal(&context).tenant_id;
         self.session
-            .set_level(self.state.upstreams.log_levels(), request.level);
+            .set_level(&self.state.upstreams.log_levels(&tenant), request.level);
         Ok(())
     }
 
@@ -838,7 +839,10 @@ impl Gateway {
     #[allow(deprecated)]
     fn caller(&self, context: &RequestContext<RoleServer>) -> (Caller, Option<LevelHold>) {
         self.session.caller(
-            self.state.upstreams.log_levels(),
+            &self
+                .state
+                .upstreams
+                .log_levels(&principal(context).tenant_id),
             &context.peer,
             context.meta.get_progress_token(),
             is_modern(context),

@@ -167,7 +167,8 @@ pub struct Upstream {
     era: parking_lot::Mutex<Option<Era>>,
     /// Downstream subscribers of this upstream's resources.
     watches: Arc<Watches>,
-    /// The log levels downstream callers want (shared by all upstreams).
+    /// The log levels downstream callers want (shared by the upstreams of
+    /// one tenant).
     levels: Arc<LogLevels>,
 }
 
@@ -507,8 +508,9 @@ impl Context {
 pub struct UpstreamManager {
     upstreams: RwLock<Vec<Arc<Upstream>>>,
     cx: Context,
-    /// The log levels downstream callers want, for every upstream.
-    levels: Arc<LogLevels>,
+    /// The log levels downstream callers want, per tenant: one tenant's
+    /// callers asking for debug output make only its own upstreams verbose.
+    levels: parking_lot::Mutex<std::collections::HashMap<Arc<str>, Arc<LogLevels>>>,
 }
 
 impl UpstreamManager {
@@ -527,13 +529,17 @@ impl UpstreamManager {
                 breaker: settings.breaker,
                 catalog_hook: Default::default(),
             },
-            levels: Arc::default(),
+            levels: Default::default(),
         }
     }
 
-    /// Where downstream callers hold the log levels they want.
-    pub fn log_levels(&self) -> &Arc<LogLevels> {
-        &self.levels
+    /// Where downstream callers of `tenant` hold the log levels they want.
+    pub fn log_levels(&self, tenant: &str) -> Arc<LogLevels> {
+        self.levels
+            .lock()
+            .entry(Arc::from(tenant))
+            .or_default()
+            .clone()
     }
 
     /// Sets what rebuilds the catalog when an upstream's offer changes.
@@ -614,7 +620,7 @@ impl UpstreamManager {
             tried: Default::default(),
             era: parking_lot::Mutex::new(None),
             watches: Arc::default(),
-            levels: self.levels.clone(),
+            levels: self.log_levels(tenant),
             spec,
         });
         upstreams.push(upstream.clone());
@@ -1041,4 +1047,27 @@ async fn probe(upstream: &Upstream, peer: &Peer<RoleClient>, timeout: Duration) 
         }
     });
     answered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_held_per_tenant() {
+        let manager = UpstreamManager::new(
+            &Settings::default(),
+            EventBus::default(),
+            reqwest::Client::new(),
+        );
+        let a = manager.log_levels("a");
+        let _debug = a.hold(rmcp::model::LoggingLevel::Debug);
+        assert_eq!(
+            manager.log_levels("a").wanted(),
+            Some(rmcp::model::LoggingLevel::Debug)
+        );
+        // Another tenant's callers asking for debug output do not make this
+        // tenant's upstreams verbose.
+        assert_eq!(manager.log_levels("b").wanted(), None);
+    }
 }
