@@ -107,6 +107,75 @@ fn rest_names(body: &Value) -> Vec<String> {
     names
 }
 
+/// The JSON-RPC answer in an MCP response body (JSON, or the last `data:`
+/// event with an id of an SSE stream).
+fn rpc_answer(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .rfind(|v| v.get("id").is_some())
+            .unwrap_or_else(|| panic!("no JSON-RPC answer in: {text}"))
+    })
+}
+
+/// A legacy (2025-11-25) MCP session opened as `token`.
+struct LegacySession {
+    client: reqwest::Client,
+    url: String,
+    id: String,
+}
+
+impl LegacySession {
+    async fn open(gw: &Gateway, token: &str) -> Self {
+        let client = client_with(token);
+        let url = gw.mcp_url();
+        let init = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "it", "version": "0"}}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let id = init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        rpc_answer(&init.text().await.unwrap());
+        let session = Self { client, url, id };
+        let r = session
+            .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        assert_eq!(r.status(), 202);
+        session
+    }
+
+    async fn post(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn request(&self, method: &str, params: Value) -> Value {
+        let r = self
+            .post(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+            .await;
+        rpc_answer(&r.text().await.unwrap())
+    }
+}
+
 /// What B could lose to an attack: its server's definition, its tools and
 /// its profile, as B reads them.
 async fn beta_state(gw: &Gateway, b_admin: &str) -> Value {
@@ -408,6 +477,23 @@ async fn tenant_a_cannot_read_change_or_call_tenant_b_servers_and_tools() {
             "{who}: {found}"
         );
         let call = |name: &str| json!({"name": "call_tool", "arguments": {"name": name, "arguments": {"message": "x"}}});
+        // A legacy session cannot subscribe to B's resources either.
+        let session = LegacySession::open(&gw, token).await;
+        for method in ["resources/subscribe", "resources/unsubscribe"] {
+            let h = session
+                .request(method, json!({"uri": "fixture://readme"}))
+                .await;
+            let m = session
+                .request(method, json!({"uri": "fixture://ghost"}))
+                .await;
+            assert!(h.get("error").is_some(), "{who} {method}: {h}");
+            assert_alike(
+                &format!("{who} legacy {method}"),
+                &(0, h),
+                &(0, m),
+                ("readme", "ghost"),
+            );
+        }
         let h = mcp_request_with(&discovery, Some(token), "tools/call", call("files__echo")).await;
         let m = mcp_request_with(&discovery, Some(token), "tools/call", call("ghost__echo")).await;
         assert_alike(
@@ -461,6 +547,12 @@ async fn tenant_a_cannot_read_change_or_call_tenant_b_servers_and_tools() {
     // count calls (before, and this one).
     assert_eq!(beta_state(&gw, &b_admin).await, before);
     assert_eq!(fixture_calls(&gw, &b_admin).await, calls_before + 1);
+    let (code, body) = execute_as(&gw, &b_admin, "files__subscriptions", json!({})).await;
+    assert_eq!(
+        (code, texts(&body["result"])),
+        (200, vec!["[]".to_owned()]),
+        "B's fixture holds no subscription of A's: {body}"
+    );
 
     // The detailed health of A's admin names A's servers only; the
     // platform admin sees every tenant's, each with its tenant.
@@ -590,7 +682,7 @@ async fn tenant_a_cannot_read_change_or_call_tenant_b_servers_and_tools() {
         (200, vec!["1".to_owned()]),
         "{body}"
     );
-    assert_eq!(fixture_calls(&gw, &b_admin).await, calls_before + 2);
+    assert_eq!(fixture_calls(&gw, &b_admin).await, calls_before + 3);
     // Removing A's `files` leaves B's alone.
     let (code, _) = gw
         .send_as(Some(&a_admin), "DELETE", "/api/v1/servers/files", None)
