@@ -291,6 +291,17 @@ pub async fn authenticate(
     if metrics && !principal.has(Permission::MetricsRead) {
         return forbidden(Permission::MetricsRead).into_response();
     }
+    // The exposition names every tenant's servers and tools: it is for the
+    // platform's operators (the default tenant) and the scrape token only.
+    if metrics && &*principal.tenant_id != super::DEFAULT_TENANT {
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "metrics are served to the default tenant's operators and the scrape token",
+        )
+        .into_response();
+    }
     if let Some(needed) = required_permission(request.method(), &path)
         && !principal.has(needed)
     {

@@ -4,7 +4,9 @@
 //! `server/discover`) on the same URL.
 //!
 //! The handler is thin: it turns MCP requests into pipeline calls and catalog
-//! reads, and pipeline errors into MCP answers.
+//! reads, and pipeline errors into MCP answers. Every request is served
+//! from the catalog of the caller's tenant, and list changes are announced
+//! only to sessions of the tenant whose catalog changed.
 
 pub mod bridge;
 pub mod cursor;
@@ -105,24 +107,32 @@ fn make_service(
 }
 
 /// The services of the profile endpoints (`/mcp/{profile}`), made on first
-/// use; each keeps its own legacy sessions.
+/// use, per (tenant, profile): two tenants' profiles of one name are two
+/// endpoints behind one URL, each keeping its own legacy sessions.
 #[derive(Default)]
 pub struct ProfileEndpoints {
-    services: parking_lot::Mutex<std::collections::HashMap<String, McpService>>,
+    services: parking_lot::Mutex<std::collections::HashMap<(String, String), McpService>>,
 }
 
 impl ProfileEndpoints {
-    fn get_or_create(&self, profile: &str, make: impl FnOnce() -> McpService) -> McpService {
+    fn get_or_create(
+        &self,
+        tenant: &str,
+        profile: &str,
+        make: impl FnOnce() -> McpService,
+    ) -> McpService {
         self.services
             .lock()
-            .entry(profile.to_owned())
+            .entry((tenant.to_owned(), profile.to_owned()))
             .or_insert_with(make)
             .clone()
     }
 
-    /// Forgets a profile's service (its sessions end with it).
-    pub fn remove(&self, profile: &str) {
-        self.services.lock().remove(profile);
+    /// Forgets a tenant's profile's service (its sessions end with it).
+    pub fn remove(&self, tenant: &str, profile: &str) {
+        self.services
+            .lock()
+            .remove(&(tenant.to_owned(), profile.to_owned()));
     }
 }
 
@@ -134,30 +144,42 @@ pub async fn profile_endpoint(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use tower::ServiceExt;
-    if !state.catalog.snapshot().profiles.contains_key(&profile) {
+    // The authentication layer put the principal there; a profile of
+    // another tenant is as unknown as one that does not exist.
+    let tenant = request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.tenant_id.clone());
+    let known = tenant
+        .as_deref()
+        .is_some_and(|t| state.catalog.snapshot(t).profiles.contains_key(&profile));
+    let (true, Some(tenant)) = (known, tenant) else {
         return crate::api::error::Problem::not_found(
             "unknown-profile",
             format!("no profile named {profile}"),
         )
         .with("profile", profile)
         .into_response();
-    }
-    let service = state.profile_endpoints.get_or_create(&profile, || {
-        service(
-            state.clone(),
-            state.mcp_shutdown.child_token(),
-            Some(Arc::from(profile.as_str())),
-        )
-    });
+    };
+    let service = state
+        .profile_endpoints
+        .get_or_create(&tenant, &profile, || {
+            service(
+                state.clone(),
+                state.mcp_shutdown.child_token(),
+                Some(Arc::from(profile.as_str())),
+            )
+        });
     match service.oneshot(request).await {
         Ok(response) => response.map(axum::body::Body::new),
         Err(never) => match never {},
     }
 }
 
-/// Which lists changed, for `notifications/*/list_changed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which lists of which tenant changed, for `notifications/*/list_changed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListChange {
+    pub tenant: Arc<str>,
     pub tools: bool,
     pub prompts: bool,
     pub resources: bool,
@@ -213,11 +235,41 @@ pub fn fingerprints(snapshot: &crate::catalog::Snapshot) -> [u64; 3] {
 
 /// The principal the HTTP layer attached to this request.
 fn principal(context: &RequestContext<RoleServer>) -> Principal {
-    context
-        .extensions
+    principal_in(&context.extensions)
+}
+
+/// The principal the HTTP layer attached to the HTTP request that carried
+/// a message (a request or a notification).
+fn principal_in(extensions: &rmcp::model::Extensions) -> Principal {
+    extensions
         .get::<http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<Principal>().cloned())
         .unwrap_or_else(Principal::nobody)
+}
+
+/// The changes a subscriber of `tenant` hears of, one at a time; after
+/// missing some, it hears that everything may have changed. `None` once the
+/// channel is closed.
+async fn next_change(
+    changes: &mut tokio::sync::broadcast::Receiver<ListChange>,
+    tenant: &Arc<str>,
+) -> Option<ListChange> {
+    loop {
+        match changes.recv().await {
+            // Another tenant's catalog changed: nothing this session lists.
+            Ok(c) if c.tenant != *tenant => continue,
+            Ok(c) => return Some(c),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                return Some(ListChange {
+                    tenant: tenant.clone(),
+                    tools: true,
+                    prompts: true,
+                    resources: true,
+                });
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        }
+    }
 }
 
 fn tool_error(text: String) -> CallToolResponse {
@@ -252,25 +304,19 @@ impl ServerHandler for Gateway {
         if self.discovery {
             return; // its two tools never change
         }
+        // The session belongs to the principal that opened it (the HTTP
+        // layer refuses it to anyone else): it hears of its tenant only.
+        let tenant = principal_in(&context.extensions).tenant_id;
         let mut changes = self.state.list_changes.subscribe();
         let stop = self.state.mcp_shutdown.clone();
         let peer = context.peer;
         tokio::spawn(async move {
             loop {
                 let change = tokio::select! {
-                    c = changes.recv() => c,
+                    c = next_change(&mut changes, &tenant) => c,
                     _ = stop.cancelled() => return,
                 };
-                let change = match change {
-                    Ok(c) => c,
-                    // Missed some: say everything may have changed.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ListChange {
-                        tools: true,
-                        prompts: true,
-                        resources: true,
-                    },
-                    Err(_) => return,
-                };
+                let Some(change) = change else { return };
                 let sent = async {
                     if change.tools {
                         peer.notify_tool_list_changed().await?;
@@ -305,25 +351,18 @@ impl ServerHandler for Gateway {
     }
 
     async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
+        let tenant = principal(context.request_context()).tenant_id;
         self.watch_for_listen(&context).await;
         // However the listen ends, its resource subscriptions end with it.
         let _unwatch = relays::UnwatchOnDrop(self.session.clone());
         let mut changes = self.state.list_changes.subscribe();
         loop {
             let change = tokio::select! {
-                c = changes.recv() => c,
+                c = next_change(&mut changes, &tenant) => c,
                 _ = context.cancelled() => return Ok(()),
                 _ = self.state.mcp_shutdown.cancelled() => return Ok(()),
             };
-            let change = match change {
-                Ok(c) => c,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ListChange {
-                    tools: true,
-                    prompts: true,
-                    resources: true,
-                },
-                Err(_) => return Ok(()),
-            };
+            let Some(change) = change else { return Ok(()) };
             let accepted = context.accepted().clone();
             let sink = context.sink();
             if change.tools && accepted.tools_list_changed == Some(true) {
@@ -344,11 +383,12 @@ impl ServerHandler for Gateway {
     async fn set_level(
         &self,
         request: rmcp::model::SetLevelRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         self.count("logging/setLevel");
+        let tenant = principal(&context).tenant_id;
         self.session
-            .set_level(self.state.upstreams.log_levels(), request.level);
+            .set_level(&self.state.upstreams.log_levels(&tenant), request.level);
         Ok(())
     }
 
@@ -363,14 +403,15 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         self.count("resources/subscribe");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         let Some(server) = snapshot
             .resource_server(&request.uri)
-            .filter(|s| self.serves(&snapshot, s, &principal(&context)))
+            .filter(|s| self.serves(&snapshot, s, &principal))
         else {
             return Err(resource_not_found(&request.uri, &context));
         };
-        let upstream = self.upstream(server)?;
+        let upstream = self.upstream(&snapshot.tenant, server)?;
         let (caller, _hold) = self.caller(&context);
         let sink = Arc::new(relays::SessionUpdates(context.peer.clone()));
         upstream
@@ -399,10 +440,11 @@ impl ServerHandler for Gateway {
         self.count("resources/unsubscribe");
         let watched = self.session.unwatched(Some(&request.uri));
         if watched.is_empty() {
-            let snapshot = self.state.catalog.snapshot();
+            let principal = principal(&context);
+            let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
             let visible = snapshot
                 .resource_server(&request.uri)
-                .is_some_and(|s| self.serves(&snapshot, s, &principal(&context)));
+                .is_some_and(|s| self.serves(&snapshot, s, &principal));
             return if visible {
                 Ok(())
             } else {
@@ -432,7 +474,7 @@ impl ServerHandler for Gateway {
     ) -> Result<rmcp::model::CompleteResult, McpError> {
         self.count("completion/complete");
         let principal = principal(&context);
-        let snapshot = self.state.catalog.snapshot();
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         let server = match &mut request.r#ref {
             rmcp::model::Reference::Prompt(p) => {
                 let Some(prompt) = snapshot
@@ -457,7 +499,7 @@ impl ServerHandler for Gateway {
             }
             _ => return Ok(rmcp::model::CompleteResult::default()),
         };
-        let upstream = self.upstream(&server)?;
+        let upstream = self.upstream(&snapshot.tenant, &server)?;
         let (caller, _hold) = self.caller(&context);
         match upstream
             .complete(request, Some(&caller), self.state.settings.call_timeout)
@@ -527,11 +569,11 @@ impl ServerHandler for Gateway {
             return Ok(ListToolsResult::with_all_items(discovery::tools()));
         }
         let principal = principal(&context);
-        let snapshot = self.state.catalog.snapshot();
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         // Tools of a server that is reconnecting stay in the catalog (calls
         // answer "unavailable") but are not offered to clients meanwhile;
         // quarantined tools are neither offered nor callable.
-        let ready = self.state.upstreams.ready_names();
+        let ready = self.state.upstreams.ready_names(&principal.tenant_id);
         let mut ready_names: Vec<&str> = ready.iter().map(String::as_str).collect();
         ready_names.sort_unstable();
         // The list is cached per catalog generation, readiness, profile and
@@ -690,7 +732,7 @@ impl ServerHandler for Gateway {
     ) -> Result<ListPromptsResult, McpError> {
         self.count("prompts/list");
         let principal = principal(&context);
-        let snapshot = self.state.catalog.snapshot();
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         Ok(ListPromptsResult::with_all_items(
             snapshot
                 .prompts
@@ -707,17 +749,18 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
         self.count("prompts/get");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         let Some(prompt) = snapshot
             .prompt(&request.name)
-            .filter(|p| self.serves(&snapshot, &p.server, &principal(&context)))
+            .filter(|p| self.serves(&snapshot, &p.server, &principal))
         else {
             return Err(McpError::invalid_params(
                 format!("Unknown prompt: {}", request.name),
                 None,
             ));
         };
-        let upstream = self.upstream(&prompt.server)?;
+        let upstream = self.upstream(&prompt.tenant, &prompt.server)?;
         let (caller, _hold) = self.caller(&context);
         upstream
             .get_prompt(
@@ -737,11 +780,12 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         self.count("resources/list");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         Ok(ListResourcesResult::with_all_items(self.offered(
             &snapshot,
             &snapshot.resources,
-            &principal(&context),
+            &principal,
         )))
     }
 
@@ -751,11 +795,12 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         self.count("resources/templates/list");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         Ok(ListResourceTemplatesResult::with_all_items(self.offered(
             &snapshot,
             &snapshot.templates,
-            &principal(&context),
+            &principal,
         )))
     }
 
@@ -765,14 +810,15 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         self.count("resources/read");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         let Some(server) = snapshot
             .resource_server(&request.uri)
-            .filter(|s| self.serves(&snapshot, s, &principal(&context)))
+            .filter(|s| self.serves(&snapshot, s, &principal))
         else {
             return Err(resource_not_found(&request.uri, &context));
         };
-        let upstream = self.upstream(server)?;
+        let upstream = self.upstream(&snapshot.tenant, server)?;
         let (caller, _hold) = self.caller(&context);
         upstream
             .read_resource(
@@ -793,7 +839,10 @@ impl Gateway {
     #[allow(deprecated)]
     fn caller(&self, context: &RequestContext<RoleServer>) -> (Caller, Option<LevelHold>) {
         self.session.caller(
-            self.state.upstreams.log_levels(),
+            &self
+                .state
+                .upstreams
+                .log_levels(&principal(context).tenant_id),
             &context.peer,
             context.meta.get_progress_token(),
             is_modern(context),
@@ -811,11 +860,11 @@ impl Gateway {
         let sink: Arc<dyn crate::upstream::UpdateSink> =
             Arc::new(relays::ListenUpdates(context.sink().clone()));
         for uri in uris {
-            let snapshot = self.state.catalog.snapshot();
+            let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
             let Some(upstream) = snapshot
                 .resource_server(&uri)
                 .filter(|s| self.serves(&snapshot, s, &principal))
-                .and_then(|s| self.state.upstreams.get(s))
+                .and_then(|s| self.state.upstreams.get(&snapshot.tenant, s))
             else {
                 continue;
             };
@@ -874,7 +923,7 @@ impl Gateway {
         items: &[(String, T)],
         principal: &Principal,
     ) -> Vec<T> {
-        let ready = self.state.upstreams.ready_names();
+        let ready = self.state.upstreams.ready_names(&snapshot.tenant);
         items
             .iter()
             .filter(|(server, _)| {
@@ -915,11 +964,16 @@ impl Gateway {
                 .get(&**name)
                 .is_some_and(|v| v.servers.contains(server)),
         };
-        in_profile && policy::may_use_server(principal, server)
+        in_profile && policy::may_use_server(principal, &snapshot.tenant, server)
     }
 
-    fn upstream(&self, server: &str) -> Result<Arc<crate::upstream::Upstream>, McpError> {
-        self.state.upstreams.get(server).ok_or_else(|| {
+    /// `tenant`'s upstream `server` (the snapshot's tenant: the caller's).
+    fn upstream(
+        &self,
+        tenant: &str,
+        server: &str,
+    ) -> Result<Arc<crate::upstream::Upstream>, McpError> {
+        self.state.upstreams.get(tenant, server).ok_or_else(|| {
             McpError::internal_error(format!("server {server} is not available"), None)
         })
     }

@@ -160,9 +160,10 @@ impl Pipeline {
     pub async fn call(&self, call: ToolCall) -> Result<Called, CallError> {
         let _running = self.in_flight.enter();
         let started = Instant::now();
-        let snapshot = self.catalog.snapshot();
-        // catalog + policy: a tool the principal may not see is unknown, and
-        // so is one outside the profile the call came through.
+        // catalog + policy: only the caller's tenant's catalog is looked
+        // in; a tool the principal may not see is unknown, and so is one
+        // outside the profile the call came through.
+        let snapshot = self.catalog.snapshot(&call.principal.tenant_id);
         let entry = match &call.profile {
             Some(profile) => snapshot
                 .profiles
@@ -209,6 +210,7 @@ impl Pipeline {
             })
             .observe(started.elapsed().as_secs_f64());
         self.events.publish(Event::CallFinished {
+            tenant: entry.tenant.clone(),
             tool: entry.public_name.clone(),
             server: entry.server().map(str::to_owned),
             outcome: match &result {
@@ -241,7 +243,10 @@ impl Pipeline {
             Target::Upstream { server, original } => {
                 // cache: only read-only tools with a TTL, keyed by the
                 // caller's authorization context.
-                let trusted = self.upstreams.get(server).is_some_and(|u| u.spec.trusted);
+                let trusted = self
+                    .upstreams
+                    .get(&entry.tenant, server)
+                    .is_some_and(|u| u.spec.trusted);
                 let Some(ttl) = crate::guard::cache_ttl(entry, trusted) else {
                     return self.call_upstream(entry, server, original, call).await;
                 };
@@ -292,7 +297,7 @@ impl Pipeline {
         original: &str,
         call: ToolCall,
     ) -> Result<Called, CallError> {
-        let upstream = self.upstreams.get(server).ok_or_else(|| {
+        let upstream = self.upstreams.get(&entry.tenant, server).ok_or_else(|| {
             CallError::Upstream(UpstreamError::Unavailable {
                 server: server.to_owned(),
                 reason: "removed".into(),
@@ -321,7 +326,7 @@ impl Pipeline {
         loop {
             attempt += 1;
             let (admission, transition) = upstream.breaker.admit();
-            self.announce(server, transition);
+            self.announce(&entry.tenant, server, transition);
             if let Admission::Refused { retry_after } = admission {
                 return Err(CallError::BreakerOpen {
                     server: server.to_owned(),
@@ -333,7 +338,7 @@ impl Pipeline {
                     match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
                         Ok(Ok(permit)) => Some(permit),
                         _ => {
-                            self.announce(server, upstream.breaker.record(true));
+                            self.announce(&entry.tenant, server, upstream.breaker.record(true));
                             return Err(timed_out());
                         }
                     }
@@ -354,7 +359,7 @@ impl Pipeline {
                 )
                 .await;
             let failed = outcome.as_ref().err().is_some_and(counts_against_breaker);
-            self.announce(server, upstream.breaker.record(!failed));
+            self.announce(&entry.tenant, server, upstream.breaker.record(!failed));
             let error = match outcome {
                 Ok(mut result) => {
                     // Results of pre-2026 upstreams have no resultType, which
@@ -394,9 +399,9 @@ impl Pipeline {
         }
     }
 
-    fn announce(&self, server: &str, transition: Option<Transition>) {
+    fn announce(&self, tenant: &Arc<str>, server: &str, transition: Option<Transition>) {
         if let Some(t) = transition {
-            tracing::warn!(server, transition = ?t, "circuit breaker changed state");
+            tracing::warn!(tenant = %tenant, server, transition = ?t, "circuit breaker changed state");
             self.metrics
                 .breaker_transitions
                 .get_or_create(&crate::metrics::TransitionLabels {
@@ -409,6 +414,7 @@ impl Pipeline {
                 })
                 .inc();
             self.events.publish(Event::BreakerChanged {
+                tenant: tenant.clone(),
                 server: server.to_owned(),
                 transition: t,
             });

@@ -147,6 +147,8 @@ impl Drop for Connection {
 
 /// One upstream server and its supervisor.
 pub struct Upstream {
+    /// The tenant that owns the server: its name is unique within it.
+    pub tenant: Arc<str>,
     pub spec: ServerSpec,
     /// The circuit breaker of calls to this server.
     pub breaker: Breaker,
@@ -165,7 +167,8 @@ pub struct Upstream {
     era: parking_lot::Mutex<Option<Era>>,
     /// Downstream subscribers of this upstream's resources.
     watches: Arc<Watches>,
-    /// The log levels downstream callers want (shared by all upstreams).
+    /// The log levels downstream callers want (shared by the upstreams of
+    /// one tenant).
     levels: Arc<LogLevels>,
 }
 
@@ -486,24 +489,28 @@ struct Context {
 }
 
 /// Called (and awaited) when an upstream's offer changed: rebuilds the
-/// catalog. Set once by the app, which owns the catalog.
-pub type CatalogHook = Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+/// catalog of the upstream's tenant. Set once by the app, which owns the
+/// catalog.
+pub type CatalogHook =
+    Box<dyn Fn(Arc<str>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl Context {
-    async fn catalog_changed(&self) {
+    async fn catalog_changed(&self, tenant: &Arc<str>) {
         if let Some(hook) = self.catalog_hook.get() {
-            hook().await;
+            hook(tenant.clone()).await;
         }
     }
 }
 
-/// The set of upstreams, in a stable order (config file order, then the
-/// order they were created over the API).
+/// The set of upstreams of every tenant, in a stable order (config file
+/// order, then the order they were created over the API). A server is
+/// known by (tenant, name): two tenants may each have a server `files`.
 pub struct UpstreamManager {
     upstreams: RwLock<Vec<Arc<Upstream>>>,
     cx: Context,
-    /// The log levels downstream callers want, for every upstream.
-    levels: Arc<LogLevels>,
+    /// The log levels downstream callers want, per tenant: one tenant's
+    /// callers asking for debug output make only its own upstreams verbose.
+    levels: parking_lot::Mutex<std::collections::HashMap<Arc<str>, Arc<LogLevels>>>,
 }
 
 impl UpstreamManager {
@@ -522,13 +529,17 @@ impl UpstreamManager {
                 breaker: settings.breaker,
                 catalog_hook: Default::default(),
             },
-            levels: Arc::default(),
+            levels: Default::default(),
         }
     }
 
-    /// Where downstream callers hold the log levels they want.
-    pub fn log_levels(&self) -> &Arc<LogLevels> {
-        &self.levels
+    /// Where downstream callers of `tenant` hold the log levels they want.
+    pub fn log_levels(&self, tenant: &str) -> Arc<LogLevels> {
+        self.levels
+            .lock()
+            .entry(Arc::from(tenant))
+            .or_default()
+            .clone()
     }
 
     /// Sets what rebuilds the catalog when an upstream's offer changes.
@@ -536,32 +547,49 @@ impl UpstreamManager {
         let _ = self.cx.catalog_hook.set(hook);
     }
 
+    /// Every upstream of every tenant (status pages of the platform,
+    /// metrics, readiness, shutdown).
     pub fn list(&self) -> Vec<Arc<Upstream>> {
         self.upstreams.read().clone()
     }
 
-    /// Names of the upstreams that are ready now.
-    pub fn ready_names(&self) -> std::collections::HashSet<String> {
+    /// The upstreams of one tenant, in order.
+    pub fn list_tenant(&self, tenant: &str) -> Vec<Arc<Upstream>> {
         self.upstreams
             .read()
             .iter()
-            .filter(|u| u.is_ready())
+            .filter(|u| &*u.tenant == tenant)
+            .cloned()
+            .collect()
+    }
+
+    /// Names of a tenant's upstreams that are ready now.
+    pub fn ready_names(&self, tenant: &str) -> std::collections::HashSet<String> {
+        self.upstreams
+            .read()
+            .iter()
+            .filter(|u| &*u.tenant == tenant && u.is_ready())
             .map(|u| u.spec.name.clone())
             .collect()
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
+    /// The upstream `name` of `tenant`.
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Upstream>> {
         self.upstreams
             .read()
             .iter()
-            .find(|u| u.spec.name == name)
+            .find(|u| &*u.tenant == tenant && u.spec.name == name)
             .cloned()
     }
 
-    /// Adds an upstream and starts its supervisor. False if the name is taken.
-    pub fn add(&self, spec: ServerSpec) -> bool {
+    /// Adds an upstream of `tenant` and starts its supervisor. False if the
+    /// tenant already has a server of that name.
+    pub fn add(&self, tenant: &str, spec: ServerSpec) -> bool {
         let mut upstreams = self.upstreams.write();
-        if upstreams.iter().any(|u| u.spec.name == spec.name) {
+        if upstreams
+            .iter()
+            .any(|u| &*u.tenant == tenant && u.spec.name == spec.name)
+        {
             return false;
         }
         let initial = if spec.enabled {
@@ -570,6 +598,7 @@ impl UpstreamManager {
             Status::Disabled
         };
         let upstream = Arc::new(Upstream {
+            tenant: Arc::from(tenant),
             breaker: Breaker::new(spec.circuit_breaker.unwrap_or(self.cx.breaker)),
             slots: spec
                 .max_concurrency
@@ -591,29 +620,36 @@ impl UpstreamManager {
             tried: Default::default(),
             era: parking_lot::Mutex::new(None),
             watches: Arc::default(),
-            levels: self.levels.clone(),
+            levels: self.log_levels(tenant),
             spec,
         });
         upstreams.push(upstream.clone());
         drop(upstreams);
         if upstream.spec.enabled {
+            use tracing::Instrument as _;
             let cx = self.cx.clone();
-            tokio::spawn(supervise(upstream, cx));
+            // Log lines of the supervisor say whose server it is.
+            let span = tracing::info_span!("upstream", tenant = %upstream.tenant);
+            tokio::spawn(supervise(upstream, cx).instrument(span));
         } else {
             upstream.stopped.notify_one();
         }
         true
     }
 
-    /// Stops and removes an upstream; returns once its process is gone.
-    pub async fn remove(&self, name: &str) -> Option<Arc<Upstream>> {
+    /// Stops and removes a tenant's upstream; returns once its process is
+    /// gone.
+    pub async fn remove(&self, tenant: &str, name: &str) -> Option<Arc<Upstream>> {
         let upstream = {
             let mut upstreams = self.upstreams.write();
-            let index = upstreams.iter().position(|u| u.spec.name == name)?;
+            let index = upstreams
+                .iter()
+                .position(|u| &*u.tenant == tenant && u.spec.name == name)?;
             upstreams.remove(index)
         };
         stop(&upstream).await;
         self.cx.events.publish(Event::CatalogChanged {
+            tenant: upstream.tenant.clone(),
             server: Some(name.to_owned()),
         });
         Some(upstream)
@@ -634,6 +670,7 @@ async fn stop(upstream: &Upstream) {
 /// Owns one upstream's connection for as long as the upstream exists.
 async fn supervise(upstream: Arc<Upstream>, cx: Context) {
     let name = upstream.spec.name.clone();
+    let tenant = upstream.tenant.clone();
     let mut backoff = Duration::from_millis(500);
     // Connections that failed, or ended before they were stable, in a row.
     let mut failures_in_a_row: u32 = 0;
@@ -651,6 +688,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                 s.last_error = Some(error.clone());
             });
             cx.events.publish(Event::UpstreamDown {
+                tenant: tenant.clone(),
                 server: name.clone(),
                 error,
             });
@@ -699,6 +737,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                     s.last_error = Some(error.clone());
                 });
                 cx.events.publish(Event::UpstreamDown {
+                    tenant: tenant.clone(),
                     server: name.clone(),
                     error,
                 });
@@ -736,7 +775,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         upstream.conn.store(Some(conn.clone()));
         // The catalog holds the server's tools before it counts as ready, so
         // "ready" means its tools can be called.
-        cx.catalog_changed().await;
+        cx.catalog_changed(&tenant).await;
         // A fresh connection is new evidence: calls may try it at once.
         if let Some(t) = upstream.breaker.reset() {
             tracing::info!(server = %name, transition = ?t, "circuit breaker reset by a new connection");
@@ -753,9 +792,11 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         });
         tracing::info!(server = %name, tools = upstream.offer().tools.len(), "upstream ready");
         cx.events.publish(Event::UpstreamUp {
+            tenant: tenant.clone(),
             server: name.clone(),
         });
         cx.events.publish(Event::CatalogChanged {
+            tenant: tenant.clone(),
             server: Some(name.clone()),
         });
         // A 2026-07-28 upstream tells of list changes (and updates of
@@ -784,8 +825,8 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                     if let Err(error) = sync(&upstream, &peer).await {
                         tracing::warn!(server = %name, %error, "re-sync failed");
                     }
-                    cx.catalog_changed().await;
-                    cx.events.publish(Event::CatalogChanged { server: Some(name.clone()) });
+                    cx.catalog_changed(&tenant).await;
+                    cx.events.publish(Event::CatalogChanged { tenant: tenant.clone(), server: Some(name.clone()) });
                 }
                 _ = health.tick() => {
                     let timeout = cx.connect_timeout.min(cx.health_interval);
@@ -832,10 +873,12 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         // listings hide it (the server is not ready) and calls answer
         // "unavailable" rather than "unknown tool".
         cx.events.publish(Event::UpstreamDown {
+            tenant: tenant.clone(),
             server: name.clone(),
             error: "connection closed".into(),
         });
         cx.events.publish(Event::CatalogChanged {
+            tenant: tenant.clone(),
             server: Some(name.clone()),
         });
         tokio::select! {
@@ -1004,4 +1047,27 @@ async fn probe(upstream: &Upstream, peer: &Peer<RoleClient>, timeout: Duration) 
         }
     });
     answered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_held_per_tenant() {
+        let manager = UpstreamManager::new(
+            &Settings::default(),
+            EventBus::default(),
+            reqwest::Client::new(),
+        );
+        let a = manager.log_levels("a");
+        let _debug = a.hold(rmcp::model::LoggingLevel::Debug);
+        assert_eq!(
+            manager.log_levels("a").wanted(),
+            Some(rmcp::model::LoggingLevel::Debug)
+        );
+        // Another tenant's callers asking for debug output do not make this
+        // tenant's upstreams verbose.
+        assert_eq!(manager.log_levels("b").wanted(), None);
+    }
 }

@@ -23,3 +23,4 @@ mod resilience;
 mod search;
 mod secrets;
 mod store;
+mod tenants;
