@@ -15,6 +15,7 @@ mod cli;
 mod conformance;
 mod core;
 mod hardening;
+mod isolation;
 mod observability;
 mod oidc;
 mod peers;
