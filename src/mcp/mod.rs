@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod cursor;
 pub mod discovery;
 pub mod relays;
+pub mod sse;
 
 use std::{sync::Arc, time::Duration};
 

@@ -24,3 +24,4 @@ mod resilience;
 mod search;
 mod secrets;
 mod store;
+mod transports;
