@@ -312,7 +312,10 @@ impl App {
             // The 2024-11-05 HTTP+SSE transport, for clients that predate
             // Streamable HTTP.
             .route("/sse", axum::routing::get(crate::mcp::sse::open))
-            .route("/sse/{profile}", axum::routing::get(crate::mcp::sse::open_profile))
+            .route(
+                "/sse/{profile}",
+                axum::routing::get(crate::mcp::sse::open_profile),
+            )
             .route("/messages", axum::routing::post(crate::mcp::sse::post))
             .nest("/api/v1", crate::api::router())
             .route(

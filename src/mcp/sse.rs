@@ -109,8 +109,7 @@ pub async fn open_profile(
 fn open_session(state: Arc<AppState>, profile: Option<Arc<str>>, request: Request) -> Response {
     // The authentication layer put it there; without it nothing is served.
     let Some(principal) = request.extensions().get::<Principal>().cloned() else {
-        return crate::auth::http::unauthorized_problem("authentication required")
-            .into_response();
+        return crate::auth::http::unauthorized_problem("authentication required").into_response();
     };
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (incoming_tx, incoming) = mpsc::channel(QUEUE);
@@ -162,7 +161,9 @@ fn open_session(state: Arc<AppState>, profile: Option<Arc<str>>, request: Reques
     })
     .filter_map(|message| async move {
         match serde_json::to_string(&message) {
-            Ok(json) => Some(Ok::<_, Infallible>(Event::default().event("message").data(json))),
+            Ok(json) => Some(Ok::<_, Infallible>(
+                Event::default().event("message").data(json),
+            )),
             Err(error) => {
                 tracing::warn!(%error, "an answer could not be serialized");
                 None
@@ -189,8 +190,7 @@ pub async fn post(
     request: Request,
 ) -> Response {
     let Some(principal) = request.extensions().get::<Principal>().cloned() else {
-        return crate::auth::http::unauthorized_problem("authentication required")
-            .into_response();
+        return crate::auth::http::unauthorized_problem("authentication required").into_response();
     };
     let Some(id) = target.session_id else {
         return (StatusCode::BAD_REQUEST, "sessionId is required").into_response();

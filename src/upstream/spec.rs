@@ -624,6 +624,41 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn isolation_defaults_to_shared_and_is_validated() {
+        let s = ServerSpec::from_mcp_servers_entry("a", json!({"command": "x"})).unwrap();
+        assert_eq!(s.isolation, Isolation::Shared);
+        assert_eq!(s.connection_limit(), DEFAULT_MAX_CONNECTIONS as usize);
+        let s = ServerSpec::from_mcp_servers_entry(
+            "a",
+            json!({"command": "x", "isolation": "session", "max_connections": 2, "idle_timeout_secs": 1.5}),
+        )
+        .unwrap();
+        assert_eq!(s.isolation, Isolation::Session);
+        assert_eq!(s.connection_limit(), 2);
+        assert_eq!(s.idle_timeout(), std::time::Duration::from_millis(1500));
+        // A stored definition of before the setting reads as shared.
+        let mut stored = serde_json::to_value(&s).unwrap();
+        stored.as_object_mut().unwrap().remove("isolation");
+        let old: ServerSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.isolation, Isolation::Shared);
+        for bad in [
+            json!({"command": "x", "isolation": "per-call"}),
+            json!({"command": "x", "max_connections": 0}),
+            json!({"command": "x", "idle_timeout_secs": -1}),
+        ] {
+            assert!(
+                ServerSpec::from_api_json({
+                    let mut b = bad.clone();
+                    b["name"] = json!("a");
+                    b
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn parses_stdio_and_remote_entries() {
         let s = ServerSpec::from_mcp_servers_entry(
             "time",

@@ -33,8 +33,14 @@ async fn open_sse(gw: &Gateway, path: &str, token: Option<&str>) -> (u16, Option
     if status != 200 {
         return (status, None);
     }
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
     let mut events = events_of(response);
     let (kind, data) = tokio::time::timeout(Duration::from_secs(10), events.next())
         .await
@@ -145,8 +151,13 @@ async fn the_legacy_sse_endpoint_serves_the_gateway() {
     );
     let endpoint = sse.endpoint.clone();
     assert_eq!(
-        post_message(&gw, &endpoint, None, json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
-            .await,
+        post_message(
+            &gw,
+            &endpoint,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        )
+        .await,
         401
     );
     // The handshake, a listing and a call; answers come on the stream.
@@ -229,7 +240,10 @@ async fn the_legacy_sse_endpoint_serves_profiles() {
     gw.wait_server("fx", "ready").await;
     let (status, _) = open_sse(&gw, "/sse/nope", Some(&gw.token)).await;
     assert_eq!(status, 404);
-    let mut sse = open_sse(&gw, "/sse/echoes", Some(&gw.token)).await.1.unwrap();
+    let mut sse = open_sse(&gw, "/sse/echoes", Some(&gw.token))
+        .await
+        .1
+        .unwrap();
     let endpoint = sse.endpoint.clone();
     let token = Some(gw.token.as_str());
     post_message(
@@ -303,7 +317,10 @@ async fn the_python_sdk_sse_client_works_through_the_gateway() {
         &["--url", &url, "--transport", "sse", "list-tools"],
     );
     assert_ne!(code, 0, "{out}");
-    assert!(out["error"].as_str().unwrap_or_default().contains("401"), "{out}");
+    assert!(
+        out["error"].as_str().unwrap_or_default().contains("401"),
+        "{out}"
+    );
 }
 
 /// POSTs a JSON-RPC message to `/mcp` in a session, with or without the
@@ -374,7 +391,10 @@ async fn requests_without_a_protocol_header_are_2025_03_26() {
     )
     .await;
     assert_eq!(status, 200, "{list}");
-    assert!(common::tool_names(&list).contains(&"fx__echo".to_owned()), "{list}");
+    assert!(
+        common::tool_names(&list).contains(&"fx__echo".to_owned()),
+        "{list}"
+    );
     let (status, _, call) = post_mcp(
         &gw,
         Some(&session),
@@ -417,4 +437,60 @@ async fn requests_without_a_protocol_header_are_2025_03_26() {
     )
     .await;
     assert_eq!(status, 200, "{list}");
+}
+
+#[tokio::test]
+async fn a_closed_sse_stream_closes_its_isolated_connection() {
+    let m = common::marker("sse-iso");
+    let mut entry = common::fixture_stdio(&m);
+    entry["isolation"] = json!("session");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": entry}}))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let mut sse = open_sse(&gw, "/sse", Some(&gw.token)).await.1.unwrap();
+    let endpoint = sse.endpoint.clone();
+    let token = Some(gw.token.as_str());
+    post_message(
+        &gw,
+        &endpoint,
+        token,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2024-11-05", "capabilities": {},
+            "clientInfo": {"name": "it", "version": "0"}}}),
+    )
+    .await;
+    sse.next_message().await;
+    post_message(
+        &gw,
+        &endpoint,
+        token,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    post_message(
+        &gw,
+        &endpoint,
+        token,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+               "params": {"name": "fx__count_calls", "arguments": {}}}),
+    )
+    .await;
+    let answer = sse.next_message().await;
+    assert_eq!(common::texts(&answer["result"]), ["1"], "{answer}");
+    // The template's process and the session's own.
+    assert_eq!(common::processes_with(&m).len(), 2);
+    drop(sse);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while common::processes_with(&m).len() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session's process outlived its stream: {:?}",
+            common::processes_with(&m)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
