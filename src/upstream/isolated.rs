@@ -92,7 +92,7 @@ pub struct Pool {
 
 impl Pool {
     /// Open connections (and ones being opened).
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.slots.lock().len()
     }
 
@@ -222,7 +222,7 @@ impl Upstream {
             }
         };
         let conn = Arc::new(Connection::new(running.peer().clone(), relays, resync));
-        tracing::info!(server = %self.spec.name, open = self.pool.len(), "isolated connection opened");
+        tracing::info!(server = %self.spec.name, open = self.pool.count(), "isolated connection opened");
         tokio::spawn(own(
             running,
             pgid,

@@ -227,7 +227,7 @@ impl Upstream {
 
     /// Isolated connections open now (0 for a shared server).
     pub fn isolated_connections(&self) -> usize {
-        self.pool.len()
+        self.pool.count()
     }
 
     pub fn stderr_tail(&self) -> Vec<String> {

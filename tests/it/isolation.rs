@@ -64,19 +64,17 @@ impl Session {
         session
     }
 
-    fn post(&self, body: Value) -> impl Future<Output = reqwest::Response> + '_ {
-        async move {
-            self.client
-                .post(&self.url)
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-session-id", &self.id)
-                .header("mcp-protocol-version", "2025-11-25")
-                .json(&body)
-                .send()
-                .await
-                .expect("MCP request")
-        }
+    async fn post(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body)
+            .send()
+            .await
+            .expect("MCP request")
     }
 
     /// Calls a tool; the whole JSON-RPC response.
