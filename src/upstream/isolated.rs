@@ -143,7 +143,7 @@ impl Upstream {
         let key = affinity.key(self.spec.isolation);
         let slot = {
             let mut slots = self.pool.slots.lock();
-            match slots.get(&key) {
+            let slot = match slots.get(&key) {
                 // A connection that is closing is replaced, not reused.
                 Some(slot) if !slot.stop.is_cancelled() => slot.clone(),
                 _ => {
@@ -163,9 +163,13 @@ impl Upstream {
                     slots.insert(key.clone(), slot.clone());
                     slot
                 }
-            }
+            };
+            // Marked busy under the lock the idle check takes too: a slot
+            // is either closed before this request finds it (and replaced
+            // above), or kept open for it.
+            slot.busy.fetch_add(1, Ordering::AcqRel);
+            slot
         };
-        slot.busy.fetch_add(1, Ordering::AcqRel);
         let in_use = InUse(slot.clone());
         match slot
             .conn
@@ -266,8 +270,12 @@ async fn own(
             _ = &mut waiting => break "closed by the server",
             _ = slot.stop.cancelled() => break "session ended or server stopped",
             _ = tick.tick() => {
+                let Some(pool) = pool.upgrade() else { break "server removed" };
+                let _slots = pool.slots.lock();
                 let unused = slot.last_used.lock().elapsed();
                 if slot.busy.load(Ordering::Acquire) == 0 && unused >= idle {
+                    // Under the pool's lock: no request can take it now.
+                    slot.stop.cancel();
                     break "idle";
                 }
             }

@@ -170,6 +170,7 @@ async fn shared_servers_serve_every_session_on_one_connection() {
     assert_eq!(processes_with(&m).len(), 1, "{:?}", processes_with(&m));
     let (_, server) = gw.get("/api/v1/servers/fx").await;
     assert_eq!(server["isolation"], "shared", "{server}");
+    assert!(server.get("isolated_connections").is_none(), "{server}");
 }
 
 #[tokio::test]
@@ -193,6 +194,7 @@ async fn session_isolation_gives_each_session_its_own_process_until_it_ends() {
     assert_eq!(c.count().await, 1);
     let (_, server) = gw.get("/api/v1/servers/fx").await;
     assert_eq!(server["isolation"], "session", "{server}");
+    assert_eq!(server["isolated_connections"], 2, "b's and c's: {server}");
 }
 
 #[tokio::test]
