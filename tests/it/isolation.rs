@@ -192,9 +192,23 @@ async fn session_isolation_gives_each_session_its_own_process_until_it_ends() {
     // A new session starts from scratch.
     let mut c = Session::open(&gw.mcp_url(), &gw.token).await;
     assert_eq!(c.count().await, 1);
+    // Callers without a session (2026-07-28 requests, REST) share their
+    // principal's connection, apart from every session's.
+    let stateless = common::mcp_request(
+        &gw.mcp_url(),
+        "tools/call",
+        json!({"name": "fx__count_calls", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(count_of(&stateless["result"]), 1, "{stateless}");
+    let (_, rest) = gw.execute("fx__count_calls", json!({})).await;
+    assert_eq!(count_of(&rest["result"]), 2, "{rest}");
     let (_, server) = gw.get("/api/v1/servers/fx").await;
     assert_eq!(server["isolation"], "session", "{server}");
-    assert_eq!(server["isolated_connections"], 2, "b's and c's: {server}");
+    assert_eq!(
+        server["isolated_connections"], 3,
+        "b's, c's and the principal's: {server}"
+    );
 }
 
 #[tokio::test]

@@ -494,3 +494,40 @@ async fn a_closed_sse_stream_closes_its_isolated_connection() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_sse_streams() {
+    // A grace period longer than the harness waits: an SSE stream that held
+    // shutdown up would show as a kill, not a clean exit.
+    let m = common::marker("sse-stop");
+    let mut gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": common::fixture_stdio(&m)}}))
+            .env("META_MCP_SHUTDOWN_GRACE_SECS", "120")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let mut sse = open_sse(&gw, "/sse", Some(&gw.token)).await.1.unwrap();
+    let endpoint = sse.endpoint.clone();
+    post_message(
+        &gw,
+        &endpoint,
+        Some(&gw.token),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2024-11-05", "capabilities": {},
+            "clientInfo": {"name": "it", "version": "0"}}}),
+    )
+    .await;
+    sse.next_message().await;
+    let status = tokio::task::spawn_blocking(move || gw.stop())
+        .await
+        .unwrap()
+        .expect("the gateway was running");
+    assert!(status.success(), "exit status {status:?}");
+    // The stream was ended by the gateway, not left hanging.
+    let end = tokio::time::timeout(Duration::from_secs(10), sse.events.next())
+        .await
+        .expect("the stream ends");
+    assert!(end.is_none(), "{end:?}");
+}
