@@ -40,6 +40,8 @@ pub struct AppState {
     /// Serializes server create/update/delete so checks and effects agree.
     pub servers_lock: tokio::sync::Mutex<()>,
     pub profile_endpoints: crate::mcp::ProfileEndpoints,
+    /// The open sessions of the legacy HTTP+SSE endpoint (`/sse`).
+    pub sse_sessions: crate::mcp::sse::SseSessions,
     /// Cancelled when the gateway is asked to stop.
     pub shutdown: CancellationToken,
     /// Cancelled once tool calls in flight have finished (or the grace
@@ -213,6 +215,7 @@ impl App {
             started: Instant::now(),
             servers_lock: tokio::sync::Mutex::new(()),
             profile_endpoints: Default::default(),
+            sse_sessions: Default::default(),
             shutdown: CancellationToken::new(),
             mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
@@ -335,6 +338,14 @@ impl App {
                 "/mcp/{profile}",
                 axum::routing::any(crate::mcp::profile_endpoint),
             )
+            // The 2024-11-05 HTTP+SSE transport, for clients that predate
+            // Streamable HTTP.
+            .route("/sse", axum::routing::get(crate::mcp::sse::open))
+            .route(
+                "/sse/{profile}",
+                axum::routing::get(crate::mcp::sse::open_profile),
+            )
+            .route("/messages", axum::routing::post(crate::mcp::sse::post))
             .nest("/api/v1", crate::api::router())
             .route(
                 "/.well-known/oauth-protected-resource",

@@ -42,6 +42,12 @@ pub fn describe(state: &AppState, upstream: &Upstream, with_logs: bool) -> Value
         obj.insert("status".into(), json!(*upstream.status()));
         obj.insert("tools".into(), json!(upstream.offer().tools.len()));
         obj.insert("breaker".into(), json!(upstream.breaker.state()));
+        if upstream.spec.isolation != crate::upstream::spec::Isolation::Shared {
+            obj.insert(
+                "isolated_connections".into(),
+                json!(upstream.isolated_connections()),
+            );
+        }
         obj.insert(
             "conflicts".into(),
             json!(

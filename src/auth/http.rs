@@ -36,8 +36,15 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/.well-known/oauth-protected-resource/")
 }
 
+/// The MCP endpoints: Streamable HTTP (`/mcp`, `/mcp/{profile}`) and the
+/// legacy HTTP+SSE transport (`/sse`, `/sse/{profile}`, `/messages`), which
+/// all take the same credentials and scopes.
 fn is_mcp(path: &str) -> bool {
-    path == "/mcp" || path.starts_with("/mcp/")
+    path == "/mcp"
+        || path.starts_with("/mcp/")
+        || path == "/sse"
+        || path.starts_with("/sse/")
+        || path == "/messages"
 }
 
 /// The permission a REST route needs, beyond being authenticated. Handlers

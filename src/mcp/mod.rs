@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod cursor;
 pub mod discovery;
 pub mod relays;
+pub mod sse;
 
 use std::{sync::Arc, time::Duration};
 
@@ -85,7 +86,10 @@ fn make_service(
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_cancellation_token(shutdown);
     let handler = Gateway {
-        session: Arc::new(relays::Session::new(state.settings.call_timeout)),
+        session: Arc::new(relays::Session::new(
+            state.settings.call_timeout,
+            &state.upstreams,
+        )),
         state,
         profile,
         discovery,
@@ -97,7 +101,10 @@ fn make_service(
     StreamableHttpService::new(
         move || {
             Ok(Gateway {
-                session: Arc::new(relays::Session::new(handler.state.settings.call_timeout)),
+                session: Arc::new(relays::Session::new(
+                    handler.state.settings.call_timeout,
+                    &handler.state.upstreams,
+                )),
                 ..handler.clone()
             })
         },
@@ -270,6 +277,11 @@ async fn next_change(
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         }
     }
+}
+
+/// Whose connection a request uses on an isolated upstream.
+fn affinity(context: &RequestContext<RoleServer>, caller: &Caller) -> crate::upstream::Affinity {
+    crate::pipeline::affinity(&principal(context), Some(caller))
 }
 
 fn tool_error(text: String) -> CallToolResponse {
@@ -502,7 +514,12 @@ impl ServerHandler for Gateway {
         let upstream = self.upstream(&snapshot.tenant, &server)?;
         let (caller, _hold) = self.caller(&context);
         match upstream
-            .complete(request, Some(&caller), self.state.settings.call_timeout)
+            .complete(
+                request,
+                Some(&caller),
+                &affinity(&context, &caller),
+                self.state.settings.call_timeout,
+            )
             .await
         {
             Ok(mut result) => {
@@ -708,6 +725,7 @@ impl ServerHandler for Gateway {
                 Err(McpError::invalid_params(e.to_string(), None))
             }
             Err(CallError::Upstream(UpstreamError::Rpc { error, .. })) => Err(error),
+            Err(CallError::Upstream(e @ UpstreamError::Exhausted { .. })) => Err(upstream_error(e)),
             Err(
                 e @ (CallError::RateLimited { retry_after, .. }
                 | CallError::BreakerOpen { retry_after, .. }),
@@ -767,6 +785,7 @@ impl ServerHandler for Gateway {
                 &prompt.original_name,
                 request.arguments,
                 Some(&caller),
+                &affinity(&context, &caller),
                 self.state.settings.call_timeout,
             )
             .await
@@ -824,6 +843,7 @@ impl ServerHandler for Gateway {
             .read_resource(
                 &request.uri,
                 Some(&caller),
+                &affinity(&context, &caller),
                 self.state.settings.call_timeout,
             )
             .await
@@ -1007,6 +1027,13 @@ fn upstream_error(error: UpstreamError) -> McpError {
         // The request names something the upstream cannot do (subscribe
         // to a resource of a server without subscriptions).
         e @ UpstreamError::Unsupported { .. } => McpError::invalid_params(e.to_string(), None),
+        // A caller that needs its own connection to an isolated server
+        // while all are taken: refused at once, with what to wait for.
+        UpstreamError::Exhausted { ref server, limit } => McpError::new(
+            rmcp::model::ErrorCode(-32000),
+            error.to_string(),
+            Some(serde_json::json!({ "server": server, "maxConnections": limit })),
+        ),
         other => McpError::internal_error(other.to_string(), None),
     }
 }

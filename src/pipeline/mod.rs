@@ -28,8 +28,17 @@ use crate::{
         retry::RetryPolicy,
     },
     outbound,
-    upstream::{Caller, UpstreamError, UpstreamManager},
+    upstream::{Affinity, Caller, UpstreamError, UpstreamManager, spec::Isolation},
 };
+
+/// Whose connection a call uses on an isolated upstream: its legacy MCP
+/// session, if it came in one, and its principal (tenant and user).
+pub fn affinity(principal: &Principal, caller: Option<&Caller>) -> Affinity {
+    Affinity {
+        session: caller.and_then(|c| c.session),
+        principal: format!("{}/{}", principal.tenant_id, principal.user_id).into(),
+    }
+}
 
 /// One tool call, as the front doors hand it to the pipeline.
 pub struct ToolCall {
@@ -243,11 +252,16 @@ impl Pipeline {
             Target::Upstream { server, original } => {
                 // cache: only read-only tools with a TTL, keyed by the
                 // caller's authorization context.
-                let trusted = self
-                    .upstreams
-                    .get(&entry.tenant, server)
-                    .is_some_and(|u| u.spec.trusted);
-                let Some(ttl) = crate::guard::cache_ttl(entry, trusted) else {
+                let (trusted, isolated) =
+                    self.upstreams
+                        .get(&entry.tenant, server)
+                        .map_or((false, false), |u| {
+                            (u.spec.trusted, u.spec.isolation != Isolation::Shared)
+                        });
+                // An isolated server's answers depend on the caller's own
+                // connection: one caller's cached answer is not another's.
+                let ttl = crate::guard::cache_ttl(entry, trusted).filter(|_| !isolated);
+                let Some(ttl) = ttl else {
                     return self.call_upstream(entry, server, original, call).await;
                 };
                 let arguments = Value::Object(call.arguments.clone().unwrap_or_default());
@@ -316,6 +330,7 @@ impl Pipeline {
         });
         let deadline = tokio::time::Instant::now() + extend_until.unwrap_or(timeout);
         let idempotent = is_idempotent(entry, upstream.spec.trusted);
+        let affinity = affinity(&call.principal, call.caller.as_ref());
         let timed_out = || {
             CallError::Upstream(UpstreamError::Timeout {
                 server: server.to_owned(),
@@ -354,6 +369,7 @@ impl Pipeline {
                     original,
                     call.arguments.clone(),
                     call.caller.as_ref(),
+                    &affinity,
                     remaining.min(timeout),
                     extend_until.map(|_| remaining),
                 )
@@ -379,7 +395,7 @@ impl Pipeline {
             // idempotent tools.
             let retryable = match &error {
                 UpstreamError::Unavailable { .. } => true,
-                UpstreamError::Unsupported { .. } => false,
+                UpstreamError::Unsupported { .. } | UpstreamError::Exhausted { .. } => false,
                 UpstreamError::ConnectionLost { .. }
                 | UpstreamError::Timeout { .. }
                 | UpstreamError::Protocol { .. } => idempotent,
@@ -516,6 +532,8 @@ fn validate(entry: &ToolEntry, arguments: Option<&JsonObject>) -> Result<(), Cal
 fn counts_against_breaker(error: &UpstreamError) -> bool {
     match error {
         UpstreamError::Rpc { error, .. } => error.code == rmcp::model::ErrorCode::INTERNAL_ERROR,
+        // The gateway's own limit, not the server's health.
+        UpstreamError::Exhausted { .. } => false,
         _ => true,
     }
 }

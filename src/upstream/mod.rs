@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod http;
+pub mod isolated;
 pub mod relay;
 pub mod spec;
 pub mod sse;
@@ -49,8 +50,9 @@ use crate::{
 };
 use client::UpstreamClient;
 pub use client::{CallSink, Caller, LevelHold, LogLevels, Origin, Progress, passes, severity};
+pub use isolated::Affinity;
 use relay::{RelayHandle, RelayTransport, Relayed, Relays};
-use spec::{ServerSpec, Transport};
+use spec::{Isolation, ServerSpec, Transport};
 use stdio::StderrTail;
 pub use watch::UpdateSink;
 use watch::Watches;
@@ -110,6 +112,12 @@ pub enum UpstreamError {
     Protocol { server: String, detail: String },
     #[error("server {server} does not support {what}")]
     Unsupported { server: String, what: String },
+    /// An isolated server has its maximum of connections open, and this
+    /// caller needs one more.
+    #[error(
+        "server {server} has its maximum of {limit} isolated connections open; retry when a session ends or one is idle"
+    )]
+    Exhausted { server: String, limit: usize },
 }
 
 /// A live connection to an upstream: a request handle shared by all callers.
@@ -132,6 +140,27 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A connection over `peer`, with what its server said it speaks.
+    fn new(peer: Peer<RoleClient>, relays: Relays, resync: Arc<Notify>) -> Self {
+        let info = peer.peer_info();
+        let modern = info
+            .as_ref()
+            .is_some_and(|i| i.protocol_version.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        let caps = info.as_ref().map(|i| &i.capabilities);
+        Self {
+            logging: caps.is_some_and(|c| c.logging.is_some()),
+            subscribe: caps
+                .and_then(|c| c.resources.as_ref())
+                .is_some_and(|r| r.subscribe == Some(true)),
+            peer,
+            relays,
+            modern,
+            level: tokio::sync::Mutex::new(None),
+            resync,
+            listener: parking_lot::Mutex::new(None),
+        }
+    }
+
     fn stop_listening(&self) {
         if let Some(listener) = self.listener.lock().take() {
             listener.abort();
@@ -170,6 +199,11 @@ pub struct Upstream {
     /// The log levels downstream callers want (shared by the upstreams of
     /// one tenant).
     levels: Arc<LogLevels>,
+    /// The connections of sessions or principals, when the server is
+    /// isolated.
+    pool: Arc<isolated::Pool>,
+    /// How connections are made (isolated ones are made on demand).
+    cx: Context,
 }
 
 /// Which lifecycle an upstream speaks.
@@ -192,6 +226,11 @@ impl Upstream {
 
     pub fn offer(&self) -> Arc<Offer> {
         self.offer.load_full()
+    }
+
+    /// Isolated connections open now (0 for a shared server).
+    pub fn isolated_connections(&self) -> usize {
+        self.pool.count()
     }
 
     pub fn stderr_tail(&self) -> Vec<String> {
@@ -232,6 +271,7 @@ impl Upstream {
         name: &str,
         arguments: Option<JsonObject>,
         caller: Option<&Caller>,
+        affinity: &Affinity,
         timeout: Duration,
         extend_until: Option<Duration>,
     ) -> Result<CallToolResult, UpstreamError> {
@@ -244,7 +284,7 @@ impl Upstream {
                 .with_max_total_timeout(total),
             None => PeerRequestOptions::with_timeout(timeout),
         };
-        match self.request(request, caller, options).await? {
+        match self.request_as(affinity, request, caller, options).await? {
             ServerResult::CallToolResult(result) => Ok(result),
             ServerResult::InputRequiredResult(_) => Err(UpstreamError::Protocol {
                 server: self.spec.name.clone(),
@@ -259,13 +299,19 @@ impl Upstream {
         name: &str,
         arguments: Option<JsonObject>,
         caller: Option<&Caller>,
+        affinity: &Affinity,
         timeout: Duration,
     ) -> Result<GetPromptResult, UpstreamError> {
         let mut params = GetPromptRequestParams::new(name.to_owned());
         params.arguments = arguments;
         let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
         match self
-            .request(request, caller, PeerRequestOptions::with_timeout(timeout))
+            .request_as(
+                affinity,
+                request,
+                caller,
+                PeerRequestOptions::with_timeout(timeout),
+            )
             .await?
         {
             ServerResult::GetPromptResult(result) => Ok(result),
@@ -278,11 +324,17 @@ impl Upstream {
         &self,
         params: rmcp::model::CompleteRequestParams,
         caller: Option<&Caller>,
+        affinity: &Affinity,
         timeout: Duration,
     ) -> Result<rmcp::model::CompleteResult, UpstreamError> {
         let request = ClientRequest::CompleteRequest(rmcp::model::CompleteRequest::new(params));
         match self
-            .request(request, caller, PeerRequestOptions::with_timeout(timeout))
+            .request_as(
+                affinity,
+                request,
+                caller,
+                PeerRequestOptions::with_timeout(timeout),
+            )
             .await?
         {
             ServerResult::CompleteResult(result) => Ok(result),
@@ -294,12 +346,18 @@ impl Upstream {
         &self,
         uri: &str,
         caller: Option<&Caller>,
+        affinity: &Affinity,
         timeout: Duration,
     ) -> Result<ReadResourceResult, UpstreamError> {
         let params = ReadResourceRequestParams::new(uri.to_owned());
         let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params));
         match self
-            .request(request, caller, PeerRequestOptions::with_timeout(timeout))
+            .request_as(
+                affinity,
+                request,
+                caller,
+                PeerRequestOptions::with_timeout(timeout),
+            )
             .await?
         {
             ServerResult::ReadResourceResult(result) => Ok(result),
@@ -315,17 +373,51 @@ impl Upstream {
         }
     }
 
-    /// Sends one request of a downstream caller and waits for its answer.
-    /// What the upstream sends while serving it is relayed to `caller`.
+    /// Sends one request of a downstream caller on the connection its
+    /// affinity picks: the shared one, or on an isolated server the
+    /// session's or principal's own (opened now if need be).
+    async fn request_as(
+        &self,
+        affinity: &Affinity,
+        request: ClientRequest,
+        caller: Option<&Caller>,
+        options: PeerRequestOptions,
+    ) -> Result<ServerResult, UpstreamError> {
+        if self.spec.isolation == Isolation::Shared {
+            return self.request(request, caller, options).await;
+        }
+        // The template connection being up is what makes the server ready
+        // (its tools listed); a caller's own follows it.
+        if self.conn.load().is_none() {
+            return Err(self.unavailable());
+        }
+        let (conn, _in_use) = self.isolated(affinity).await?;
+        self.request_on(conn, request, caller, options).await
+    }
+
+    /// Sends one request of a downstream caller on the shared connection
+    /// and waits for its answer.
     async fn request(
         &self,
-        mut request: ClientRequest,
+        request: ClientRequest,
         caller: Option<&Caller>,
         options: PeerRequestOptions,
     ) -> Result<ServerResult, UpstreamError> {
         let Some(conn) = self.conn.load_full() else {
             return Err(self.unavailable());
         };
+        self.request_on(conn, request, caller, options).await
+    }
+
+    /// Sends one request on `conn` and waits for its answer. What the
+    /// upstream sends while serving it is relayed to `caller`.
+    async fn request_on(
+        &self,
+        conn: Arc<Connection>,
+        mut request: ClientRequest,
+        caller: Option<&Caller>,
+        options: PeerRequestOptions,
+    ) -> Result<ServerResult, UpstreamError> {
         if let Some(level) = caller.and_then(|c| c.log_level) {
             if conn.modern {
                 // 2026-07-28: the level is the request's own; the upstream
@@ -621,6 +713,8 @@ impl UpstreamManager {
             era: parking_lot::Mutex::new(None),
             watches: Arc::default(),
             levels: self.log_levels(tenant),
+            pool: Arc::default(),
+            cx: self.cx.clone(),
             spec,
         });
         upstreams.push(upstream.clone());
@@ -655,6 +749,15 @@ impl UpstreamManager {
         Some(upstream)
     }
 
+    /// Ends the isolated connections of a legacy MCP session that ended.
+    pub fn end_session(&self, session: Origin) {
+        for upstream in self.upstreams.read().iter() {
+            if upstream.spec.isolation == Isolation::Session {
+                upstream.pool.close(session);
+            }
+        }
+    }
+
     /// Stops every upstream (at shutdown).
     pub async fn shutdown(&self) {
         let all: Vec<_> = std::mem::take(&mut *self.upstreams.write());
@@ -665,6 +768,9 @@ impl UpstreamManager {
 async fn stop(upstream: &Upstream) {
     upstream.stop.cancel();
     upstream.stopped.notified().await;
+    // Isolated connections end with the server (their stop tokens are
+    // children of its own).
+    upstream.pool.close_all(Duration::from_secs(10)).await;
 }
 
 /// Owns one upstream's connection for as long as the upstream exists.
@@ -752,26 +858,15 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         };
         let peer = running.peer().clone();
         let info = peer.peer_info();
-        let modern = info
-            .as_ref()
-            .is_some_and(|i| i.protocol_version.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
-        *upstream.era.lock() = Some(if modern { Era::Modern } else { Era::Legacy });
+        let conn = Arc::new(Connection::new(peer.clone(), relays, resync.clone()));
+        *upstream.era.lock() = Some(if conn.modern {
+            Era::Modern
+        } else {
+            Era::Legacy
+        });
         if let Err(error) = sync(&upstream, &peer).await {
             tracing::warn!(server = %name, %error, "listing the upstream's catalog failed");
         }
-        let caps = info.as_ref().map(|i| &i.capabilities);
-        let conn = Arc::new(Connection {
-            peer: peer.clone(),
-            relays,
-            modern,
-            logging: caps.is_some_and(|c| c.logging.is_some()),
-            subscribe: caps
-                .and_then(|c| c.resources.as_ref())
-                .is_some_and(|r| r.subscribe == Some(true)),
-            level: tokio::sync::Mutex::new(None),
-            resync: resync.clone(),
-            listener: parking_lot::Mutex::new(None),
-        });
         upstream.conn.store(Some(conn.clone()));
         // The catalog holds the server's tools before it counts as ready, so
         // "ready" means its tools can be called.
