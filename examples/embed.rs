@@ -24,7 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|t| {
                 let started = std::time::Instant::now();
-                model.embed(std::slice::from_ref(t)).map(|_| started.elapsed().as_secs_f64() * 1e3)
+                model
+                    .embed(std::slice::from_ref(t))
+                    .map(|_| started.elapsed().as_secs_f64() * 1e3)
             })
             .collect::<Result<_, _>>()?;
         ms.sort_by(f64::total_cmp);

@@ -105,7 +105,12 @@ pub async fn open_profile(
         .get::<Principal>()
         .map(|p| p.tenant_id.clone())
         .unwrap_or_else(|| Arc::from(crate::auth::DEFAULT_TENANT));
-    if !state.catalog.snapshot(&tenant).profiles.contains_key(&profile) {
+    if !state
+        .catalog
+        .snapshot(&tenant)
+        .profiles
+        .contains_key(&profile)
+    {
         return Problem::not_found("unknown-profile", format!("no profile named {profile}"))
             .with("profile", profile)
             .into_response();

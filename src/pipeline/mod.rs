@@ -252,12 +252,12 @@ impl Pipeline {
             Target::Upstream { server, original } => {
                 // cache: only read-only tools with a TTL, keyed by the
                 // caller's authorization context.
-                let (trusted, isolated) =
-                    self.upstreams
-                        .get(&entry.tenant, server)
-                        .map_or((false, false), |u| {
-                            (u.spec.trusted, u.spec.isolation != Isolation::Shared)
-                        });
+                let (trusted, isolated) = self
+                    .upstreams
+                    .get(&entry.tenant, server)
+                    .map_or((false, false), |u| {
+                        (u.spec.trusted, u.spec.isolation != Isolation::Shared)
+                    });
                 // An isolated server's answers depend on the caller's own
                 // connection: one caller's cached answer is not another's.
                 let ttl = crate::guard::cache_ttl(entry, trusted).filter(|_| !isolated);

@@ -562,7 +562,17 @@ impl Search {
             }
         };
         let mut ranked = ranked;
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Best first, ties by catalog order. Only the best `max_results` are
+        // needed: pick them first (linear), then sort just those, instead
+        // of sorting every tool of a large catalog.
+        let order = |a: &(usize, f32, Option<f32>), b: &(usize, f32, Option<f32>)| {
+            b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+        };
+        if request.max_results > 0 && ranked.len() > request.max_results {
+            ranked.select_nth_unstable_by(request.max_results - 1, order);
+            ranked.truncate(request.max_results);
+        }
+        ranked.sort_by(order);
         let hits = ranked
             .into_iter()
             .take(request.max_results)
