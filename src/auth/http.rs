@@ -212,7 +212,12 @@ pub async fn principal_of(
                         _ => AuthError::Invalid,
                     }
                 })?;
-            Ok(Some(state.identity.external_principal(&identity)))
+            let principal = state.identity.external_principal(&identity);
+            if !state.identity.tenant_active(&principal.tenant_id) {
+                tracing::debug!(tenant = %principal.tenant_id, "outside token names an unknown or disabled tenant");
+                return Err(AuthError::Invalid);
+            }
+            Ok(Some(principal))
         }
         Some(Credential::Bearer(token)) => {
             state.identity.authenticate_bearer(token).await.map(Some)

@@ -12,7 +12,7 @@ mod throttle;
 pub mod tokens;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::{
         Arc,
@@ -195,6 +195,8 @@ pub struct IssuedTokens {
 struct PolicyData {
     roles: HashMap<(String, String), RoleDef>,
     grants: HashMap<String, Vec<GrantRow>>,
+    /// The tenants that exist and are not disabled.
+    active_tenants: HashSet<String>,
 }
 
 /// The identity service.
@@ -291,7 +293,10 @@ impl Identity {
     /// Re-reads roles and grants (after a change) and moves the epoch on.
     pub async fn reload_policy(&self) -> Result<(), StoreError> {
         let mut data = PolicyData::default();
-        for (tenant, _, _) in self.store.list_tenants().await? {
+        for (tenant, _, disabled) in self.store.list_tenants().await? {
+            if !disabled {
+                data.active_tenants.insert(tenant.clone());
+            }
             for role in self.store.list_roles(&tenant).await? {
                 let permissions = Permissions::parse(&role.permissions)
                     .map_err(|e| StoreError::Corrupt(format!("role {}: {e}", role.name)))?;
@@ -725,6 +730,13 @@ impl Identity {
             updated_at: String::new(),
         };
         Some(self.principal_for(&user, AuthMethod::None, None, &[], None))
+    }
+
+    /// Whether a tenant exists and is not disabled. An outside token names
+    /// its tenant in a claim: a tenant nobody created must not come into
+    /// being because an issuer said so.
+    pub fn tenant_active(&self, tenant: &str) -> bool {
+        self.policy.load().active_tenants.contains(tenant)
     }
 
     /// The principal of a verified outside token: a user known by issuer

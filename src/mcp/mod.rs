@@ -415,15 +415,7 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         self.count("resources/subscribe");
-        let principal = principal(&context);
-        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
-        let Some(server) = snapshot
-            .resource_server(&request.uri)
-            .filter(|s| self.serves(&snapshot, s, &principal))
-        else {
-            return Err(resource_not_found(&request.uri, &context));
-        };
-        let upstream = self.upstream(&snapshot.tenant, server)?;
+        let upstream = self.resource_upstream(&request.uri, &context)?;
         let (caller, _hold) = self.caller(&context);
         let sink = Arc::new(relays::SessionUpdates(context.peer.clone()));
         upstream
@@ -829,15 +821,7 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         self.count("resources/read");
-        let principal = principal(&context);
-        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
-        let Some(server) = snapshot
-            .resource_server(&request.uri)
-            .filter(|s| self.serves(&snapshot, s, &principal))
-        else {
-            return Err(resource_not_found(&request.uri, &context));
-        };
-        let upstream = self.upstream(&snapshot.tenant, server)?;
+        let upstream = self.resource_upstream(&request.uri, &context)?;
         let (caller, _hold) = self.caller(&context);
         upstream
             .read_resource(
@@ -985,6 +969,24 @@ impl Gateway {
                 .is_some_and(|v| v.servers.contains(server)),
         };
         in_profile && policy::may_use_server(principal, &snapshot.tenant, server)
+    }
+
+    /// The upstream that serves resource `uri` to the caller; a resource
+    /// the caller may not see answers exactly like a missing one.
+    fn resource_upstream(
+        &self,
+        uri: &str,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Arc<crate::upstream::Upstream>, McpError> {
+        let principal = principal(context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
+        let Some(server) = snapshot
+            .resource_server(uri)
+            .filter(|s| self.serves(&snapshot, s, &principal))
+        else {
+            return Err(resource_not_found(uri, context));
+        };
+        self.upstream(&snapshot.tenant, server)
     }
 
     /// `tenant`'s upstream `server` (the snapshot's tenant: the caller's).

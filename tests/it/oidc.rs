@@ -486,6 +486,21 @@ async fn outside_tokens_work_on_the_mcp_endpoint_for_this_resource_only() {
         "{called}"
     );
 
+    // A tenant that nobody created, named by the token's tenant claim, does
+    // not come into being: the token is refused.
+    let stranger = idp
+        .token_with(
+            &resource,
+            "openid tools:read tools:execute",
+            json!({"sub": "u-x", "org": "nowhere", "realm_access": {"roles": ["mcp-users"]}}),
+            json!({}),
+        )
+        .await;
+    let (code, body) = gw
+        .send_as(Some(&stranger), "GET", "/api/v1/auth/me", None)
+        .await;
+    assert_eq!(code, 401, "{body}");
+
     // Scopes that name metamcp permissions narrow the mapped role.
     let read_only = idp
         .token_with(&resource, "tools:read", user_claims.clone(), json!({}))
