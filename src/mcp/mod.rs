@@ -795,6 +795,7 @@ impl Gateway {
         self.session.caller(
             self.state.upstreams.log_levels(),
             &context.peer,
+            context.id.clone(),
             context.meta.get_progress_token(),
             is_modern(context),
             context.meta.log_level(),
