@@ -60,30 +60,11 @@ const SUITE_2025_11_25: &[&str] = &[
     "dns-rebinding-protection",
 ];
 
-/// Why the gateway fails a scenario of the 2025-11-25 suite. Each is a relay
-/// the gateway does not have yet (the fixture passes every one of them when
-/// the suite talks to it directly).
-const EXPECTED_FAILURES_2025_11_25: &[(&str, &str)] = &[
-    (
-        "tools-call-sampling",
-        "server-to-client requests are not relayed: the gateway advertises no sampling \
-         capability upstream, and its 2026-07-28 upstream may only ask through an \
-         input_required result, which the gateway does not turn into a \
-         sampling/createMessage request to a legacy client",
-    ),
-    (
-        "tools-call-elicitation",
-        "elicitation/create is not relayed (as tools-call-sampling)",
-    ),
-    (
-        "elicitation-sep1034-defaults",
-        "elicitation/create is not relayed (as tools-call-sampling)",
-    ),
-    (
-        "elicitation-sep1330-enums",
-        "elicitation/create is not relayed (as tools-call-sampling)",
-    ),
-];
+/// Why the gateway fails a scenario of the 2025-11-25 suite: none now. The
+/// sampling and elicitation scenarios pass through a 2026-07-28 upstream
+/// (the fixture answers with `input_required`, which the gateway turns into
+/// real requests to the suite's legacy client).
+const EXPECTED_FAILURES_2025_11_25: &[(&str, &str)] = &[];
 
 /// The server scenarios `requirements/2026-07-28.yaml` requires.
 const REQUIRED_2026_07_28: &[&str] = &[

@@ -11,6 +11,7 @@ mod common;
 
 mod auth;
 mod catalog;
+mod client_requests;
 mod cli;
 mod conformance;
 mod core;
