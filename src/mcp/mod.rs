@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod cursor;
 pub mod discovery;
 pub mod relays;
+pub mod request_state;
 
 use std::{sync::Arc, time::Duration};
 
@@ -32,7 +33,7 @@ use crate::{
     app::AppState,
     auth::Principal,
     pipeline::{CallError, ToolCall, policy},
-    upstream::{Caller, LevelHold, UpstreamError},
+    upstream::{Caller, ClientInput, LevelHold, UpstreamError},
 };
 
 /// The `ServerHandler` behind `/mcp`: a cheap clone of the shared state, made
@@ -630,12 +631,37 @@ impl ServerHandler for Gateway {
         } else {
             (request.name.to_string(), request.arguments)
         };
+        let principal = principal(&context);
+        // The tool a sealed state is bound to: as this endpoint names it.
+        let bound = format!("{}/{name}", self.profile.as_deref().unwrap_or_default());
+        // A 2026-07-28 retry with answers to the upstream's input requests:
+        // the upstream gets its own state back, if the gateway's is good.
+        let input = if is_modern(&context)
+            && (request.input_responses.is_some() || request.request_state.is_some())
+        {
+            let state = match &request.request_state {
+                Some(sealed) => self
+                    .state
+                    .request_states
+                    .open(sealed, &bound, &principal, arguments.as_ref())
+                    .map_err(|why| McpError::invalid_params(why.to_string(), None))?,
+                None => None,
+            };
+            Some(ClientInput {
+                responses: request.input_responses,
+                state,
+            })
+        } else {
+            None
+        };
+        let sealing_arguments = arguments.clone();
         let call = ToolCall {
-            principal: principal(&context),
+            principal: principal.clone(),
             name,
             profile: self.profile.as_deref().map(str::to_owned),
             arguments,
             caller: Some(caller),
+            input,
         };
         let outcome = tokio::select! {
             outcome = self.state.pipeline.call(call) => outcome,
@@ -646,6 +672,19 @@ impl ServerHandler for Gateway {
         };
         match outcome {
             Ok(called) => Ok(called.result.into()),
+            // The upstream asks this 2026-07-28 caller for input: it gets
+            // the requests, and the gateway's sealed state in place of the
+            // upstream's.
+            Err(CallError::Upstream(UpstreamError::InputRequired { asked, .. })) => {
+                let asked = *asked;
+                let sealed = self.state.request_states.seal(
+                    asked.request_state,
+                    &bound,
+                    &principal,
+                    sealing_arguments.as_ref(),
+                );
+                Ok(rmcp::model::InputRequiredResult::new(asked.input_requests, Some(sealed)).into())
+            }
             // In discovery mode the name is an argument a model chose: it
             // reads the answer as a result and can search again.
             Err(CallError::UnknownTool(name) | CallError::Disabled(name)) if self.discovery => {
@@ -799,6 +838,7 @@ impl Gateway {
             context.meta.get_progress_token(),
             is_modern(context),
             context.meta.log_level(),
+            context.meta.client_capabilities(),
         )
     }
 

@@ -112,6 +112,7 @@ impl Session {
         progress_token: Option<ProgressToken>,
         modern: bool,
         request_level: Option<LoggingLevel>,
+        request_capabilities: Option<ClientCapabilities>,
     ) -> (Caller, Option<LevelHold>) {
         let (log_level, threshold, hold) = if modern {
             (
@@ -130,6 +131,7 @@ impl Session {
             peer: peer.clone(),
             request_id,
             modern,
+            request_capabilities: request_capabilities.unwrap_or_default(),
             progress_token,
             threshold,
         });
@@ -215,8 +217,11 @@ struct McpSink {
     peer: Peer<RoleServer>,
     /// The caller's request: server-to-client requests ride its stream.
     request_id: RequestId,
-    /// A 2026-07-28 request, which takes no server-to-client request.
+    /// A 2026-07-28 request, which takes no server-to-client request, and
+    /// answers `input_required` results itself.
     modern: bool,
+    /// What a 2026-07-28 request declared in its `_meta`.
+    request_capabilities: ClientCapabilities,
     /// The caller's progress token: progress goes out under it, and only if
     /// the caller gave one.
     progress_token: Option<ProgressToken>,
@@ -241,6 +246,10 @@ impl CallSink for McpSink {
 
     fn capabilities(&self) -> ClientCapabilities {
         relayable(&self.declared())
+    }
+
+    fn takes_input_required(&self) -> bool {
+        self.modern
     }
 
     fn client_request(
@@ -301,11 +310,11 @@ impl CallSink for McpSink {
 }
 
 impl McpSink {
-    /// What the client declared when its session began (none for a
-    /// 2026-07-28 request: it cannot take server-to-client requests).
+    /// What the client declared: when its session began (legacy), or in
+    /// the request (2026-07-28).
     fn declared(&self) -> ClientCapabilities {
         if self.modern {
-            return ClientCapabilities::default();
+            return self.request_capabilities.clone();
         }
         self.peer
             .peer_info()

@@ -28,7 +28,7 @@ use crate::{
         retry::RetryPolicy,
     },
     outbound,
-    upstream::{Caller, UpstreamError, UpstreamManager},
+    upstream::{Caller, ClientInput, UpstreamError, UpstreamManager},
 };
 
 /// One tool call, as the front doors hand it to the pipeline.
@@ -43,6 +43,8 @@ pub struct ToolCall {
     /// Who to relay what the upstream sends during the call to (progress,
     /// log messages); `None` for a caller nothing can be relayed to.
     pub caller: Option<Caller>,
+    /// A 2026-07-28 retry's answers to the upstream's input requests.
+    pub input: Option<ClientInput>,
 }
 
 /// Why a call did not produce a result. Each variant maps to one REST problem
@@ -242,7 +244,10 @@ impl Pipeline {
                 // cache: only read-only tools with a TTL, keyed by the
                 // caller's authorization context.
                 let trusted = self.upstreams.get(server).is_some_and(|u| u.spec.trusted);
-                let Some(ttl) = crate::guard::cache_ttl(entry, trusted) else {
+                // A retry with answers to the upstream's input requests is
+                // one step of a conversation: never a cache hit.
+                let ttl = crate::guard::cache_ttl(entry, trusted).filter(|_| call.input.is_none());
+                let Some(ttl) = ttl else {
                     return self.call_upstream(entry, server, original, call).await;
                 };
                 let arguments = Value::Object(call.arguments.clone().unwrap_or_default());
@@ -349,6 +354,7 @@ impl Pipeline {
                     original,
                     call.arguments.clone(),
                     call.caller.as_ref(),
+                    call.input.clone(),
                     remaining.min(timeout),
                     extend_until.map(|_| remaining),
                 )
@@ -374,7 +380,7 @@ impl Pipeline {
             // idempotent tools.
             let retryable = match &error {
                 UpstreamError::Unavailable { .. } => true,
-                UpstreamError::Unsupported { .. } => false,
+                UpstreamError::Unsupported { .. } | UpstreamError::InputRequired { .. } => false,
                 UpstreamError::ConnectionLost { .. }
                 | UpstreamError::Timeout { .. }
                 | UpstreamError::Protocol { .. } => idempotent,
@@ -510,6 +516,7 @@ fn validate(entry: &ToolEntry, arguments: Option<&JsonObject>) -> Result<(), Cal
 fn counts_against_breaker(error: &UpstreamError) -> bool {
     match error {
         UpstreamError::Rpc { error, .. } => error.code == rmcp::model::ErrorCode::INTERNAL_ERROR,
+        UpstreamError::InputRequired { .. } => false,
         _ => true,
     }
 }

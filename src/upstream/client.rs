@@ -57,6 +57,11 @@ pub trait CallSink: Send + Sync {
     fn capabilities(&self) -> ClientCapabilities {
         ClientCapabilities::default()
     }
+    /// Whether the caller takes an `input_required` result itself (a
+    /// 2026-07-28 request) rather than being asked with requests.
+    fn takes_input_required(&self) -> bool {
+        false
+    }
     fn client_request(
         &self,
         request: ServerRequest,

@@ -110,6 +110,25 @@ pub enum UpstreamError {
     Protocol { server: String, detail: String },
     #[error("server {server} does not support {what}")]
     Unsupported { server: String, what: String },
+    /// Not a failure: the server asks a 2026-07-28 caller for input
+    /// (`input_required`, SEP-2322). The front door hands the input requests
+    /// to its caller, with the server's state sealed, and the caller retries
+    /// with its answers. It travels as an error so the pipeline neither
+    /// caches nor retries it.
+    #[error("server {server} asks the caller for input")]
+    InputRequired {
+        server: String,
+        asked: Box<rmcp::model::InputRequiredResult>,
+    },
+}
+
+/// A 2026-07-28 caller's answers to an upstream's `input_required` result,
+/// for the retry: its `inputResponses` and the upstream's own
+/// `requestState` (already taken out of the gateway's sealed one).
+#[derive(Debug, Clone, Default)]
+pub struct ClientInput {
+    pub responses: Option<rmcp::model::InputResponses>,
+    pub state: Option<String>,
 }
 
 /// How many `input_required` rounds one call may take before the gateway
@@ -233,11 +252,16 @@ impl Upstream {
         name: &str,
         arguments: Option<JsonObject>,
         caller: Option<&Caller>,
+        input: Option<ClientInput>,
         timeout: Duration,
         extend_until: Option<Duration>,
     ) -> Result<CallToolResult, UpstreamError> {
         let mut params = CallToolRequestParams::new(name.to_owned());
         params.arguments = arguments;
+        if let Some(input) = input {
+            params.input_responses = input.responses;
+            params.request_state = input.state;
+        }
         for _ in 0..MAX_INPUT_ROUNDS {
             let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
             let options = match extend_until {
@@ -248,6 +272,15 @@ impl Upstream {
             };
             match self.request(request, caller, options).await? {
                 ServerResult::CallToolResult(result) => return Ok(result),
+                // A 2026-07-28 caller answers the input requests itself.
+                ServerResult::InputRequiredResult(asked)
+                    if caller.is_some_and(|c| c.sink.takes_input_required()) =>
+                {
+                    return Err(UpstreamError::InputRequired {
+                        server: self.spec.name.clone(),
+                        asked: Box::new(asked),
+                    });
+                }
                 ServerResult::InputRequiredResult(asked) => {
                     let (responses, state) = self.ask_caller(asked, caller).await?;
                     params.input_responses = Some(responses);
