@@ -358,10 +358,15 @@ impl Upstream {
         name: &str,
         arguments: Option<JsonObject>,
         caller: Option<&Caller>,
+        input: Option<ClientInput>,
         timeout: Duration,
     ) -> Result<GetPromptResult, UpstreamError> {
         let mut params = GetPromptRequestParams::new(name.to_owned());
         params.arguments = arguments;
+        if let Some(input) = input {
+            params.input_responses = input.responses;
+            params.request_state = input.state;
+        }
         for _ in 0..MAX_INPUT_ROUNDS {
             let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params.clone()));
             match self
@@ -369,6 +374,14 @@ impl Upstream {
                 .await?
             {
                 ServerResult::GetPromptResult(result) => return Ok(result),
+                ServerResult::InputRequiredResult(asked)
+                    if caller.is_some_and(|c| c.sink.takes_input_required()) =>
+                {
+                    return Err(UpstreamError::InputRequired {
+                        server: self.spec.name.clone(),
+                        asked: Box::new(asked),
+                    });
+                }
                 ServerResult::InputRequiredResult(asked) => {
                     let (responses, state) = self.ask_caller(asked, caller).await?;
                     params.input_responses = Some(responses);

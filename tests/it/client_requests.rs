@@ -364,3 +364,170 @@ async fn a_modern_upstreams_input_required_becomes_requests_to_a_legacy_client()
     assert_eq!(out["asked"].as_array().map_or(0, Vec::len), 0, "{out}");
     assert!(text_of(&out["content"]).contains("could not give"), "{out}");
 }
+
+/// A gateway fronting the conformance fixture (a 2026-07-28 upstream).
+async fn mrtr_gateway() -> Gateway {
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({
+                "mcpServers": {"cf": {
+                    "command": fixture_bin(),
+                    "args": ["--conformance", "--name", marker("mrtr")],
+                }},
+            }))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("cf", "ready").await;
+    gw
+}
+
+/// One 2026-07-28 request to the gateway as `token`; its JSON-RPC answer.
+async fn modern(gw: &Gateway, token: &str, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}, "sampling": {}},
+    });
+    let mut request = common::client_with(token)
+        .post(gw.mcp_url())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = params["name"].as_str() {
+        request = request.header("mcp-name", name);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let text = request
+        .json(&body)
+        .send()
+        .await
+        .expect("MCP request")
+        .text()
+        .await
+        .unwrap_or_default();
+    if let Ok(single) = serde_json::from_str::<Value>(&text) {
+        return single;
+    }
+    // An SSE response: its last message is the answer.
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no answer in {text:?}"))
+}
+
+/// The Python SDK as a 2026-07-28 client drives the multi-round-trip call
+/// through the gateway: it gets the upstream's input requests, answers them,
+/// and retries with the gateway's sealed state, which the upstream never
+/// sees; the upstream gets its own state back.
+#[tokio::test]
+async fn a_modern_python_client_answers_an_upstreams_input_required_through_the_gateway() {
+    let test = "a_modern_python_client_answers_an_upstreams_input_required_through_the_gateway";
+    let Some(python) = common::external("METAMCP_TEST_PYTHON", test) else {
+        return;
+    };
+    let gw = mrtr_gateway().await;
+    let url = gw.mcp_url();
+    let answer = marker("modern-sampled");
+    let (code, out) = py(
+        &python,
+        &url,
+        "modern",
+        &[
+            "call",
+            "cf__test_sampling",
+            r#"{"prompt": "What is 2+2?"}"#,
+            "--sample",
+            &answer,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{}", gw.log_text());
+    assert_eq!(out["protocolVersion"], "2026-07-28", "{out}");
+    assert_eq!(out["asked"].as_array().map_or(0, Vec::len), 1, "{out}");
+    assert_eq!(out["asked"][0]["method"], "sampling/createMessage", "{out}");
+    assert_eq!(
+        out["content"][0]["text"],
+        format!("LLM response: {answer}"),
+        "{out}"
+    );
+    // The upstream's own requestState went out sealed and came back to it
+    // intact: the fixture answers state-ok only for the state it issued.
+    let (code, out) = py(
+        &python,
+        &url,
+        "modern",
+        &[
+            "call",
+            "cf__test_input_required_result_request_state",
+            "{}",
+            "--elicit",
+            r#"{"ok": true}"#,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{}", gw.log_text());
+    assert_eq!(out["asked"][0]["method"], "elicitation/create", "{out}");
+    assert_eq!(out["content"][0]["text"], "state-ok", "{out}");
+}
+
+/// The gateway's state in place of the upstream's: it does not show the
+/// upstream's state as is, and a tampered, foreign (another user, another
+/// tool, other arguments) or made-up state is refused with -32602 before the
+/// upstream sees it; the genuine one completes the call.
+#[tokio::test]
+async fn a_sealed_request_state_is_refused_when_tampered_or_foreign() {
+    let gw = mrtr_gateway().await;
+    let tool = "cf__test_input_required_result_request_state";
+    let first = modern(&gw, &gw.token, "tools/call", json!({"name": tool, "arguments": {}})).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    assert!(result["inputRequests"]["confirm"].is_object(), "{first}");
+    let sealed = result["requestState"].as_str().expect("requestState").to_owned();
+    assert_ne!(sealed, "fixture-state-confirm", "the upstream's state leaked as is");
+    let responses = json!({"confirm": {"action": "accept", "content": {"ok": true}}});
+    let retry = |name: &str, state: &str, arguments: Value| {
+        json!({"name": name, "arguments": arguments,
+               "inputResponses": responses, "requestState": state})
+    };
+
+    // Another user of the same gateway.
+    let password = "bob-password-123";
+    let (code, body) = gw
+        .post(
+            "/api/v1/users",
+            json!({"username": "bob", "password": password, "roles": ["user"]}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, login) = gw.login("bob", password).await;
+    assert_eq!(code, 200, "{login}");
+    let bob = login["access_token"].as_str().unwrap().to_owned();
+
+    let refused = [
+        ("tampered", gw.token.clone(), retry(tool, &format!("{sealed}-TAMPERED"), json!({}))),
+        ("made up", gw.token.clone(), retry(tool, "fixture-state-confirm", json!({}))),
+        ("another user", bob, retry(tool, &sealed, json!({}))),
+        (
+            "another tool",
+            gw.token.clone(),
+            retry("cf__test_input_required_result_tampered_state", &sealed, json!({})),
+        ),
+        ("other arguments", gw.token.clone(), retry(tool, &sealed, json!({"x": 1}))),
+    ];
+    for (what, token, params) in refused {
+        let answer = modern(&gw, &token, "tools/call", params).await;
+        assert_eq!(answer["error"]["code"], -32602, "{what}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("requestState")),
+            "{what}: {answer}"
+        );
+    }
+    // The genuine state, from its own caller, for its own call.
+    let answer = modern(&gw, &gw.token, "tools/call", retry(tool, &sealed, json!({}))).await;
+    assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
+    assert_eq!(answer["result"]["content"][0]["text"], "state-ok", "{answer}");
+}
