@@ -633,7 +633,10 @@ impl ServerHandler for Gateway {
         };
         let principal = principal(&context);
         // The tool a sealed state is bound to: as this endpoint names it.
-        let bound = format!("tool:{}/{name}", self.profile.as_deref().unwrap_or_default());
+        let bound = format!(
+            "tool:{}/{name}",
+            self.profile.as_deref().unwrap_or_default()
+        );
         let input = self.client_input(
             &context,
             &bound,

@@ -352,7 +352,9 @@ impl McpSink {
             _ => (false, method),
         };
         (!declared).then(|| {
-            format!("{method} cannot reach the caller: it did not declare the {capability} capability")
+            format!(
+                "{method} cannot reach the caller: it did not declare the {capability} capability"
+            )
         })
     }
 }
@@ -399,7 +401,9 @@ impl UpdateSink for SessionUpdates {
 fn downstream_error(method: &str, error: ServiceError) -> ErrorData {
     match error {
         ServiceError::McpError(error) => error,
-        other => ErrorData::internal_error(format!("{method} did not reach the caller: {other}"), None),
+        other => {
+            ErrorData::internal_error(format!("{method} did not reach the caller: {other}"), None)
+        }
     }
 }
 

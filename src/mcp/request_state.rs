@@ -100,7 +100,13 @@ impl StateSealer {
         principal: &Principal,
         arguments: Option<&JsonObject>,
     ) -> String {
-        self.seal_until(state, tool, principal, arguments, now() + LIFETIME.as_secs())
+        self.seal_until(
+            state,
+            tool,
+            principal,
+            arguments,
+            now() + LIFETIME.as_secs(),
+        )
     }
 
     fn seal_until(
@@ -177,7 +183,10 @@ mod tests {
     }
 
     fn args(n: i64) -> JsonObject {
-        serde_json::json!({"n": n}).as_object().cloned().unwrap_or_default()
+        serde_json::json!({"n": n})
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
     }
 
     #[test]

@@ -451,11 +451,7 @@ impl Upstream {
             // caller's, as far as the gateway can serve them, so the
             // upstream asks for input only what this caller can answer.
             let mut meta = rmcp::model::RequestMetaObject::new();
-            meta.set_client_capabilities(
-                caller
-                    .map(|c| c.sink.capabilities())
-                    .unwrap_or_default(),
-            );
+            meta.set_client_capabilities(caller.map(|c| c.sink.capabilities()).unwrap_or_default());
             options.meta = Some(meta);
         }
         if let Some(level) = caller.and_then(|c| c.log_level) {

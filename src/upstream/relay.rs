@@ -35,6 +35,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::Mutex;
+use rmcp::service::InboundStreamOrigin;
 use rmcp::{
     RoleClient,
     model::{
@@ -43,7 +44,6 @@ use rmcp::{
     },
     transport::Transport,
 };
-use rmcp::service::InboundStreamOrigin;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -313,6 +313,45 @@ mod tests {
         relays.finish(&id(1));
         // Nothing in flight: nobody's.
         assert!(relays.log_owner().is_none());
+    }
+
+    #[test]
+    fn a_request_on_a_calls_stream_belongs_to_that_calls_caller() {
+        let relays = Relays::default();
+        let (a, _qa) = RelayHandle::new(Some(Origin::next()));
+        let (b, _qb) = RelayHandle::new(Some(Origin::next()));
+        let b_origin = b.origin;
+        relays.sent(id(1), None, Some(a));
+        relays.sent(id(2), None, Some(b));
+        relays.sent(id(3), None, None);
+        let on = |n| InboundStreamOrigin::OutboundRequest(id(n));
+        // Two callers overlap, yet the stream tells whose it is.
+        assert_eq!(
+            relays.request_owner(Some(&on(2))).and_then(|h| h.origin),
+            b_origin
+        );
+        // The gateway's own request, or one no longer in flight: nobody's.
+        assert!(relays.request_owner(Some(&on(3))).is_none());
+        assert!(relays.request_owner(Some(&on(9))).is_none());
+        // No stream to tell by (the GET stream, stdio): as a log message.
+        assert!(
+            relays
+                .request_owner(Some(&InboundStreamOrigin::Unassociated))
+                .is_none()
+        );
+        assert!(relays.request_owner(None).is_none());
+        relays.finish(&id(1));
+        assert_eq!(relays.request_owner(None).and_then(|h| h.origin), b_origin);
+    }
+
+    #[test]
+    fn finishing_ends_what_was_relayed_for_the_request() {
+        let relays = Relays::default();
+        let (a, _q) = RelayHandle::new(Some(Origin::next()));
+        relays.sent(id(1), None, Some(a.clone()));
+        assert!(!a.done().is_cancelled());
+        relays.finish(&id(1));
+        assert!(a.done().is_cancelled());
     }
 
     #[test]

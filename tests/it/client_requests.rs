@@ -165,14 +165,24 @@ async fn a_caller_that_cannot_be_asked_makes_the_upstream_get_an_error_not_a_han
             &python,
             &url,
             mode,
-            &["--timeout", "60", "call", "ev__trigger-sampling-request", &args],
+            &[
+                "--timeout",
+                "60",
+                "call",
+                "ev__trigger-sampling-request",
+                &args,
+            ],
         )
         .await;
         // The upstream's tool fails on the error it got (as a tool error or
         // as the call's error, as the server chooses), quoting -32601.
         let failed = (code == 0 && out["isError"] == true) || code == 2;
         assert!(failed, "{mode}: {out}\n{}", gw.log_text());
-        assert_eq!(out["asked"].as_array().map_or(0, Vec::len), 0, "{mode}: {out}");
+        assert_eq!(
+            out["asked"].as_array().map_or(0, Vec::len),
+            0,
+            "{mode}: {out}"
+        );
         let said = text_of(&out);
         assert!(
             said.contains("-32601") || said.contains("cannot reach the caller"),
@@ -260,7 +270,11 @@ async fn only_the_session_whose_call_caused_it_is_asked() {
     assert_eq!(code, 0, "{out}\n{}", gw.log_text());
     assert_eq!(out["asked"].as_array().map_or(0, Vec::len), 1, "{out}");
     assert!(text_of(&out["content"]).contains(&answer), "{out}");
-    assert_eq!(counts.asked.load(Ordering::SeqCst), 0, "the bystander was asked");
+    assert_eq!(
+        counts.asked.load(Ordering::SeqCst),
+        0,
+        "the bystander was asked"
+    );
 
     // The bystander is asked for its own call (so the count above could
     // have been non-zero).
@@ -344,8 +358,61 @@ async fn a_modern_upstreams_input_required_becomes_requests_to_a_legacy_client()
     assert_eq!(out["asked"][0]["method"], "elicitation/create", "{out}");
     assert_eq!(out["asked"][0]["params"]["message"], "Your name?", "{out}");
     assert_eq!(
-        out["content"][0]["text"],
-        r#"User response: action=accept, content={"response":"Ada"}"#,
+        out["content"][0]["text"], r#"User response: action=accept, content={"response":"Ada"}"#,
+        "{out}"
+    );
+
+    // Several input requests at once (roots among them), with the
+    // upstream's state: each is asked in turn, and the retry carries every
+    // answer and the state.
+    let (code, out) = py(
+        &python,
+        &url,
+        "legacy",
+        &[
+            "call",
+            "cf__test_input_required_result_multiple_inputs",
+            "{}",
+            "--sample",
+            "hi",
+            "--elicit",
+            r#"{"name": "Ada"}"#,
+            "--roots",
+            "file:///work",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{}", gw.log_text());
+    let mut methods: Vec<&str> = out["asked"]
+        .as_array()
+        .expect("asked")
+        .iter()
+        .filter_map(|a| a["method"].as_str())
+        .collect();
+    methods.sort_unstable();
+    assert_eq!(
+        methods,
+        ["elicitation/create", "roots/list", "sampling/createMessage"],
+        "{out}"
+    );
+    assert_eq!(out["content"][0]["text"], "All inputs received", "{out}");
+    let (code, out) = py(
+        &python,
+        &url,
+        "legacy",
+        &[
+            "call",
+            "cf__test_input_required_result_list_roots",
+            "{}",
+            "--roots",
+            "file:///a",
+            "file:///b",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{}", gw.log_text());
+    assert_eq!(
+        out["content"][0]["text"], "Client roots: file:///a, file:///b",
         "{out}"
     );
 
@@ -480,12 +547,24 @@ async fn a_modern_python_client_answers_an_upstreams_input_required_through_the_
 async fn a_sealed_request_state_is_refused_when_tampered_or_foreign() {
     let gw = mrtr_gateway().await;
     let tool = "cf__test_input_required_result_request_state";
-    let first = modern(&gw, &gw.token, "tools/call", json!({"name": tool, "arguments": {}})).await;
+    let first = modern(
+        &gw,
+        &gw.token,
+        "tools/call",
+        json!({"name": tool, "arguments": {}}),
+    )
+    .await;
     let result = &first["result"];
     assert_eq!(result["resultType"], "input_required", "{first}");
     assert!(result["inputRequests"]["confirm"].is_object(), "{first}");
-    let sealed = result["requestState"].as_str().expect("requestState").to_owned();
-    assert_ne!(sealed, "fixture-state-confirm", "the upstream's state leaked as is");
+    let sealed = result["requestState"]
+        .as_str()
+        .expect("requestState")
+        .to_owned();
+    assert_ne!(
+        sealed, "fixture-state-confirm",
+        "the upstream's state leaked as is"
+    );
     let responses = json!({"confirm": {"action": "accept", "content": {"ok": true}}});
     let retry = |name: &str, state: &str, arguments: Value| {
         json!({"name": name, "arguments": arguments,
@@ -506,15 +585,31 @@ async fn a_sealed_request_state_is_refused_when_tampered_or_foreign() {
     let bob = login["access_token"].as_str().unwrap().to_owned();
 
     let refused = [
-        ("tampered", gw.token.clone(), retry(tool, &format!("{sealed}-TAMPERED"), json!({}))),
-        ("made up", gw.token.clone(), retry(tool, "fixture-state-confirm", json!({}))),
+        (
+            "tampered",
+            gw.token.clone(),
+            retry(tool, &format!("{sealed}-TAMPERED"), json!({})),
+        ),
+        (
+            "made up",
+            gw.token.clone(),
+            retry(tool, "fixture-state-confirm", json!({})),
+        ),
         ("another user", bob, retry(tool, &sealed, json!({}))),
         (
             "another tool",
             gw.token.clone(),
-            retry("cf__test_input_required_result_tampered_state", &sealed, json!({})),
+            retry(
+                "cf__test_input_required_result_tampered_state",
+                &sealed,
+                json!({}),
+            ),
         ),
-        ("other arguments", gw.token.clone(), retry(tool, &sealed, json!({"x": 1}))),
+        (
+            "other arguments",
+            gw.token.clone(),
+            retry(tool, &sealed, json!({"x": 1})),
+        ),
     ];
     for (what, token, params) in refused {
         let answer = modern(&gw, &token, "tools/call", params).await;
@@ -527,7 +622,16 @@ async fn a_sealed_request_state_is_refused_when_tampered_or_foreign() {
         );
     }
     // The genuine state, from its own caller, for its own call.
-    let answer = modern(&gw, &gw.token, "tools/call", retry(tool, &sealed, json!({}))).await;
+    let answer = modern(
+        &gw,
+        &gw.token,
+        "tools/call",
+        retry(tool, &sealed, json!({})),
+    )
+    .await;
     assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
-    assert_eq!(answer["result"]["content"][0]["text"], "state-ok", "{answer}");
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "state-ok",
+        "{answer}"
+    );
 }

@@ -11,8 +11,8 @@ mod common;
 
 mod auth;
 mod catalog;
-mod client_requests;
 mod cli;
+mod client_requests;
 mod conformance;
 mod core;
 mod hardening;
