@@ -27,11 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     file.flush()?;
-    eprintln!(
-        "{} texts in {:.1}s",
-        texts.len(),
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("{} texts in {:.1}s", texts.len(), started.elapsed().as_secs_f64());
     Ok(())
 }
 

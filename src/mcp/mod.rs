@@ -883,11 +883,13 @@ impl Gateway {
         self.session.caller(
             self.state.upstreams.log_levels(),
             &context.peer,
-            context.id.clone(),
-            context.meta.get_progress_token(),
-            is_modern(context),
-            context.meta.log_level(),
-            context.meta.client_capabilities(),
+            relays::CallerRequest {
+                id: context.id.clone(),
+                progress_token: context.meta.get_progress_token(),
+                modern: is_modern(context),
+                log_level: context.meta.log_level(),
+                capabilities: context.meta.client_capabilities(),
+            },
         )
     }
 

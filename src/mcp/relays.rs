@@ -64,6 +64,18 @@ use crate::upstream::{
     passes,
 };
 
+/// What the relays need to know of one request of a caller.
+pub struct CallerRequest {
+    pub id: RequestId,
+    pub progress_token: Option<ProgressToken>,
+    /// It came in 2026-07-28 form.
+    pub modern: bool,
+    /// Its own `logLevel` (2026-07-28).
+    pub log_level: Option<LoggingLevel>,
+    /// The capabilities it declared in its `_meta` (2026-07-28).
+    pub capabilities: Option<ClientCapabilities>,
+}
+
 /// What the gateway keeps per legacy MCP session (per request for
 /// 2026-07-28, which has no sessions): who it is to the relays, its log
 /// level, and its resource subscriptions. Ending the session (its handler
@@ -100,20 +112,22 @@ impl Session {
         *self.hold.lock() = Some(hold);
     }
 
-    /// The caller of request `request_id` of this session. For a 2026-07-28
-    /// request, `request_level` is the request's own level (held for as long
-    /// as the returned guard lives); for a legacy session, the session's
-    /// level applies.
+    /// The caller of `request` of this session. For a 2026-07-28 request,
+    /// its own level applies (held for as long as the returned guard lives);
+    /// for a legacy session, the session's.
     pub fn caller(
         &self,
         levels: &Arc<LogLevels>,
         peer: &Peer<RoleServer>,
-        request_id: RequestId,
-        progress_token: Option<ProgressToken>,
-        modern: bool,
-        request_level: Option<LoggingLevel>,
-        request_capabilities: Option<ClientCapabilities>,
+        request: CallerRequest,
     ) -> (Caller, Option<LevelHold>) {
+        let CallerRequest {
+            id: request_id,
+            progress_token,
+            modern,
+            log_level: request_level,
+            capabilities: request_capabilities,
+        } = request;
         let (log_level, threshold, hold) = if modern {
             (
                 request_level,

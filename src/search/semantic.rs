@@ -433,16 +433,13 @@ impl Semantic {
                 continue;
             };
             // A vector of an older text does not describe the tool now.
-            if stored.vector.len() != 2 * dims || stored.hash != text_hash(&embedding_texts(entry))
+            if stored.vector.len() != 2 * dims
+                || stored.hash != text_hash(&embedding_texts(entry))
             {
                 continue;
             }
             let (does, name) = stored.vector.split_at(dims);
-            for ((row, d), n) in rows[i * dims..(i + 1) * dims]
-                .iter_mut()
-                .zip(does)
-                .zip(name)
-            {
+            for ((row, d), n) in rows[i * dims..(i + 1) * dims].iter_mut().zip(does).zip(name) {
                 *row = (1.0 - NAME_WEIGHT) * d + NAME_WEIGHT * n;
             }
             present[i] = true;
@@ -616,7 +613,8 @@ impl Semantic {
             vectors
                 .keys()
                 .filter(|key| {
-                    !live.contains(*key) && (key.0.is_empty() || serving.contains(key.0.as_str()))
+                    !live.contains(*key)
+                        && (key.0.is_empty() || serving.contains(key.0.as_str()))
                 })
                 .cloned()
                 .collect()
