@@ -142,7 +142,8 @@ impl Relays {
 
     /// The caller a server-to-client request belongs to, if that can be
     /// told: the caller of the request on whose response stream it came
-    /// (`stream`, when the transport says), else as for a log message.
+    /// (`stream`, when the transport says; a REST call is a caller too, one
+    /// that cannot be asked), else as for a log message.
     pub fn request_owner(&self, stream: Option<&InboundStreamOrigin>) -> Option<RelayHandle> {
         match stream {
             Some(InboundStreamOrigin::OutboundRequest(id)) => {
@@ -151,7 +152,6 @@ impl Relays {
                     .iter()
                     .find(|(i, _)| i == id)
                     .and_then(|(_, handle)| handle.clone())
-                    .filter(|h| h.origin.is_some())
             }
             _ => self.log_owner(),
         }
