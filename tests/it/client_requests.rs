@@ -68,12 +68,13 @@ async fn everything_gateway(everything: &Path) -> Gateway {
     // declared those capabilities: the gateway did.
     gw.wait_tool("ev__trigger-sampling-request", true).await;
     gw.wait_tool("ev__trigger-elicitation-request", true).await;
+    gw.wait_tool("ev__get-roots-list", true).await;
     gw
 }
 
 #[tokio::test]
-async fn server_everything_sampling_and_elicitation_reach_the_calling_python_client() {
-    let test = "server_everything_sampling_and_elicitation_reach_the_calling_python_client";
+async fn server_everything_sampling_elicitation_and_roots_reach_the_calling_python_client() {
+    let test = "server_everything_sampling_elicitation_and_roots_reach_the_calling_python_client";
     let Some(everything) = common::external("METAMCP_TEST_EVERYTHING", test) else {
         return;
     };
@@ -142,6 +143,20 @@ async fn server_everything_sampling_and_elicitation_reach_the_calling_python_cli
     let result = text_of(&out["content"]);
     assert!(result.contains(&name), "{out}");
     assert!(result.contains("accept"), "{out}");
+
+    // roots/list: the tool asks for the caller's roots during the call (its
+    // own request at connection time found no caller and was refused).
+    let root = format!("file:///{}", marker("root"));
+    let (code, out) = py(
+        &python,
+        &url,
+        "legacy",
+        &["call", "ev__get-roots-list", "{}", "--roots", &root],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{}", gw.log_text());
+    assert_eq!(out["asked"][0]["method"], "roots/list", "{out}");
+    assert!(text_of(&out["content"]).contains(&root), "{out}");
 }
 
 /// A client without the capability, and a 2026-07-28 client (which takes no
