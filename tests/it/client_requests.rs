@@ -650,3 +650,74 @@ async fn a_sealed_request_state_is_refused_when_tampered_or_foreign() {
         "{answer}"
     );
 }
+
+/// `metamcp stdio` passes the gateway's sampling request on to its legacy
+/// desktop client, and the answer back.
+#[tokio::test]
+async fn metamcp_stdio_passes_sampling_to_its_desktop_client() {
+    let test = "metamcp_stdio_passes_sampling_to_its_desktop_client";
+    let Some(everything) = common::external("METAMCP_TEST_EVERYTHING", test) else {
+        return;
+    };
+    let Some(python) = common::external("METAMCP_TEST_PYTHON", test) else {
+        return;
+    };
+    let gw = everything_gateway(&everything).await;
+    let command = json!([
+        env!("CARGO_BIN_EXE_metamcp"),
+        "stdio",
+        "--url",
+        gw.base,
+        "--token",
+        gw.token
+    ])
+    .to_string();
+    let answer = marker("desktop-answer");
+    let python_path = python.clone();
+    let argv: Vec<String> = [
+        "--stdio",
+        &command,
+        "--mode",
+        "legacy",
+        "call",
+        "ev__trigger-sampling-request",
+        r#"{"prompt": "via the bridge"}"#,
+        "--sample",
+        &answer,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        common::python_client(&python_path, &argv)
+    })
+    .await
+    .expect("python client task");
+    assert_eq!(code, 0, "{out}\n{}", gw.log_text());
+    assert_eq!(out["asked"].as_array().map_or(0, Vec::len), 1, "{out}");
+    assert_eq!(out["asked"][0]["method"], "sampling/createMessage", "{out}");
+    assert!(text_of(&out["content"]).contains(&answer), "{out}");
+
+    // Without the capability the bridge refuses, as the gateway would.
+    let argv: Vec<String> = [
+        "--stdio",
+        &command,
+        "--mode",
+        "legacy",
+        "call",
+        "ev__trigger-sampling-request",
+        r#"{"prompt": "no sampling here"}"#,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        common::python_client(&python, &argv)
+    })
+    .await
+    .expect("python client task");
+    assert!((code == 0 && out["isError"] == true) || code == 2, "{out}");
+    assert!(text_of(&out).contains("-32601"), "{out}");
+}
