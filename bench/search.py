@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -262,6 +263,19 @@ def latency(args: argparse.Namespace) -> None:
     embed_s = time.monotonic() - t0
     print(f"embedded {len(tools)} tools in {embed_s:.1f}s (last pass: {status.get('last_pass')})")
     queries = [q["query"] for q in load_jsonl(data / "queries.dev.jsonl")]
+    if args.quiet_cmd:
+        # On a shared machine: make it quiet for the timings (e.g. pause
+        # other jobs), and let it go on afterwards.
+        subprocess.run(args.quiet_cmd, shell=True, check=True)
+    try:
+        timings(args, client, queries, len(tools))
+    finally:
+        if args.resume_cmd:
+            subprocess.run(args.resume_cmd, shell=True, check=False)
+
+
+def timings(args: argparse.Namespace, client: Client, queries: list[str], n_tools: int) -> None:
+    print(f"load average at the start of the timings: {os.getloadavg()[0]:.2f}")
     # Build the indexes once (first search after a catalog change) so the
     # timings are of searching, not of indexing.
     t0 = time.monotonic()
@@ -271,7 +285,7 @@ def latency(args: argparse.Namespace) -> None:
     search(client, "warm up the vector matrix", "semantic", 10)
     print(f"first semantic search (matrix build + query): {1000 * (time.monotonic() - t0):.0f} ms")
     if args.pid:
-        print(f"RSS with {len(tools)} tools, indexes built: {rss_kb(args.pid) / 1024:.0f} MiB")
+        print(f"RSS with {n_tools} tools, indexes built: {rss_kb(args.pid) / 1024:.0f} MiB")
     cursor = [0]
     lock = threading.Lock()
 
@@ -321,6 +335,8 @@ def main() -> None:
     p.add_argument("--tools", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=500, help="requests per search type at concurrency 1")
     p.add_argument("--pid", type=int, default=0, help="the gateway's pid, to report its RSS")
+    p.add_argument("--quiet-cmd", help="latency: a shell command run before the timings (e.g. to pause other work)")
+    p.add_argument("--resume-cmd", help="latency: a shell command run after the timings")
     p.add_argument("--username", default="admin")
     p.add_argument("--password-env", default="META_MCP_ADMIN_PASSWORD", help="the environment variable holding the password")
     main_args = p.parse_args()

@@ -4,6 +4,9 @@
 #
 #   bash bench/search.sh [quality|latency|all]
 #
+# On a shared machine, QUIET_CMD and RESUME_CMD (shell commands) run around
+# the latency timings, e.g. to pause other jobs while they run.
+#
 # Builds the release binary, starts a fresh gateway per part (temporary data
 # directory, the model from META_MCP_MODEL_DIR or the test cache), and runs
 # bench/search.py against it over the REST API. Needs the test tools:
@@ -58,10 +61,12 @@ fi
 if [ "$what" = latency ] || [ "$what" = all ]; then
   echo "== latency: 10,000 tools"
   start
-  "$PY" bench/search.py latency --url "http://127.0.0.1:$PORT" --data "$DATA" --pid "$PID"
+  "$PY" bench/search.py latency --url "http://127.0.0.1:$PORT" --data "$DATA" --pid "$PID" \
+    ${QUIET_CMD:+--quiet-cmd "$QUIET_CMD"} ${RESUME_CMD:+--resume-cmd "$RESUME_CMD"}
   stop
   echo "== memory without the model (META_MCP_EMBEDDING_PROVIDER=off), 10,000 tools"
   start META_MCP_EMBEDDING_PROVIDER=off
-  "$PY" bench/search.py latency --url "http://127.0.0.1:$PORT" --data "$DATA" --pid "$PID" --requests 100 | grep -E "RSS|keyword"
+  "$PY" bench/search.py latency --url "http://127.0.0.1:$PORT" --data "$DATA" --pid "$PID" --requests 100 \
+    ${QUIET_CMD:+--quiet-cmd "$QUIET_CMD"} ${RESUME_CMD:+--resume-cmd "$RESUME_CMD"} | grep -E "RSS|keyword"
   stop
 fi

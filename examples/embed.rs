@@ -17,6 +17,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .lines()
         .map(|line| Ok(serde_json::from_str(&line?)?))
         .collect::<Result<_, Box<dyn std::error::Error>>>()?;
+    if std::env::var_os("EMBED_TIMINGS").is_some() {
+        // One text per forward pass, as a search query is embedded: the
+        // distribution of the time each takes.
+        let mut ms: Vec<f64> = texts
+            .iter()
+            .map(|t| {
+                let started = std::time::Instant::now();
+                model
+                    .embed(std::slice::from_ref(t))
+                    .map(|_| started.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<Result<_, _>>()?;
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+        eprintln!(
+            "{} texts one by one: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms.len(),
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            ms[ms.len() - 1]
+        );
+        return Ok(());
+    }
     let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
     let started = std::time::Instant::now();
     for batch in texts.chunks(64) {
@@ -27,7 +51,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     file.flush()?;
-    eprintln!("{} texts in {:.1}s", texts.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "{} texts in {:.1}s",
+        texts.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

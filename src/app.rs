@@ -40,6 +40,8 @@ pub struct AppState {
     /// Serializes server create/update/delete so checks and effects agree.
     pub servers_lock: tokio::sync::Mutex<()>,
     pub profile_endpoints: crate::mcp::ProfileEndpoints,
+    /// The open sessions of the legacy HTTP+SSE endpoint (`/sse`).
+    pub sse_sessions: crate::mcp::sse::SseSessions,
     /// Cancelled when the gateway is asked to stop.
     pub shutdown: CancellationToken,
     /// Cancelled once tool calls in flight have finished (or the grace
@@ -58,8 +60,9 @@ pub struct AppState {
     pub request_states: crate::mcp::request_state::StateSealer,
     /// Announces changes of what MCP clients can list.
     pub list_changes: tokio::sync::broadcast::Sender<crate::mcp::ListChange>,
-    /// Fingerprints of the tool, prompt and resource lists last announced.
-    list_fingerprints: parking_lot::Mutex<[u64; 3]>,
+    /// Fingerprints of the tool, prompt and resource lists last announced,
+    /// per tenant.
+    list_fingerprints: parking_lot::Mutex<std::collections::HashMap<Arc<str>, [u64; 3]>>,
     /// Users, tokens, API keys, roles and grants.
     pub identity: crate::auth::Identity,
 }
@@ -73,23 +76,49 @@ impl AppState {
 }
 
 impl AppState {
-    /// Rebuilds the catalog now (after a change made through the API, so
-    /// the caller's next read sees it).
-    pub async fn refresh_catalog(&self) -> Result<(), StoreError> {
-        self.catalog.rebuild(&self.upstreams, &self.store).await?;
+    /// Rebuilds `tenant`'s catalog now (after a change made through the
+    /// API, so the caller's next read sees it).
+    pub async fn refresh_catalog(&self, tenant: &str) -> Result<(), StoreError> {
+        let snapshot = self
+            .catalog
+            .rebuild(tenant, &self.upstreams, &self.store)
+            .await?;
         // New or changed tools get their vectors in the background.
         self.search.semantic.catalog_changed();
         // A changed catalog may change what a cached result means.
         self.pipeline.cache.invalidate_all();
-        let now = crate::mcp::fingerprints(&self.catalog.snapshot());
-        let before = std::mem::replace(&mut *self.list_fingerprints.lock(), now);
+        let now = crate::mcp::fingerprints(&snapshot);
+        let before = self
+            .list_fingerprints
+            .lock()
+            .insert(snapshot.tenant.clone(), now)
+            .unwrap_or_default();
         let change = crate::mcp::ListChange {
+            tenant: snapshot.tenant.clone(),
             tools: before[0] != now[0],
             prompts: before[1] != now[1],
             resources: before[2] != now[2],
         };
         if change.any() {
             let _ = self.list_changes.send(change);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the catalog of every tenant that has one or may need one.
+    pub async fn refresh_all_catalogs(&self) -> Result<(), StoreError> {
+        let mut tenants: std::collections::BTreeSet<String> =
+            self.store.catalog_tenants().await?.into_iter().collect();
+        tenants.insert(DEFAULT_TENANT.to_owned());
+        tenants.extend(self.upstreams.list().iter().map(|u| u.tenant.to_string()));
+        tenants.extend(
+            self.catalog
+                .snapshots()
+                .iter()
+                .map(|s| s.tenant.to_string()),
+        );
+        for tenant in tenants {
+            self.refresh_catalog(&tenant).await?;
         }
         Ok(())
     }
@@ -188,10 +217,11 @@ impl App {
             started: Instant::now(),
             servers_lock: tokio::sync::Mutex::new(()),
             profile_endpoints: Default::default(),
+            sse_sessions: Default::default(),
             shutdown: CancellationToken::new(),
             mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
-            search: crate::search::Search::new(settings.search_provider(), DEFAULT_TENANT),
+            search: crate::search::Search::new(settings.search_provider()),
             tool_lists: crate::cache::AnswerCache::new(10_000, settings.cache_ttl),
             search_answers: crate::cache::AnswerCache::new(
                 settings.cache_max_size,
@@ -207,13 +237,13 @@ impl App {
         // Rebuild the catalog whenever something it is made of changes: at
         // once when an upstream's offer changes, and on catalog events.
         let weak = Arc::downgrade(&state);
-        state.upstreams.set_catalog_hook(Box::new(move || {
+        state.upstreams.set_catalog_hook(Box::new(move |tenant| {
             let weak = weak.clone();
             Box::pin(async move {
                 if let Some(state) = weak.upgrade()
-                    && let Err(e) = state.refresh_catalog().await
+                    && let Err(e) = state.refresh_catalog(&tenant).await
                 {
-                    tracing::error!(error = %e, "catalog rebuild failed");
+                    tracing::error!(tenant = %tenant, error = %e, "catalog rebuild failed");
                 }
             })
         }));
@@ -229,35 +259,37 @@ impl App {
             state.shutdown.clone(),
         ));
 
-        // Config-file servers first, in file order, then those created over
-        // the API. A stored server whose name the file now uses is shadowed.
+        // Config-file servers first, in file order: they belong to the
+        // default tenant. Then those every tenant created over the API; a
+        // stored server of the default tenant whose name the file now uses
+        // is shadowed.
         for spec in &settings.servers {
-            state.upstreams.add(spec.clone());
+            state.upstreams.add(DEFAULT_TENANT, spec.clone());
         }
-        let stored: Vec<ServerSpec> = state.store.list_servers(DEFAULT_TENANT).await?;
-        for stored_spec in stored {
+        let stored: Vec<(String, ServerSpec)> = state.store.list_all_servers().await?;
+        for (tenant, stored_spec) in stored {
             let spec = match stored_spec.opened(&state.secrets) {
                 Ok((spec, rewrite)) => {
                     if rewrite {
                         // Clear values, or an old key: move to the current key.
                         state
                             .store
-                            .update_server(DEFAULT_TENANT, &spec.name, &spec.sealed(&state.secrets))
+                            .update_server(&tenant, &spec.name, &spec.sealed(&state.secrets))
                             .await?;
-                        tracing::info!(server = %spec.name, "stored credentials re-encrypted under the current key");
+                        tracing::info!(tenant = %tenant, server = %spec.name, "stored credentials re-encrypted under the current key");
                     }
                     spec
                 }
                 Err(e) => {
-                    tracing::error!(server = %stored_spec.name, error = %e, "stored server skipped: its credentials cannot be decrypted");
+                    tracing::error!(tenant = %tenant, server = %stored_spec.name, error = %e, "stored server skipped: its credentials cannot be decrypted");
                     continue;
                 }
             };
-            if !state.upstreams.add(spec.clone()) {
+            if !state.upstreams.add(&tenant, spec.clone()) {
                 tracing::warn!(server = %spec.name, "stored server shadowed by a config-file server of the same name");
             }
         }
-        state.refresh_catalog().await?;
+        state.refresh_all_catalogs().await?;
         if let (Some(path), Some(every)) = (&settings.config_file, settings.config_watch) {
             crate::live_config::spawn(state.clone(), path.clone(), every);
         }
@@ -309,6 +341,14 @@ impl App {
                 "/mcp/{profile}",
                 axum::routing::any(crate::mcp::profile_endpoint),
             )
+            // The 2024-11-05 HTTP+SSE transport, for clients that predate
+            // Streamable HTTP.
+            .route("/sse", axum::routing::get(crate::mcp::sse::open))
+            .route(
+                "/sse/{profile}",
+                axum::routing::get(crate::mcp::sse::open_profile),
+            )
+            .route("/messages", axum::routing::post(crate::mcp::sse::post))
             .nest("/api/v1", crate::api::router())
             .route(
                 "/.well-known/oauth-protected-resource",
@@ -433,9 +473,14 @@ fn spawn_catalog_follower(state: Arc<AppState>) {
     tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(Event::CatalogChanged { .. })
-                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    if let Err(e) = state.refresh_catalog().await {
+                Ok(Event::CatalogChanged { tenant, .. }) => {
+                    if let Err(e) = state.refresh_catalog(&tenant).await {
+                        tracing::error!(tenant = %tenant, error = %e, "catalog rebuild failed");
+                    }
+                }
+                // Missed some: any tenant's catalog may have changed.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(e) = state.refresh_all_catalogs().await {
                         tracing::error!(error = %e, "catalog rebuild failed");
                     }
                 }

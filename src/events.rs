@@ -3,27 +3,31 @@
 //! webhooks subscribe later). Publishing never blocks: a slow subscriber lags
 //! and is told how many events it missed.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::broadcast;
 
 /// Something that happened.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// The set of tools, prompts or resources changed (an upstream re-synced,
-    /// a server or tool was added, changed or removed).
+    /// The set of tools, prompts or resources of a tenant changed (an
+    /// upstream re-synced, a server or tool was added, changed or removed).
     CatalogChanged {
+        tenant: Arc<str>,
         server: Option<String>,
     },
     UpstreamUp {
+        tenant: Arc<str>,
         server: String,
     },
     UpstreamDown {
+        tenant: Arc<str>,
         server: String,
         error: String,
     },
     /// An upstream changed a pinned tool definition.
     ToolChanged {
+        tenant: Arc<str>,
         server: String,
         tool: String,
         change_id: String,
@@ -31,11 +35,13 @@ pub enum Event {
     },
     /// An upstream's circuit breaker opened, half-opened or closed.
     BreakerChanged {
+        tenant: Arc<str>,
         server: String,
         transition: crate::guard::breaker::Transition,
     },
     /// A tool call finished, successfully or not.
     CallFinished {
+        tenant: Arc<str>,
         tool: String,
         server: Option<String>,
         outcome: CallOutcome,

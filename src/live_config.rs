@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     app::AppState,
+    auth::DEFAULT_TENANT,
     config::ConfigFile,
     upstream::spec::{ServerSpec, Source},
 };
@@ -52,12 +53,13 @@ fn digest(path: &std::path::Path) -> Option<[u8; 32]> {
         .map(|bytes| Sha256::digest(&bytes).into())
 }
 
-/// Brings the running servers and profiles in line with `file`.
+/// Brings the running servers and profiles in line with `file`. The
+/// file's servers and profiles belong to the default tenant.
 pub async fn apply(state: &AppState, file: ConfigFile) {
     let _guard = state.servers_lock.lock().await;
     let running: Vec<ServerSpec> = state
         .upstreams
-        .list()
+        .list_tenant(DEFAULT_TENANT)
         .iter()
         .filter(|u| u.spec.source == Source::Config)
         .map(|u| u.spec.clone())
@@ -67,21 +69,21 @@ pub async fn apply(state: &AppState, file: ConfigFile) {
             Some(new) if new == old => {}
             Some(_) => {
                 tracing::info!(server = %old.name, "server changed in the config file; restarting it");
-                state.upstreams.remove(&old.name).await;
+                state.upstreams.remove(DEFAULT_TENANT, &old.name).await;
             }
             None => {
                 tracing::info!(server = %old.name, "server removed from the config file; stopping it");
-                state.upstreams.remove(&old.name).await;
+                state.upstreams.remove(DEFAULT_TENANT, &old.name).await;
             }
         }
     }
     for spec in &file.servers {
-        if state.upstreams.get(&spec.name).is_some() {
+        if state.upstreams.get(DEFAULT_TENANT, &spec.name).is_some() {
             // Unchanged, or a server created over the API that owns the name.
             continue;
         }
         tracing::info!(server = %spec.name, "server added from the config file");
-        state.upstreams.add(spec.clone());
+        state.upstreams.add(DEFAULT_TENANT, spec.clone());
     }
     state.catalog.set_config_profiles(file.profiles);
     let initial: std::collections::BTreeMap<&str, &str> = state
@@ -100,7 +102,7 @@ pub async fn apply(state: &AppState, file: ConfigFile) {
             "settings beside mcpServers changed in the config file; they take effect at the next restart"
         );
     }
-    if let Err(error) = state.refresh_catalog().await {
+    if let Err(error) = state.refresh_catalog(DEFAULT_TENANT).await {
         tracing::error!(%error, "catalog rebuild after a config change failed");
     }
 }

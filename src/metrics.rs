@@ -1,8 +1,10 @@
 //! Prometheus metrics, served at `/metrics` in the OpenMetrics text format.
 //!
 //! Labels are bounded: routes are route templates, tools and servers come
-//! from the catalog, outcomes and methods from fixed sets; no user ids and
-//! no arguments ever become labels.
+//! from the catalog, outcomes and methods from fixed sets; no user ids, no
+//! tenant ids and no arguments ever become labels. Servers (and tools) of
+//! the same name in several tenants share one series: the exposition is the
+//! platform operator's view, and is not served to other tenants.
 
 use std::sync::Arc;
 
@@ -226,24 +228,28 @@ impl Metrics {
 
     /// The whole exposition, with state read from `upstreams` now.
     pub fn render(&self, upstreams: &UpstreamManager) -> String {
+        // Per server name over every tenant: up only when all of that name
+        // are, attempts summed, the worst breaker state.
+        let mut by_name: std::collections::BTreeMap<String, (bool, u64, i64)> =
+            std::collections::BTreeMap::new();
         for u in upstreams.list() {
-            let labels = ServerLabels {
-                server: u.spec.name.clone(),
+            let breaker = match u.breaker.state() {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
             };
-            let status = u.status();
-            self.upstream_up
-                .get_or_create(&labels)
-                .set(i64::from(u.is_ready()));
+            let entry = by_name.entry(u.spec.name.clone()).or_insert((true, 0, 0));
+            entry.0 &= u.is_ready();
+            entry.1 += u.status().attempts;
+            entry.2 = entry.2.max(breaker);
+        }
+        for (server, (up, attempts, breaker)) in by_name {
+            let labels = ServerLabels { server };
+            self.upstream_up.get_or_create(&labels).set(i64::from(up));
             self.upstream_connects
                 .get_or_create(&labels)
-                .set(status.attempts as i64);
-            self.breaker_state
-                .get_or_create(&labels)
-                .set(match u.breaker.state() {
-                    BreakerState::Closed => 0,
-                    BreakerState::HalfOpen => 1,
-                    BreakerState::Open => 2,
-                });
+                .set(attempts as i64);
+            self.breaker_state.get_or_create(&labels).set(breaker);
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

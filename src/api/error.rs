@@ -164,6 +164,14 @@ impl From<CallError> for Problem {
                 detail,
             )
             .with("server", server),
+            CallError::Upstream(UpstreamError::Exhausted { server, limit }) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-connections-exhausted",
+                "Upstream connections exhausted",
+                detail,
+            )
+            .with("server", server)
+            .with("max_connections", limit),
             CallError::Upstream(UpstreamError::ConnectionLost { server }) => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream-connection-lost",

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
 
-use crate::{app::AppState, upstream::Status};
+use crate::{
+    app::AppState,
+    auth::{DEFAULT_TENANT, Principal, rbac::Permission},
+    upstream::Status,
+};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -31,7 +35,11 @@ async fn live() -> Json<Value> {
     Json(json!({ "status": "alive" }))
 }
 
-async fn detailed(State(state): State<Arc<AppState>>) -> Json<Value> {
+/// The detailed report. It names servers and their errors, so a caller
+/// sees those of its own tenant; a platform admin, who runs the gateway for
+/// every tenant, sees every tenant's, and the gateway-wide cache counters.
+async fn detailed(State(state): State<Arc<AppState>>, principal: Principal) -> Json<Value> {
+    let platform = principal.has(Permission::PlatformAdmin);
     let store = match state.store.ping().await {
         Ok(latency) => json!({
             "status": "healthy",
@@ -45,14 +53,18 @@ async fn detailed(State(state): State<Arc<AppState>>) -> Json<Value> {
         }
     };
     let store_ok = store["status"] == "healthy";
-    let upstreams: Vec<Value> = state
-        .upstreams
-        .list()
+    let shown = if platform {
+        state.upstreams.list()
+    } else {
+        state.upstreams.list_tenant(&principal.tenant_id)
+    };
+    let upstreams: Vec<Value> = shown
         .iter()
         .map(|u| {
             let status = u.status();
             json!({
                 "name": u.spec.name,
+                "tenant": &*u.tenant,
                 "status": status.status,
                 "latency_ms": status.latency_ms,
                 "last_error": status.last_error,
@@ -62,9 +74,7 @@ async fn detailed(State(state): State<Arc<AppState>>) -> Json<Value> {
             })
         })
         .collect();
-    let all_ready = state
-        .upstreams
-        .list()
+    let all_ready = shown
         .iter()
         .all(|u| matches!(u.status().status, Status::Ready | Status::Disabled));
     let overall = match (store_ok, all_ready) {
@@ -72,18 +82,25 @@ async fn detailed(State(state): State<Arc<AppState>>) -> Json<Value> {
         (true, false) => "degraded",
         (true, true) => "healthy",
     };
-    Json(json!({
+    let mut report = json!({
         "status": overall,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": uptime(&state),
         "store": store,
-        "cache": state.pipeline.cache.status(),
         // The embedder's state: a missing or corrupt model shows here (and
         // in the notes of search answers) while search falls back to
-        // keywords.
-        "search": state.search.semantic.status(),
+        // keywords. Its counts are the caller's tenant's.
+        "search": state
+            .search
+            .semantic
+            .status((!platform).then_some(&*principal.tenant_id)),
         "upstreams": upstreams,
-    }))
+    });
+    if platform {
+        // Hits and misses of the shared cache are every tenant's activity.
+        report["cache"] = json!(state.pipeline.cache.status());
+    }
+    Json(report)
 }
 
 /// Ready once the store answers and every configured upstream has been tried
@@ -93,10 +110,22 @@ async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) 
     if let Err(e) = state.store.ping().await {
         reasons.push(format!("store: {e}"));
     }
+    // Anyone may ask: the default tenant's servers (the operator's own, the
+    // config file's among them) are named; other tenants' are neither named
+    // nor counted.
+    let mut others_untried = false;
     for u in state.upstreams.list() {
-        if !u.was_tried() {
-            reasons.push(format!("server {} not tried yet", u.spec.name));
+        if u.was_tried() {
+            continue;
         }
+        if &*u.tenant == DEFAULT_TENANT {
+            reasons.push(format!("server {} not tried yet", u.spec.name));
+        } else {
+            others_untried = true;
+        }
+    }
+    if others_untried {
+        reasons.push("servers of other tenants not tried yet".to_owned());
     }
     if reasons.is_empty() {
         (StatusCode::OK, Json(json!({ "ready": true })))

@@ -1,5 +1,9 @@
 //! `/api/v1/profiles`: named subsets of the catalog, each served as its own
 //! MCP endpoint at `/mcp/{profile}`.
+//!
+//! Profiles belong to a tenant (those of the config file to the default
+//! one) and select among that tenant's tools; every handler works in the
+//! caller's tenant, so another tenant's profile answers like a missing one.
 
 use std::sync::Arc;
 
@@ -15,7 +19,7 @@ use serde_json::{Value, json};
 use super::error::{ApiJson, Problem, Result};
 use crate::{
     app::AppState,
-    auth::DEFAULT_TENANT,
+    auth::Principal,
     catalog::profiles::{Profile, ProfileView},
     upstream::spec::Source,
 };
@@ -56,16 +60,20 @@ fn unknown(name: &str) -> Problem {
     Problem::not_found("unknown-profile", format!("no profile named {name}")).with("profile", name)
 }
 
-async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let snapshot = state.catalog.snapshot();
+async fn list(State(state): State<Arc<AppState>>, principal: Principal) -> Json<Value> {
+    let snapshot = state.catalog.snapshot(&principal.tenant_id);
     let mut views: Vec<_> = snapshot.profiles.values().collect();
     views.sort_by(|a, b| a.profile.name.cmp(&b.profile.name));
     let profiles: Vec<Value> = views.iter().map(|v| describe(&state, v)).collect();
     Json(json!({"profiles": profiles, "total": profiles.len()}))
 }
 
-async fn read(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<Value>> {
-    let snapshot = state.catalog.snapshot();
+async fn read(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    let snapshot = state.catalog.snapshot(&principal.tenant_id);
     let view = snapshot.profiles.get(&name).ok_or_else(|| unknown(&name))?;
     Ok(Json(describe(&state, view)))
 }
@@ -80,12 +88,14 @@ fn parse(body: Value) -> Result<Profile> {
 
 async fn create(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse> {
+    let tenant = &principal.tenant_id;
     let profile = parse(body)?;
     if state
         .catalog
-        .snapshot()
+        .snapshot(tenant)
         .profiles
         .contains_key(&profile.name)
     {
@@ -96,7 +106,7 @@ async fn create(
     }
     state
         .store
-        .insert_profile(DEFAULT_TENANT, &profile.name, &profile)
+        .insert_profile(tenant, &profile.name, &profile)
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Conflict => {
@@ -104,8 +114,8 @@ async fn create(
             }
             other => other.into(),
         })?;
-    state.refresh_catalog().await?;
-    let snapshot = state.catalog.snapshot();
+    state.refresh_catalog(tenant).await?;
+    let snapshot = state.catalog.snapshot(tenant);
     let view = snapshot
         .profiles
         .get(&profile.name)
@@ -123,9 +133,11 @@ fn read_only(name: &str) -> Problem {
 
 async fn update(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     Path(name): Path<String>,
     ApiJson(mut body): ApiJson<Value>,
 ) -> Result<Json<Value>> {
+    let tenant = &principal.tenant_id;
     if let Some(obj) = body.as_object_mut() {
         match obj.get("name") {
             None => {
@@ -141,7 +153,7 @@ async fn update(
     let profile = parse(body)?;
     let current = state
         .catalog
-        .snapshot()
+        .snapshot(tenant)
         .profiles
         .get(&name)
         .cloned()
@@ -149,23 +161,22 @@ async fn update(
     if current.profile.source == Source::Config {
         return Err(read_only(&name));
     }
-    state
-        .store
-        .update_profile(DEFAULT_TENANT, &name, &profile)
-        .await?;
-    state.refresh_catalog().await?;
-    let snapshot = state.catalog.snapshot();
+    state.store.update_profile(tenant, &name, &profile).await?;
+    state.refresh_catalog(tenant).await?;
+    let snapshot = state.catalog.snapshot(tenant);
     let view = snapshot.profiles.get(&name).ok_or_else(Problem::internal)?;
     Ok(Json(describe(&state, view)))
 }
 
 async fn remove(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
+    let tenant = &principal.tenant_id;
     let current = state
         .catalog
-        .snapshot()
+        .snapshot(tenant)
         .profiles
         .get(&name)
         .cloned()
@@ -173,8 +184,8 @@ async fn remove(
     if current.profile.source == Source::Config {
         return Err(read_only(&name));
     }
-    state.store.delete_profile(DEFAULT_TENANT, &name).await?;
-    state.refresh_catalog().await?;
-    state.profile_endpoints.remove(&name);
+    state.store.delete_profile(tenant, &name).await?;
+    state.refresh_catalog(tenant).await?;
+    state.profile_endpoints.remove(tenant, &name);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,4 +1,7 @@
 //! `/api/v1/servers`: upstream MCP servers managed at run time.
+//!
+//! Every handler works in the caller's tenant: another tenant's server of
+//! the same name is not looked at, and answers exactly like a missing one.
 
 use std::sync::Arc;
 
@@ -14,7 +17,7 @@ use serde_json::{Value, json};
 use super::error::{ApiJson, Problem, Result};
 use crate::{
     app::AppState,
-    auth::{DEFAULT_TENANT, Principal, http::forbidden, rbac::Permission},
+    auth::{Principal, http::forbidden, rbac::Permission},
     outbound::OutboundError,
     pipeline::policy,
     upstream::{
@@ -34,11 +37,17 @@ pub fn router() -> Router<Arc<AppState>> {
 /// is doing.
 pub fn describe(state: &AppState, upstream: &Upstream, with_logs: bool) -> Value {
     let mut value = upstream.spec.redacted_json();
-    let snapshot = state.catalog.snapshot();
+    let snapshot = state.catalog.snapshot(&upstream.tenant);
     if let Some(obj) = value.as_object_mut() {
         obj.insert("status".into(), json!(*upstream.status()));
         obj.insert("tools".into(), json!(upstream.offer().tools.len()));
         obj.insert("breaker".into(), json!(upstream.breaker.state()));
+        if upstream.spec.isolation != crate::upstream::spec::Isolation::Shared {
+            obj.insert(
+                "isolated_connections".into(),
+                json!(upstream.isolated_connections()),
+            );
+        }
         obj.insert(
             "conflicts".into(),
             json!(
@@ -59,9 +68,9 @@ pub fn describe(state: &AppState, upstream: &Upstream, with_logs: bool) -> Value
 async fn list(State(state): State<Arc<AppState>>, principal: Principal) -> Json<Value> {
     let servers: Vec<Value> = state
         .upstreams
-        .list()
+        .list_tenant(&principal.tenant_id)
         .iter()
-        .filter(|u| policy::may_see_server(&principal, DEFAULT_TENANT, &u.spec.name))
+        .filter(|u| policy::may_see_server(&principal, &u.tenant, &u.spec.name))
         .map(|u| describe(&state, u, false))
         .collect();
     Json(json!({ "servers": servers, "total": servers.len() }))
@@ -71,29 +80,14 @@ fn unknown(name: &str) -> Problem {
     Problem::not_found("unknown-server", format!("no server named {name}")).with("server", name)
 }
 
-/// The server of this name, if the principal may see it: one it may not
-/// see answers exactly like a missing one.
+/// The principal's tenant's server of this name, if the principal may see
+/// it: one it may not see answers exactly like a missing one.
 fn visible(state: &AppState, principal: &Principal, name: &str) -> Result<Arc<Upstream>> {
     state
         .upstreams
-        .get(name)
-        .filter(|_| policy::may_see_server(principal, DEFAULT_TENANT, name))
+        .get(&principal.tenant_id, name)
+        .filter(|u| policy::may_see_server(principal, &u.tenant, name))
         .ok_or_else(|| unknown(name))
-}
-
-/// Servers belong to the default tenant until servers of other tenants
-/// exist; other tenants cannot change them.
-fn default_tenant_only(principal: &Principal) -> Result<()> {
-    if &*principal.tenant_id == DEFAULT_TENANT {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Forbidden",
-            "servers can only be managed in the default tenant",
-        ))
-    }
 }
 
 async fn read(
@@ -148,10 +142,10 @@ async fn create(
     principal: Principal,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse> {
-    default_tenant_only(&principal)?;
+    let tenant = &principal.tenant_id;
     let spec = admit(&state, &principal, body).await?;
     let _guard = state.servers_lock.lock().await;
-    if state.upstreams.get(&spec.name).is_some() {
+    if state.upstreams.get(tenant, &spec.name).is_some() {
         return Err(Problem::conflict(
             "server-exists",
             format!("a server named {} already exists", spec.name),
@@ -160,7 +154,7 @@ async fn create(
     }
     state
         .store
-        .insert_server(DEFAULT_TENANT, &spec.name, &spec.sealed(&state.secrets))
+        .insert_server(tenant, &spec.name, &spec.sealed(&state.secrets))
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Conflict => Problem::conflict(
@@ -169,12 +163,12 @@ async fn create(
             ),
             other => other.into(),
         })?;
-    state.upstreams.add(spec.clone());
+    state.upstreams.add(tenant, spec.clone());
     let upstream = state
         .upstreams
-        .get(&spec.name)
+        .get(tenant, &spec.name)
         .ok_or_else(Problem::internal)?;
-    tracing::info!(server = %spec.name, "server created over the API");
+    tracing::info!(tenant = %tenant, server = %spec.name, "server created over the API");
     Ok((
         StatusCode::CREATED,
         Json(describe(&state, &upstream, false)),
@@ -232,9 +226,9 @@ async fn update(
             }
         }
     }
+    let tenant = &principal.tenant_id;
     let _guard = state.servers_lock.lock().await;
     let current = visible(&state, &principal, &name)?;
-    default_tenant_only(&principal)?;
     if current.spec.source == Source::Config {
         return Err(read_only(&name));
     }
@@ -242,12 +236,15 @@ async fn update(
     keep_masked_secrets(&mut spec, &current.spec);
     state
         .store
-        .update_server(DEFAULT_TENANT, &name, &spec.sealed(&state.secrets))
+        .update_server(tenant, &name, &spec.sealed(&state.secrets))
         .await?;
-    state.upstreams.remove(&name).await;
-    state.upstreams.add(spec);
-    state.refresh_catalog().await?;
-    let upstream = state.upstreams.get(&name).ok_or_else(Problem::internal)?;
+    state.upstreams.remove(tenant, &name).await;
+    state.upstreams.add(tenant, spec);
+    state.refresh_catalog(tenant).await?;
+    let upstream = state
+        .upstreams
+        .get(tenant, &name)
+        .ok_or_else(Problem::internal)?;
     Ok(Json(describe(&state, &upstream, false)))
 }
 
@@ -256,16 +253,16 @@ async fn remove(
     principal: Principal,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
+    let tenant = &principal.tenant_id;
     let _guard = state.servers_lock.lock().await;
     let current = visible(&state, &principal, &name)?;
-    default_tenant_only(&principal)?;
     if current.spec.source == Source::Config {
         return Err(read_only(&name));
     }
-    state.store.delete_server(DEFAULT_TENANT, &name).await?;
-    state.upstreams.remove(&name).await;
-    state.refresh_catalog().await?;
-    tracing::info!(server = %name, "server removed over the API");
+    state.store.delete_server(tenant, &name).await?;
+    state.upstreams.remove(tenant, &name).await;
+    state.refresh_catalog(tenant).await?;
+    tracing::info!(tenant = %tenant, server = %name, "server removed over the API");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -274,16 +271,19 @@ async fn restart(
     principal: Principal,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Value>)> {
+    let tenant = &principal.tenant_id;
     visible(&state, &principal, &name)?;
-    default_tenant_only(&principal)?;
     let _guard = state.servers_lock.lock().await;
     let current = state
         .upstreams
-        .remove(&name)
+        .remove(tenant, &name)
         .await
         .ok_or_else(|| unknown(&name))?;
-    state.upstreams.add(current.spec.clone());
-    let upstream = state.upstreams.get(&name).ok_or_else(Problem::internal)?;
+    state.upstreams.add(tenant, current.spec.clone());
+    let upstream = state
+        .upstreams
+        .get(tenant, &name)
+        .ok_or_else(Problem::internal)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(describe(&state, &upstream, false)),

@@ -1,4 +1,8 @@
 //! `/api/v1/tools`: list, read, register, update, delete and execute tools.
+//!
+//! Every handler works in the caller's tenant: it reads that tenant's
+//! catalog and writes that tenant's rows, so another tenant's tool answers
+//! exactly like a missing one, and counts only count the caller's own.
 
 use std::{sync::Arc, time::Instant};
 
@@ -15,7 +19,7 @@ use serde_json::{Map, Value, json};
 use super::error::{ApiJson, Problem, Result};
 use crate::{
     app::AppState,
-    auth::{DEFAULT_TENANT, Principal},
+    auth::Principal,
     catalog::{ManualTool, ToolRecord, names::validate_tool_name, records::ToolInput},
     pipeline::{ToolCall, policy},
 };
@@ -60,7 +64,7 @@ fn record(state: &AppState, entry: &crate::catalog::ToolEntry) -> ToolRecord {
     ToolRecord::from_entry(entry, |server| {
         state
             .upstreams
-            .get(server)
+            .get(&entry.tenant, server)
             .and_then(|u| u.spec.url().map(crate::outbound::redact_url))
     })
 }
@@ -77,7 +81,7 @@ async fn list(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    let snapshot = state.catalog.snapshot();
+    let snapshot = state.catalog.snapshot(&principal.tenant_id);
     let in_profile = match &q.profile {
         Some(name) => {
             let view = snapshot.profiles.get(name).ok_or_else(|| {
@@ -139,7 +143,7 @@ async fn read(
     principal: Principal,
     Path(name): Path<String>,
 ) -> Result<Json<ToolRecord>> {
-    let snapshot = state.catalog.snapshot();
+    let snapshot = state.catalog.snapshot(&principal.tenant_id);
     let entry = snapshot
         .tool(&name)
         .filter(|t| policy::may_see(&principal, t))
@@ -163,8 +167,8 @@ enum Registration {
     Manual(ManualTool),
 }
 
-/// Checks one registration request against the catalog and the servers.
-fn plan(state: &AppState, input: ToolInput) -> Result<Registration> {
+/// Checks one registration request against `tenant`'s catalog and servers.
+fn plan(state: &AppState, tenant: &str, input: ToolInput) -> Result<Registration> {
     let name = input
         .name
         .clone()
@@ -175,7 +179,7 @@ fn plan(state: &AppState, input: ToolInput) -> Result<Registration> {
         // An endpoint that is the URL of a registered MCP server binds to
         // that server's tool of the same name.
         let normalized = endpoint.trim_end_matches('/');
-        if let Some(server) = state.upstreams.list().into_iter().find(|u| {
+        if let Some(server) = state.upstreams.list_tenant(tenant).into_iter().find(|u| {
             u.spec
                 .url()
                 .is_some_and(|url| url.trim_end_matches('/') == normalized)
@@ -200,7 +204,7 @@ fn plan(state: &AppState, input: ToolInput) -> Result<Registration> {
             )
         })?;
     }
-    if state.catalog.snapshot().tool(&name).is_some() {
+    if state.catalog.snapshot(tenant).tool(&name).is_some() {
         return Err(Problem::conflict(
             "tool-exists",
             format!("a tool named {name} already exists"),
@@ -248,13 +252,18 @@ fn parse_inputs(body: Value) -> Result<(Vec<ToolInput>, bool)> {
     Ok((inputs, many))
 }
 
-/// Registers every input, all or nothing.
-async fn register(state: &Arc<AppState>, inputs: Vec<ToolInput>, many: bool) -> Result<Vec<Value>> {
+/// Registers every input in `tenant`, all or nothing.
+async fn register(
+    state: &Arc<AppState>,
+    tenant: &str,
+    inputs: Vec<ToolInput>,
+    many: bool,
+) -> Result<Vec<Value>> {
     let mut plans = Vec::with_capacity(inputs.len());
     let mut seen = std::collections::HashSet::new();
     for (index, input) in inputs.into_iter().enumerate() {
-        let planned =
-            plan(state, input).map_err(|p| if many { p.with("index", index) } else { p })?;
+        let planned = plan(state, tenant, input)
+            .map_err(|p| if many { p.with("index", index) } else { p })?;
         let key = match &planned {
             Registration::Bind { server, tool, .. } => format!("{server}/{tool}"),
             Registration::Manual(m) => m.name.clone(),
@@ -277,7 +286,7 @@ async fn register(state: &Arc<AppState>, inputs: Vec<ToolInput>, many: bool) -> 
     if !manual.is_empty() {
         state
             .store
-            .insert_manual_tools(DEFAULT_TENANT, &manual)
+            .insert_manual_tools(tenant, &manual)
             .await
             .map_err(|e| match e {
                 crate::store::StoreError::Conflict => {
@@ -293,16 +302,16 @@ async fn register(state: &Arc<AppState>, inputs: Vec<ToolInput>, many: bool) -> 
             overlay,
         } = p
         {
-            let mut merged = current_overlay(state, server, tool).await?;
+            let mut merged = current_overlay(state, tenant, server, tool);
             merged.merge(overlay.clone());
             state
                 .store
-                .put_overlay(DEFAULT_TENANT, server, tool, &merged)
+                .put_overlay(tenant, server, tool, &merged)
                 .await?;
         }
     }
-    state.refresh_catalog().await?;
-    let snapshot = state.catalog.snapshot();
+    state.refresh_catalog(tenant).await?;
+    let snapshot = state.catalog.snapshot(tenant);
     Ok(plans
         .iter()
         .map(|p| match p {
@@ -322,25 +331,27 @@ async fn register(state: &Arc<AppState>, inputs: Vec<ToolInput>, many: bool) -> 
         .collect())
 }
 
-async fn current_overlay(
+fn current_overlay(
     state: &AppState,
+    tenant: &str,
     server: &str,
     tool: &str,
-) -> Result<crate::catalog::Overlay> {
-    Ok(state
+) -> crate::catalog::Overlay {
+    state
         .catalog
-        .snapshot()
+        .snapshot(tenant)
         .tool_by_identity(server, tool)
         .map(|e| e.overlay.clone())
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 async fn create(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse> {
     let (inputs, many) = parse_inputs(body)?;
-    let mut created = register(&state, inputs, many).await?;
+    let mut created = register(&state, &principal.tenant_id, inputs, many).await?;
     let body = if many {
         json!({"tools": created, "created": created.len()})
     } else {
@@ -351,10 +362,11 @@ async fn create(
 
 async fn import(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse> {
     let (inputs, _) = parse_inputs(body)?;
-    let created = register(&state, inputs, true).await?;
+    let created = register(&state, &principal.tenant_id, inputs, true).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"tools": created, "created": created.len()})),
@@ -373,7 +385,8 @@ async fn update(
             "a tool cannot be renamed; its name is derived from its identity",
         ));
     }
-    let snapshot = state.catalog.snapshot();
+    let tenant = &principal.tenant_id;
+    let snapshot = state.catalog.snapshot(tenant);
     let entry = snapshot
         .tool(&name)
         .filter(|t| policy::may_see(&principal, t))
@@ -407,7 +420,7 @@ async fn update(
             next.overlay.merge(overlay);
             state
                 .store
-                .update_manual_tool(DEFAULT_TENANT, &manual.name, &next)
+                .update_manual_tool(tenant, &manual.name, &next)
                 .await?;
         }
         (None, Some(server)) => {
@@ -422,7 +435,10 @@ async fn update(
             let mut overlay = entry.overlay.clone();
             overlay.merge(input.overlay());
             if overlay.cache_ttl_secs.is_some_and(|t| t > 0) {
-                let trusted = state.upstreams.get(server).is_some_and(|u| u.spec.trusted);
+                let trusted = state
+                    .upstreams
+                    .get(tenant, server)
+                    .is_some_and(|u| u.spec.trusted);
                 let annotated = trusted
                     && entry
                         .definition
@@ -439,13 +455,13 @@ async fn update(
             }
             state
                 .store
-                .put_overlay(DEFAULT_TENANT, server, entry.original_name(), &overlay)
+                .put_overlay(tenant, server, entry.original_name(), &overlay)
                 .await?;
         }
         (None, None) => return Err(Problem::internal()),
     }
-    state.refresh_catalog().await?;
-    let snapshot = state.catalog.snapshot();
+    state.refresh_catalog(tenant).await?;
+    let snapshot = state.catalog.snapshot(tenant);
     let updated = match entry.server() {
         Some(server) => snapshot.tool_by_identity(server, entry.original_name()),
         None => snapshot.tool(&name),
@@ -459,7 +475,8 @@ async fn remove(
     principal: Principal,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
-    let snapshot = state.catalog.snapshot();
+    let tenant = &principal.tenant_id;
+    let snapshot = state.catalog.snapshot(tenant);
     let entry = snapshot
         .tool(&name)
         .filter(|t| policy::may_see(&principal, t))
@@ -471,11 +488,8 @@ async fn remove(
         )
         .with("server", server));
     }
-    state
-        .store
-        .delete_manual_tool(DEFAULT_TENANT, &name)
-        .await?;
-    state.refresh_catalog().await?;
+    state.store.delete_manual_tool(tenant, &name).await?;
+    state.refresh_catalog(tenant).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -493,10 +507,13 @@ async fn execute(
     ApiJson(body): ApiJson<ExecuteBody>,
 ) -> Result<Json<Value>> {
     let started = Instant::now();
+    // Only a tool the caller may see names its server; the pipeline
+    // answers the rest as unknown.
     let server = state
         .catalog
-        .snapshot()
+        .snapshot(&principal.tenant_id)
         .tool(&name)
+        .filter(|t| policy::may_see(&principal, t))
         .and_then(|t| t.server().map(str::to_owned));
     let called = state
         .pipeline
@@ -529,7 +546,7 @@ fn upstream_tool(
     principal: &Principal,
     name: &str,
 ) -> Result<Arc<crate::catalog::ToolEntry>> {
-    let snapshot = state.catalog.snapshot();
+    let snapshot = state.catalog.snapshot(&principal.tenant_id);
     let entry = snapshot
         .tool(name)
         .filter(|t| policy::may_see(principal, t))
@@ -569,7 +586,11 @@ async fn tool_changes(
     let server = entry.server().unwrap_or_default();
     let rows = state
         .store
-        .list_changes(DEFAULT_TENANT, Some((server, entry.original_name())), None)
+        .list_changes(
+            &principal.tenant_id,
+            Some((server, entry.original_name())),
+            None,
+        )
         .await?;
     let changes: Vec<Value> = rows.into_iter().map(change_json).collect();
     Ok(Json(
@@ -585,6 +606,7 @@ struct ChangesQuery {
 
 async fn all_changes(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>> {
     let Query(q) = query.map_err(|e| Problem::invalid(e.body_text()))?;
@@ -597,7 +619,7 @@ async fn all_changes(
     }
     let rows = state
         .store
-        .list_changes(DEFAULT_TENANT, None, q.status.as_deref())
+        .list_changes(&principal.tenant_id, None, q.status.as_deref())
         .await?;
     let changes: Vec<Value> = rows.into_iter().map(change_json).collect();
     Ok(Json(json!({"changes": changes, "total": changes.len()})))
@@ -610,20 +632,23 @@ async fn approve(
     principal: Principal,
     Path(name): Path<String>,
 ) -> Result<Json<ToolRecord>> {
+    let tenant = &principal.tenant_id;
     let entry = upstream_tool(&state, &principal, &name)?;
     let server = entry.server().unwrap_or_default().to_owned();
-    let upstream = state.upstreams.get(&server).ok_or_else(|| unknown(&name))?;
+    let upstream = state
+        .upstreams
+        .get(tenant, &server)
+        .ok_or_else(|| unknown(&name))?;
     let offer = upstream.offer();
     let original = offer
         .tools
         .iter()
         .find(|t| t.name == entry.original_name())
         .ok_or_else(|| unknown(&name))?;
-    let closed =
-        crate::catalog::pins::approve(&state.store, DEFAULT_TENANT, &server, original).await?;
-    tracing::info!(tool = %name, changes = closed, "tool definition approved");
-    state.refresh_catalog().await?;
-    let snapshot = state.catalog.snapshot();
+    let closed = crate::catalog::pins::approve(&state.store, tenant, &server, original).await?;
+    tracing::info!(tenant = %tenant, tool = %name, changes = closed, "tool definition approved");
+    state.refresh_catalog(tenant).await?;
+    let snapshot = state.catalog.snapshot(tenant);
     let updated = snapshot
         .tool_by_identity(&server, entry.original_name())
         .ok_or_else(|| unknown(&name))?;
@@ -640,7 +665,12 @@ async fn reject(
     let server = entry.server().unwrap_or_default();
     let closed = state
         .store
-        .decide_changes(DEFAULT_TENANT, server, entry.original_name(), "rejected")
+        .decide_changes(
+            &principal.tenant_id,
+            server,
+            entry.original_name(),
+            "rejected",
+        )
         .await?;
     Ok(Json(
         json!({"tool": name, "rejected": closed, "quarantined": entry.quarantine.is_some()}),
@@ -739,7 +769,7 @@ async fn search(
         return Ok(Json((*answer).clone()));
     }
     metrics.cache_misses.get_or_create(&answers).inc();
-    let snapshot = state.catalog.snapshot();
+    let snapshot = state.catalog.snapshot(&principal.tenant_id);
     let started = std::time::Instant::now();
     let answer = state
         .search

@@ -36,8 +36,15 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/.well-known/oauth-protected-resource/")
 }
 
+/// The MCP endpoints: Streamable HTTP (`/mcp`, `/mcp/{profile}`) and the
+/// legacy HTTP+SSE transport (`/sse`, `/sse/{profile}`, `/messages`), which
+/// all take the same credentials and scopes.
 fn is_mcp(path: &str) -> bool {
-    path == "/mcp" || path.starts_with("/mcp/")
+    path == "/mcp"
+        || path.starts_with("/mcp/")
+        || path == "/sse"
+        || path.starts_with("/sse/")
+        || path == "/messages"
 }
 
 /// The permission a REST route needs, beyond being authenticated. Handlers
@@ -290,6 +297,17 @@ pub async fn authenticate(
     }
     if metrics && !principal.has(Permission::MetricsRead) {
         return forbidden(Permission::MetricsRead).into_response();
+    }
+    // The exposition names every tenant's servers and tools: it is for the
+    // platform's operators (the default tenant) and the scrape token only.
+    if metrics && &*principal.tenant_id != super::DEFAULT_TENANT {
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "metrics are served to the default tenant's operators and the scrape token",
+        )
+        .into_response();
     }
     if let Some(needed) = required_permission(request.method(), &path)
         && !principal.has(needed)

@@ -1,9 +1,11 @@
-//! The catalog: one registry of the tools, prompts and resources of every
-//! upstream plus tools registered by hand, with user overlays applied and
-//! public names derived.
+//! The catalog: per tenant, one registry of the tools, prompts and resources
+//! of the tenant's upstreams plus its tools registered by hand, with its
+//! overlays applied and public names derived.
 //!
-//! The catalog is an immutable [`Snapshot`] swapped atomically whenever an
-//! input changes, so the call path reads it without locks.
+//! Each tenant's catalog is an immutable [`Snapshot`] swapped atomically
+//! whenever one of its inputs changes, so the call path reads it without
+//! locks. Nothing of one tenant is in another's snapshot: names, counts and
+//! lookups of a tenant only ever see its own entries.
 
 pub mod names;
 pub mod pins;
@@ -41,6 +43,8 @@ pub enum Target {
 /// One tool as the catalog knows it.
 #[derive(Debug)]
 pub struct ToolEntry {
+    /// The tenant that owns the tool (and its server).
+    pub tenant: Arc<str>,
     pub public_name: String,
     /// The upstream's definition (or one synthesized for manual tools), with
     /// the public name and any description override applied.
@@ -71,6 +75,29 @@ impl ToolEntry {
 
     pub fn enabled(&self) -> bool {
         self.overlay.enabled.unwrap_or(true)
+    }
+
+    /// A hand-registered, catalog-only tool of `tenant` (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(tenant: &str, name: &str) -> Self {
+        let manual = ManualTool {
+            name: name.to_owned(),
+            description: String::new(),
+            endpoint: None,
+            input_schema: None,
+            output_schema: None,
+            overlay: Overlay::default(),
+        };
+        Self {
+            tenant: Arc::from(tenant),
+            public_name: name.to_owned(),
+            definition: manual.definition(name),
+            overlay: Overlay::default(),
+            target: Target::CatalogOnly,
+            manual: Some(manual),
+            quarantine: None,
+            validator: OnceLock::new(),
+        }
     }
 
     /// The compiled input-schema validator, built on first use. An input
@@ -109,15 +136,19 @@ fn compile_schema(schema: &Value) -> Result<Arc<jsonschema::Validator>, String> 
 /// A prompt with its public name.
 #[derive(Debug, Clone)]
 pub struct PromptEntry {
+    /// The tenant that owns the prompt's server.
+    pub tenant: Arc<str>,
     pub public_name: String,
     pub server: String,
     pub original_name: String,
     pub definition: Prompt,
 }
 
-/// An immutable view of the whole catalog.
+/// An immutable view of one tenant's catalog.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The tenant whose catalog this is; every entry belongs to it.
+    pub tenant: Arc<str>,
     /// Sorted by public name.
     pub tools: Vec<Arc<ToolEntry>>,
     by_name: HashMap<String, Arc<ToolEntry>>,
@@ -134,6 +165,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The catalog of a tenant that has nothing (yet).
+    pub fn empty(tenant: &str) -> Self {
+        Self {
+            tenant: Arc::from(tenant),
+            ..Self::default()
+        }
+    }
+
     pub fn tool(&self, public_name: &str) -> Option<&Arc<ToolEntry>> {
         self.by_name.get(public_name)
     }
@@ -199,16 +238,19 @@ fn template_matches(template: &str, uri: &str) -> bool {
     template.ends_with('}') || rest.is_empty()
 }
 
-/// The live catalog.
+/// The live catalog of every tenant.
 pub struct Catalog {
-    snapshot: ArcSwap<Snapshot>,
+    /// Each tenant's snapshot. A tenant without one has an empty catalog.
+    snapshots: ArcSwap<HashMap<Arc<str>, Arc<Snapshot>>>,
     mode: PrefixMode,
     sep: String,
     events: EventBus,
-    /// Profiles declared in the config file (read-only over the API).
+    /// Profiles declared in the config file (read-only over the API); they
+    /// belong to the default tenant, like the file's servers.
     config_profiles: ArcSwap<Vec<Profile>>,
-    /// Serializes rebuilds so a slow one cannot overwrite a newer one.
-    rebuild_lock: tokio::sync::Mutex<()>,
+    /// Serializes the rebuilds of one tenant so a slow one cannot overwrite
+    /// a newer one; tenants rebuild independently.
+    rebuild_locks: parking_lot::Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Catalog {
@@ -219,17 +261,27 @@ impl Catalog {
         config_profiles: Vec<Profile>,
     ) -> Self {
         Self {
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            snapshots: ArcSwap::from_pointee(HashMap::new()),
             mode,
             sep,
             events,
             config_profiles: ArcSwap::from_pointee(config_profiles),
-            rebuild_lock: tokio::sync::Mutex::new(()),
+            rebuild_locks: Default::default(),
         }
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+    /// The current catalog of `tenant` (an empty one if it has nothing).
+    pub fn snapshot(&self, tenant: &str) -> Arc<Snapshot> {
+        self.snapshots
+            .load()
+            .get(tenant)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Snapshot::empty(tenant)))
+    }
+
+    /// The current catalog of every tenant that has one.
+    pub fn snapshots(&self) -> Vec<Arc<Snapshot>> {
+        self.snapshots.load().values().cloned().collect()
     }
 
     pub fn config_profiles(&self) -> Arc<Vec<Profile>> {
@@ -237,25 +289,35 @@ impl Catalog {
     }
 
     /// Replaces the config-file profiles (live config); takes effect at the
-    /// next rebuild.
+    /// next rebuild of the default tenant.
     pub fn set_config_profiles(&self, profiles: Vec<Profile>) {
         self.config_profiles.store(Arc::new(profiles));
     }
 
-    /// Rebuilds the snapshot from the upstreams' current offers and the
-    /// stored overlays and manual tools.
+    fn rebuild_lock(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.rebuild_locks
+            .lock()
+            .entry(Arc::from(tenant))
+            .or_default()
+            .clone()
+    }
+
+    /// Rebuilds `tenant`'s snapshot from its upstreams' current offers and
+    /// its stored overlays, manual tools, pins and profiles; returns it.
     pub async fn rebuild(
         &self,
+        tenant: &str,
         upstreams: &UpstreamManager,
         store: &Store,
-    ) -> Result<(), crate::store::StoreError> {
-        let _guard = self.rebuild_lock.lock().await;
-        let overlays: Vec<(String, String, Overlay)> = store.list_overlays(DEFAULT_TENANT).await?;
-        let manual: Vec<ManualTool> = store.list_manual_tools(DEFAULT_TENANT).await?;
+    ) -> Result<Arc<Snapshot>, crate::store::StoreError> {
+        let lock = self.rebuild_lock(tenant);
+        let _guard = lock.lock().await;
+        let overlays: Vec<(String, String, Overlay)> = store.list_overlays(tenant).await?;
+        let manual: Vec<ManualTool> = store.list_manual_tools(tenant).await?;
         let overlays: HashMap<(String, String), Overlay> =
             overlays.into_iter().map(|(s, t, o)| ((s, t), o)).collect();
         let enabled: Vec<_> = upstreams
-            .list()
+            .list_tenant(tenant)
             .into_iter()
             .filter(|u| u.spec.enabled)
             .collect();
@@ -272,8 +334,9 @@ impl Catalog {
                 tools: &offer.tools,
             })
             .collect();
-        let quarantined = pins::check(store, DEFAULT_TENANT, &pin_input, &self.events).await?;
+        let quarantined = pins::check(store, tenant, &pin_input, &self.events).await?;
         let mut snapshot = build(
+            tenant,
             &offers,
             &overlays,
             &manual,
@@ -281,8 +344,13 @@ impl Catalog {
             self.mode,
             &self.sep,
         );
-        let stored: Vec<Profile> = store.list_profiles(DEFAULT_TENANT).await?;
-        for profile in self.config_profiles.load().iter().cloned().chain(stored) {
+        let stored: Vec<Profile> = store.list_profiles(tenant).await?;
+        let from_file = if tenant == DEFAULT_TENANT {
+            self.config_profiles.load_full()
+        } else {
+            Arc::new(Vec::new())
+        };
+        for profile in from_file.iter().cloned().chain(stored) {
             if snapshot.profiles.contains_key(&profile.name) {
                 tracing::warn!(profile = %profile.name, "stored profile shadowed by a config-file profile of the same name");
                 continue;
@@ -292,14 +360,20 @@ impl Catalog {
                 .profiles
                 .insert(view.profile.name.clone(), Arc::new(view));
         }
-        self.snapshot.store(Arc::new(snapshot));
-        Ok(())
+        let snapshot = Arc::new(snapshot);
+        self.snapshots.rcu(|all| {
+            let mut all = HashMap::clone(all);
+            all.insert(snapshot.tenant.clone(), snapshot.clone());
+            all
+        });
+        Ok(snapshot)
     }
 }
 
 /// Builds a snapshot: hand-registered tools first (their names are what the
 /// user chose), then each upstream's tools in upstream order.
 fn build(
+    tenant: &str,
     offers: &[(String, Arc<crate::upstream::Offer>)],
     overlays: &HashMap<(String, String), Overlay>,
     manual: &[ManualTool],
@@ -307,7 +381,7 @@ fn build(
     mode: PrefixMode,
     sep: &str,
 ) -> Snapshot {
-    let mut snap = Snapshot::default();
+    let mut snap = Snapshot::empty(tenant);
 
     let mut requests = Vec::new();
     for m in manual {
@@ -338,6 +412,7 @@ fn build(
         let definition = m.definition(&public);
         let overlay = m.as_overlay();
         snap.tools.push(Arc::new(ToolEntry {
+            tenant: snap.tenant.clone(),
             public_name: public,
             definition,
             overlay,
@@ -361,6 +436,7 @@ fn build(
                         definition.description = Some(description.clone().into());
                     }
                     snap.tools.push(Arc::new(ToolEntry {
+                        tenant: snap.tenant.clone(),
                         public_name: public,
                         definition,
                         overlay,
@@ -414,6 +490,7 @@ fn build(
                     let mut definition = prompt.clone();
                     definition.name = public.clone();
                     snap.prompts.push(PromptEntry {
+                        tenant: snap.tenant.clone(),
                         public_name: public,
                         server: server.clone(),
                         original_name: prompt.name.clone(),
@@ -502,7 +579,16 @@ mod tests {
             },
         );
         let none = HashMap::new();
-        let snap = build(&offers, &overlays, &[], &none, PrefixMode::Always, "__");
+        let snap = build(
+            "t1",
+            &offers,
+            &overlays,
+            &[],
+            &none,
+            PrefixMode::Always,
+            "__",
+        );
+        assert!(snap.tools.iter().all(|t| &*t.tenant == "t1"));
         let names: Vec<_> = snap.tools.iter().map(|t| t.public_name.as_str()).collect();
         assert_eq!(names, ["a__add", "a__echo", "b__add", "b__echo"]);
         assert_eq!(
@@ -513,7 +599,15 @@ mod tests {
                 .as_deref(),
             Some("custom")
         );
-        let never = build(&offers, &overlays, &[], &none, PrefixMode::Never, "__");
+        let never = build(
+            "t1",
+            &offers,
+            &overlays,
+            &[],
+            &none,
+            PrefixMode::Never,
+            "__",
+        );
         assert_eq!(never.tools.len(), 2);
         assert_eq!(never.conflicts["b"].len(), 2);
         assert_eq!(never.tool("echo").unwrap().server(), Some("a"));

@@ -5,7 +5,10 @@
 //! either accepted (and pinned) or quarantined: hidden and not callable until
 //! an operator approves it.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use rmcp::model::Tool;
 use serde_json::{Map, Value, json};
@@ -184,6 +187,7 @@ pub async fn check(
                 recorded.insert((key.0.clone(), key.1.clone(), current.clone()));
                 tracing::warn!(server = %key.0, tool = %key.1, status, "tool definition changed");
                 events.publish(Event::ToolChanged {
+                    tenant: Arc::from(tenant),
                     server: key.0.clone(),
                     tool: key.1.clone(),
                     change_id: row.id.clone(),

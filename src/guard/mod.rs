@@ -83,7 +83,9 @@ impl Guard {
             (
                 LimitScope::Upstream,
                 self.limits.per_upstream.filter(|_| tool.server().is_some()),
-                format!("u:{}", tool.server().unwrap_or_default()),
+                // Servers are named per tenant: two tenants' `files` are
+                // two servers with two limits.
+                format!("u:{}:{}", tool.tenant, tool.server().unwrap_or_default()),
             ),
         ];
         for (scope, rate, key) in checks {

@@ -111,12 +111,10 @@ fn error(text: String) -> CallToolResult {
 }
 
 /// Whether a search hit can be offered to an MCP client: callable, and its
-/// server connected (the same rule as `tools/list`).
-fn offered(state: &AppState, entry: &ToolEntry) -> bool {
-    !matches!(entry.target, Target::CatalogOnly)
-        && entry
-            .server()
-            .is_none_or(|s| state.upstreams.ready_names().contains(s))
+/// server connected (the same rule as `tools/list`). `ready` holds the
+/// ready servers of the caller's tenant.
+fn offered(ready: &std::collections::HashSet<String>, entry: &ToolEntry) -> bool {
+    !matches!(entry.target, Target::CatalogOnly) && entry.server().is_none_or(|s| ready.contains(s))
 }
 
 /// `search_tools`: the best matching tools the caller may use.
@@ -158,7 +156,7 @@ pub async fn search_tools(
         category: None,
         tags: Vec::new(),
     };
-    let snapshot = state.catalog.snapshot();
+    let snapshot = state.catalog.snapshot(&principal.tenant_id);
     let answer = match state.search.search(&snapshot, principal, &request).await {
         Ok(a) => a,
         Err(e) => {
@@ -166,10 +164,11 @@ pub async fn search_tools(
             return error("search failed; try again".into());
         }
     };
+    let ready = state.upstreams.ready_names(&principal.tenant_id);
     let tools: Vec<Value> = answer
         .hits
         .iter()
-        .filter(|h| offered(state, &h.entry))
+        .filter(|h| offered(&ready, &h.entry))
         .take(max_results)
         .map(|h| {
             let d = &h.entry.definition;

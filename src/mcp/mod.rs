@@ -4,13 +4,16 @@
 //! `server/discover`) on the same URL.
 //!
 //! The handler is thin: it turns MCP requests into pipeline calls and catalog
-//! reads, and pipeline errors into MCP answers.
+//! reads, and pipeline errors into MCP answers. Every request is served
+//! from the catalog of the caller's tenant, and list changes are announced
+//! only to sessions of the tenant whose catalog changed.
 
 pub mod bridge;
 pub mod cursor;
 pub mod discovery;
 pub mod relays;
 pub mod request_state;
+pub mod sse;
 
 use std::{sync::Arc, time::Duration};
 
@@ -84,7 +87,10 @@ fn make_service(
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_cancellation_token(shutdown);
     let handler = Gateway {
-        session: Arc::new(relays::Session::new(state.settings.call_timeout)),
+        session: Arc::new(relays::Session::new(
+            state.settings.call_timeout,
+            &state.upstreams,
+        )),
         state,
         profile,
         discovery,
@@ -96,7 +102,10 @@ fn make_service(
     StreamableHttpService::new(
         move || {
             Ok(Gateway {
-                session: Arc::new(relays::Session::new(handler.state.settings.call_timeout)),
+                session: Arc::new(relays::Session::new(
+                    handler.state.settings.call_timeout,
+                    &handler.state.upstreams,
+                )),
                 ..handler.clone()
             })
         },
@@ -106,24 +115,32 @@ fn make_service(
 }
 
 /// The services of the profile endpoints (`/mcp/{profile}`), made on first
-/// use; each keeps its own legacy sessions.
+/// use, per (tenant, profile): two tenants' profiles of one name are two
+/// endpoints behind one URL, each keeping its own legacy sessions.
 #[derive(Default)]
 pub struct ProfileEndpoints {
-    services: parking_lot::Mutex<std::collections::HashMap<String, McpService>>,
+    services: parking_lot::Mutex<std::collections::HashMap<(String, String), McpService>>,
 }
 
 impl ProfileEndpoints {
-    fn get_or_create(&self, profile: &str, make: impl FnOnce() -> McpService) -> McpService {
+    fn get_or_create(
+        &self,
+        tenant: &str,
+        profile: &str,
+        make: impl FnOnce() -> McpService,
+    ) -> McpService {
         self.services
             .lock()
-            .entry(profile.to_owned())
+            .entry((tenant.to_owned(), profile.to_owned()))
             .or_insert_with(make)
             .clone()
     }
 
-    /// Forgets a profile's service (its sessions end with it).
-    pub fn remove(&self, profile: &str) {
-        self.services.lock().remove(profile);
+    /// Forgets a tenant's profile's service (its sessions end with it).
+    pub fn remove(&self, tenant: &str, profile: &str) {
+        self.services
+            .lock()
+            .remove(&(tenant.to_owned(), profile.to_owned()));
     }
 }
 
@@ -135,30 +152,42 @@ pub async fn profile_endpoint(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use tower::ServiceExt;
-    if !state.catalog.snapshot().profiles.contains_key(&profile) {
+    // The authentication layer put the principal there; a profile of
+    // another tenant is as unknown as one that does not exist.
+    let tenant = request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.tenant_id.clone());
+    let known = tenant
+        .as_deref()
+        .is_some_and(|t| state.catalog.snapshot(t).profiles.contains_key(&profile));
+    let (true, Some(tenant)) = (known, tenant) else {
         return crate::api::error::Problem::not_found(
             "unknown-profile",
             format!("no profile named {profile}"),
         )
         .with("profile", profile)
         .into_response();
-    }
-    let service = state.profile_endpoints.get_or_create(&profile, || {
-        service(
-            state.clone(),
-            state.mcp_shutdown.child_token(),
-            Some(Arc::from(profile.as_str())),
-        )
-    });
+    };
+    let service = state
+        .profile_endpoints
+        .get_or_create(&tenant, &profile, || {
+            service(
+                state.clone(),
+                state.mcp_shutdown.child_token(),
+                Some(Arc::from(profile.as_str())),
+            )
+        });
     match service.oneshot(request).await {
         Ok(response) => response.map(axum::body::Body::new),
         Err(never) => match never {},
     }
 }
 
-/// Which lists changed, for `notifications/*/list_changed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which lists of which tenant changed, for `notifications/*/list_changed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListChange {
+    pub tenant: Arc<str>,
     pub tools: bool,
     pub prompts: bool,
     pub resources: bool,
@@ -214,11 +243,46 @@ pub fn fingerprints(snapshot: &crate::catalog::Snapshot) -> [u64; 3] {
 
 /// The principal the HTTP layer attached to this request.
 fn principal(context: &RequestContext<RoleServer>) -> Principal {
-    context
-        .extensions
+    principal_in(&context.extensions)
+}
+
+/// The principal the HTTP layer attached to the HTTP request that carried
+/// a message (a request or a notification).
+fn principal_in(extensions: &rmcp::model::Extensions) -> Principal {
+    extensions
         .get::<http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<Principal>().cloned())
         .unwrap_or_else(Principal::nobody)
+}
+
+/// The changes a subscriber of `tenant` hears of, one at a time; after
+/// missing some, it hears that everything may have changed. `None` once the
+/// channel is closed.
+async fn next_change(
+    changes: &mut tokio::sync::broadcast::Receiver<ListChange>,
+    tenant: &Arc<str>,
+) -> Option<ListChange> {
+    loop {
+        match changes.recv().await {
+            // Another tenant's catalog changed: nothing this session lists.
+            Ok(c) if c.tenant != *tenant => continue,
+            Ok(c) => return Some(c),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                return Some(ListChange {
+                    tenant: tenant.clone(),
+                    tools: true,
+                    prompts: true,
+                    resources: true,
+                });
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
+/// Whose connection a request uses on an isolated upstream.
+fn affinity(context: &RequestContext<RoleServer>, caller: &Caller) -> crate::upstream::Affinity {
+    crate::pipeline::affinity(&principal(context), Some(caller))
 }
 
 fn tool_error(text: String) -> CallToolResponse {
@@ -253,25 +317,19 @@ impl ServerHandler for Gateway {
         if self.discovery {
             return; // its two tools never change
         }
+        // The session belongs to the principal that opened it (the HTTP
+        // layer refuses it to anyone else): it hears of its tenant only.
+        let tenant = principal_in(&context.extensions).tenant_id;
         let mut changes = self.state.list_changes.subscribe();
         let stop = self.state.mcp_shutdown.clone();
         let peer = context.peer;
         tokio::spawn(async move {
             loop {
                 let change = tokio::select! {
-                    c = changes.recv() => c,
+                    c = next_change(&mut changes, &tenant) => c,
                     _ = stop.cancelled() => return,
                 };
-                let change = match change {
-                    Ok(c) => c,
-                    // Missed some: say everything may have changed.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ListChange {
-                        tools: true,
-                        prompts: true,
-                        resources: true,
-                    },
-                    Err(_) => return,
-                };
+                let Some(change) = change else { return };
                 let sent = async {
                     if change.tools {
                         peer.notify_tool_list_changed().await?;
@@ -306,25 +364,18 @@ impl ServerHandler for Gateway {
     }
 
     async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
+        let tenant = principal(context.request_context()).tenant_id;
         self.watch_for_listen(&context).await;
         // However the listen ends, its resource subscriptions end with it.
         let _unwatch = relays::UnwatchOnDrop(self.session.clone());
         let mut changes = self.state.list_changes.subscribe();
         loop {
             let change = tokio::select! {
-                c = changes.recv() => c,
+                c = next_change(&mut changes, &tenant) => c,
                 _ = context.cancelled() => return Ok(()),
                 _ = self.state.mcp_shutdown.cancelled() => return Ok(()),
             };
-            let change = match change {
-                Ok(c) => c,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ListChange {
-                    tools: true,
-                    prompts: true,
-                    resources: true,
-                },
-                Err(_) => return Ok(()),
-            };
+            let Some(change) = change else { return Ok(()) };
             let accepted = context.accepted().clone();
             let sink = context.sink();
             if change.tools && accepted.tools_list_changed == Some(true) {
@@ -345,11 +396,12 @@ impl ServerHandler for Gateway {
     async fn set_level(
         &self,
         request: rmcp::model::SetLevelRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         self.count("logging/setLevel");
+        let tenant = principal(&context).tenant_id;
         self.session
-            .set_level(self.state.upstreams.log_levels(), request.level);
+            .set_level(&self.state.upstreams.log_levels(&tenant), request.level);
         Ok(())
     }
 
@@ -364,14 +416,15 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         self.count("resources/subscribe");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         let Some(server) = snapshot
             .resource_server(&request.uri)
-            .filter(|s| self.serves(&snapshot, s, &principal(&context)))
+            .filter(|s| self.serves(&snapshot, s, &principal))
         else {
             return Err(resource_not_found(&request.uri, &context));
         };
-        let upstream = self.upstream(server)?;
+        let upstream = self.upstream(&snapshot.tenant, server)?;
         let (caller, _hold) = self.caller(&context);
         let sink = Arc::new(relays::SessionUpdates(context.peer.clone()));
         upstream
@@ -400,10 +453,11 @@ impl ServerHandler for Gateway {
         self.count("resources/unsubscribe");
         let watched = self.session.unwatched(Some(&request.uri));
         if watched.is_empty() {
-            let snapshot = self.state.catalog.snapshot();
+            let principal = principal(&context);
+            let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
             let visible = snapshot
                 .resource_server(&request.uri)
-                .is_some_and(|s| self.serves(&snapshot, s, &principal(&context)));
+                .is_some_and(|s| self.serves(&snapshot, s, &principal));
             return if visible {
                 Ok(())
             } else {
@@ -433,7 +487,7 @@ impl ServerHandler for Gateway {
     ) -> Result<rmcp::model::CompleteResult, McpError> {
         self.count("completion/complete");
         let principal = principal(&context);
-        let snapshot = self.state.catalog.snapshot();
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         let server = match &mut request.r#ref {
             rmcp::model::Reference::Prompt(p) => {
                 let Some(prompt) = snapshot
@@ -458,10 +512,15 @@ impl ServerHandler for Gateway {
             }
             _ => return Ok(rmcp::model::CompleteResult::default()),
         };
-        let upstream = self.upstream(&server)?;
+        let upstream = self.upstream(&snapshot.tenant, &server)?;
         let (caller, _hold) = self.caller(&context);
         match upstream
-            .complete(request, Some(&caller), self.state.settings.call_timeout)
+            .complete(
+                request,
+                Some(&caller),
+                &affinity(&context, &caller),
+                self.state.settings.call_timeout,
+            )
             .await
         {
             Ok(mut result) => {
@@ -528,11 +587,11 @@ impl ServerHandler for Gateway {
             return Ok(ListToolsResult::with_all_items(discovery::tools()));
         }
         let principal = principal(&context);
-        let snapshot = self.state.catalog.snapshot();
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         // Tools of a server that is reconnecting stay in the catalog (calls
         // answer "unavailable") but are not offered to clients meanwhile;
         // quarantined tools are neither offered nor callable.
-        let ready = self.state.upstreams.ready_names();
+        let ready = self.state.upstreams.ready_names(&principal.tenant_id);
         let mut ready_names: Vec<&str> = ready.iter().map(String::as_str).collect();
         ready_names.sort_unstable();
         // The list is cached per catalog generation, readiness, profile and
@@ -689,6 +748,7 @@ impl ServerHandler for Gateway {
                 Err(McpError::invalid_params(e.to_string(), None))
             }
             Err(CallError::Upstream(UpstreamError::Rpc { error, .. })) => Err(error),
+            Err(CallError::Upstream(e @ UpstreamError::Exhausted { .. })) => Err(upstream_error(e)),
             Err(
                 e @ (CallError::RateLimited { retry_after, .. }
                 | CallError::BreakerOpen { retry_after, .. }),
@@ -713,7 +773,7 @@ impl ServerHandler for Gateway {
     ) -> Result<ListPromptsResult, McpError> {
         self.count("prompts/list");
         let principal = principal(&context);
-        let snapshot = self.state.catalog.snapshot();
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         Ok(ListPromptsResult::with_all_items(
             snapshot
                 .prompts
@@ -730,19 +790,19 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
         self.count("prompts/get");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         let Some(prompt) = snapshot
             .prompt(&request.name)
-            .filter(|p| self.serves(&snapshot, &p.server, &principal(&context)))
+            .filter(|p| self.serves(&snapshot, &p.server, &principal))
         else {
             return Err(McpError::invalid_params(
                 format!("Unknown prompt: {}", request.name),
                 None,
             ));
         };
-        let upstream = self.upstream(&prompt.server)?;
+        let upstream = self.upstream(&prompt.tenant, &prompt.server)?;
         let (caller, _hold) = self.caller(&context);
-        let principal = principal(&context);
         let bound = format!(
             "prompt:{}/{}",
             self.profile.as_deref().unwrap_or_default(),
@@ -761,6 +821,7 @@ impl ServerHandler for Gateway {
                 &prompt.original_name,
                 request.arguments.clone(),
                 Some(&caller),
+                &affinity(&context, &caller),
                 input,
                 self.state.settings.call_timeout,
             )
@@ -780,11 +841,12 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         self.count("resources/list");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         Ok(ListResourcesResult::with_all_items(self.offered(
             &snapshot,
             &snapshot.resources,
-            &principal(&context),
+            &principal,
         )))
     }
 
@@ -794,11 +856,12 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         self.count("resources/templates/list");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         Ok(ListResourceTemplatesResult::with_all_items(self.offered(
             &snapshot,
             &snapshot.templates,
-            &principal(&context),
+            &principal,
         )))
     }
 
@@ -808,19 +871,21 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         self.count("resources/read");
-        let snapshot = self.state.catalog.snapshot();
+        let principal = principal(&context);
+        let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
         let Some(server) = snapshot
             .resource_server(&request.uri)
-            .filter(|s| self.serves(&snapshot, s, &principal(&context)))
+            .filter(|s| self.serves(&snapshot, s, &principal))
         else {
             return Err(resource_not_found(&request.uri, &context));
         };
-        let upstream = self.upstream(server)?;
+        let upstream = self.upstream(&snapshot.tenant, server)?;
         let (caller, _hold) = self.caller(&context);
         upstream
             .read_resource(
                 &request.uri,
                 Some(&caller),
+                &affinity(&context, &caller),
                 self.state.settings.call_timeout,
             )
             .await
@@ -881,7 +946,10 @@ impl Gateway {
     #[allow(deprecated)]
     fn caller(&self, context: &RequestContext<RoleServer>) -> (Caller, Option<LevelHold>) {
         self.session.caller(
-            self.state.upstreams.log_levels(),
+            &self
+                .state
+                .upstreams
+                .log_levels(&principal(context).tenant_id),
             &context.peer,
             relays::CallerRequest {
                 id: context.id.clone(),
@@ -903,11 +971,11 @@ impl Gateway {
         let sink: Arc<dyn crate::upstream::UpdateSink> =
             Arc::new(relays::ListenUpdates(context.sink().clone()));
         for uri in uris {
-            let snapshot = self.state.catalog.snapshot();
+            let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
             let Some(upstream) = snapshot
                 .resource_server(&uri)
                 .filter(|s| self.serves(&snapshot, s, &principal))
-                .and_then(|s| self.state.upstreams.get(s))
+                .and_then(|s| self.state.upstreams.get(&snapshot.tenant, s))
             else {
                 continue;
             };
@@ -966,7 +1034,7 @@ impl Gateway {
         items: &[(String, T)],
         principal: &Principal,
     ) -> Vec<T> {
-        let ready = self.state.upstreams.ready_names();
+        let ready = self.state.upstreams.ready_names(&snapshot.tenant);
         items
             .iter()
             .filter(|(server, _)| {
@@ -1007,11 +1075,16 @@ impl Gateway {
                 .get(&**name)
                 .is_some_and(|v| v.servers.contains(server)),
         };
-        in_profile && policy::may_use_server(principal, server)
+        in_profile && policy::may_use_server(principal, &snapshot.tenant, server)
     }
 
-    fn upstream(&self, server: &str) -> Result<Arc<crate::upstream::Upstream>, McpError> {
-        self.state.upstreams.get(server).ok_or_else(|| {
+    /// `tenant`'s upstream `server` (the snapshot's tenant: the caller's).
+    fn upstream(
+        &self,
+        tenant: &str,
+        server: &str,
+    ) -> Result<Arc<crate::upstream::Upstream>, McpError> {
+        self.state.upstreams.get(tenant, server).ok_or_else(|| {
             McpError::internal_error(format!("server {server} is not available"), None)
         })
     }
@@ -1045,6 +1118,13 @@ fn upstream_error(error: UpstreamError) -> McpError {
         // The request names something the upstream cannot do (subscribe
         // to a resource of a server without subscriptions).
         e @ UpstreamError::Unsupported { .. } => McpError::invalid_params(e.to_string(), None),
+        // A caller that needs its own connection to an isolated server
+        // while all are taken: refused at once, with what to wait for.
+        UpstreamError::Exhausted { ref server, limit } => McpError::new(
+            rmcp::model::ErrorCode(-32000),
+            error.to_string(),
+            Some(serde_json::json!({ "server": server, "maxConnections": limit })),
+        ),
         other => McpError::internal_error(other.to_string(), None),
     }
 }

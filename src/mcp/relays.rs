@@ -60,6 +60,7 @@ use rmcp::{
 
 use crate::upstream::{
     CallSink, Caller, LevelHold, LogLevels, Origin, Progress, UpdateSink, Upstream,
+    UpstreamManager,
     client::{method_of, not_relayed, relayable},
     passes,
 };
@@ -90,11 +91,14 @@ pub struct Session {
     watched: Mutex<Vec<(Weak<Upstream>, String)>>,
     /// How long an upstream unsubscribe at session end may take.
     timeout: Duration,
+    /// Told when the session ends, to close its isolated connections.
+    upstreams: Weak<UpstreamManager>,
 }
 
 impl Session {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, upstreams: &Arc<UpstreamManager>) -> Self {
         Self {
+            upstreams: Arc::downgrade(upstreams),
             origin: Origin::next(),
             level: Arc::default(),
             hold: Mutex::new(None),
@@ -151,6 +155,7 @@ impl Session {
         });
         let caller = Caller {
             origin: self.origin,
+            session: (!modern).then_some(self.origin),
             log_level,
             sink,
         };
@@ -204,6 +209,11 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // A legacy session ends when rmcp drops its handler (DELETE, or the
+        // session manager's expiry): its own upstream connections go too.
+        if let Some(upstreams) = self.upstreams.upgrade() {
+            upstreams.end_session(self.origin);
+        }
         self.release();
     }
 }

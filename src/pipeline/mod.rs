@@ -28,8 +28,17 @@ use crate::{
         retry::RetryPolicy,
     },
     outbound,
-    upstream::{Caller, ClientInput, UpstreamError, UpstreamManager},
+    upstream::{Affinity, Caller, ClientInput, UpstreamError, UpstreamManager, spec::Isolation},
 };
+
+/// Whose connection a call uses on an isolated upstream: its legacy MCP
+/// session, if it came in one, and its principal (tenant and user).
+pub fn affinity(principal: &Principal, caller: Option<&Caller>) -> Affinity {
+    Affinity {
+        session: caller.and_then(|c| c.session),
+        principal: format!("{}/{}", principal.tenant_id, principal.user_id).into(),
+    }
+}
 
 /// One tool call, as the front doors hand it to the pipeline.
 pub struct ToolCall {
@@ -162,9 +171,10 @@ impl Pipeline {
     pub async fn call(&self, call: ToolCall) -> Result<Called, CallError> {
         let _running = self.in_flight.enter();
         let started = Instant::now();
-        let snapshot = self.catalog.snapshot();
-        // catalog + policy: a tool the principal may not see is unknown, and
-        // so is one outside the profile the call came through.
+        // catalog + policy: only the caller's tenant's catalog is looked
+        // in; a tool the principal may not see is unknown, and so is one
+        // outside the profile the call came through.
+        let snapshot = self.catalog.snapshot(&call.principal.tenant_id);
         let entry = match &call.profile {
             Some(profile) => snapshot
                 .profiles
@@ -211,6 +221,7 @@ impl Pipeline {
             })
             .observe(started.elapsed().as_secs_f64());
         self.events.publish(Event::CallFinished {
+            tenant: entry.tenant.clone(),
             tool: entry.public_name.clone(),
             server: entry.server().map(str::to_owned),
             outcome: match &result {
@@ -243,10 +254,18 @@ impl Pipeline {
             Target::Upstream { server, original } => {
                 // cache: only read-only tools with a TTL, keyed by the
                 // caller's authorization context.
-                let trusted = self.upstreams.get(server).is_some_and(|u| u.spec.trusted);
+                let (trusted, isolated) = self
+                    .upstreams
+                    .get(&entry.tenant, server)
+                    .map_or((false, false), |u| {
+                        (u.spec.trusted, u.spec.isolation != Isolation::Shared)
+                    });
+                // An isolated server's answers depend on the caller's own
+                // connection: one caller's cached answer is not another's.
                 // A retry with answers to the upstream's input requests is
-                // one step of a conversation: never a cache hit.
-                let ttl = crate::guard::cache_ttl(entry, trusted).filter(|_| call.input.is_none());
+                // one step of a conversation: never a cache hit either.
+                let ttl = crate::guard::cache_ttl(entry, trusted)
+                    .filter(|_| !isolated && call.input.is_none());
                 let Some(ttl) = ttl else {
                     return self.call_upstream(entry, server, original, call).await;
                 };
@@ -297,7 +316,7 @@ impl Pipeline {
         original: &str,
         call: ToolCall,
     ) -> Result<Called, CallError> {
-        let upstream = self.upstreams.get(server).ok_or_else(|| {
+        let upstream = self.upstreams.get(&entry.tenant, server).ok_or_else(|| {
             CallError::Upstream(UpstreamError::Unavailable {
                 server: server.to_owned(),
                 reason: "removed".into(),
@@ -316,6 +335,7 @@ impl Pipeline {
         });
         let deadline = tokio::time::Instant::now() + extend_until.unwrap_or(timeout);
         let idempotent = is_idempotent(entry, upstream.spec.trusted);
+        let affinity = affinity(&call.principal, call.caller.as_ref());
         let timed_out = || {
             CallError::Upstream(UpstreamError::Timeout {
                 server: server.to_owned(),
@@ -326,7 +346,7 @@ impl Pipeline {
         loop {
             attempt += 1;
             let (admission, transition) = upstream.breaker.admit();
-            self.announce(server, transition);
+            self.announce(&entry.tenant, server, transition);
             if let Admission::Refused { retry_after } = admission {
                 return Err(CallError::BreakerOpen {
                     server: server.to_owned(),
@@ -338,7 +358,7 @@ impl Pipeline {
                     match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
                         Ok(Ok(permit)) => Some(permit),
                         _ => {
-                            self.announce(server, upstream.breaker.record(true));
+                            self.announce(&entry.tenant, server, upstream.breaker.record(true));
                             return Err(timed_out());
                         }
                     }
@@ -354,13 +374,14 @@ impl Pipeline {
                     original,
                     call.arguments.clone(),
                     call.caller.as_ref(),
+                    &affinity,
                     call.input.clone(),
                     remaining.min(timeout),
                     extend_until.map(|_| remaining),
                 )
                 .await;
             let failed = outcome.as_ref().err().is_some_and(counts_against_breaker);
-            self.announce(server, upstream.breaker.record(!failed));
+            self.announce(&entry.tenant, server, upstream.breaker.record(!failed));
             let error = match outcome {
                 Ok(mut result) => {
                     // Results of pre-2026 upstreams have no resultType, which
@@ -380,7 +401,9 @@ impl Pipeline {
             // idempotent tools.
             let retryable = match &error {
                 UpstreamError::Unavailable { .. } => true,
-                UpstreamError::Unsupported { .. } | UpstreamError::InputRequired { .. } => false,
+                UpstreamError::Unsupported { .. }
+                | UpstreamError::Exhausted { .. }
+                | UpstreamError::InputRequired { .. } => false,
                 UpstreamError::ConnectionLost { .. }
                 | UpstreamError::Timeout { .. }
                 | UpstreamError::Protocol { .. } => idempotent,
@@ -400,9 +423,9 @@ impl Pipeline {
         }
     }
 
-    fn announce(&self, server: &str, transition: Option<Transition>) {
+    fn announce(&self, tenant: &Arc<str>, server: &str, transition: Option<Transition>) {
         if let Some(t) = transition {
-            tracing::warn!(server, transition = ?t, "circuit breaker changed state");
+            tracing::warn!(tenant = %tenant, server, transition = ?t, "circuit breaker changed state");
             self.metrics
                 .breaker_transitions
                 .get_or_create(&crate::metrics::TransitionLabels {
@@ -415,6 +438,7 @@ impl Pipeline {
                 })
                 .inc();
             self.events.publish(Event::BreakerChanged {
+                tenant: tenant.clone(),
                 server: server.to_owned(),
                 transition: t,
             });
@@ -516,6 +540,8 @@ fn validate(entry: &ToolEntry, arguments: Option<&JsonObject>) -> Result<(), Cal
 fn counts_against_breaker(error: &UpstreamError) -> bool {
     match error {
         UpstreamError::Rpc { error, .. } => error.code == rmcp::model::ErrorCode::INTERNAL_ERROR,
+        // The gateway's own limit, not the server's health.
+        UpstreamError::Exhausted { .. } => false,
         UpstreamError::InputRequired { .. } => false,
         _ => true,
     }

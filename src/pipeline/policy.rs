@@ -8,7 +8,7 @@
 
 use crate::{
     auth::{
-        DEFAULT_TENANT, Principal,
+        Principal,
         rbac::{self, Permission},
     },
     catalog::ToolEntry,
@@ -19,9 +19,11 @@ use super::CallError;
 /// Whether `principal` may see `tool` at all (in listings, search, and by
 /// name). A tool it may not see answers exactly like a missing one.
 pub fn may_see(principal: &Principal, tool: &ToolEntry) -> bool {
-    // The catalog holds the default tenant's servers and tools.
+    // Callers look tools up in their own tenant's catalog; checking the
+    // entry's tenant here as well means a lookup in the wrong catalog
+    // still cannot expose another tenant's tool.
     principal.has(Permission::ToolsRead)
-        && &*principal.tenant_id == DEFAULT_TENANT
+        && *principal.tenant_id == *tool.tenant
         && tool.overlay.security_level.unwrap_or(0) <= principal.clearance
         && rbac::grants_admit(
             &principal.grants,
@@ -38,10 +40,11 @@ pub fn may_see_server(principal: &Principal, tenant: &str, server: &str) -> bool
         && rbac::grants_admit_server(&principal.grants, server)
 }
 
-/// Whether `principal` may use a server's prompts and resources over MCP.
-pub fn may_use_server(principal: &Principal, server: &str) -> bool {
+/// Whether `principal` may use the prompts and resources of `tenant`'s
+/// server over MCP.
+pub fn may_use_server(principal: &Principal, tenant: &str, server: &str) -> bool {
     principal.has(Permission::ToolsRead)
-        && &*principal.tenant_id == DEFAULT_TENANT
+        && *principal.tenant_id == *tenant
         && rbac::grants_admit_server_content(&principal.grants, server)
 }
 
@@ -57,4 +60,40 @@ pub fn authorize(principal: &Principal, tool: &ToolEntry) -> Result<(), CallErro
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::auth::rbac::Permissions;
+
+    fn principal(tenant: &str) -> Principal {
+        Principal {
+            tenant_id: Arc::from(tenant),
+            permissions: Permissions::parse(&["tools:read", "tools:execute", "servers:read"])
+                .unwrap(),
+            clearance: 100,
+            ..Principal::nobody()
+        }
+    }
+
+    fn tool(tenant: &str) -> ToolEntry {
+        ToolEntry::for_test(tenant, "t")
+    }
+
+    #[test]
+    fn a_tool_is_seen_and_called_only_within_its_tenant() {
+        let (a, b) = (principal("a"), principal("b"));
+        assert!(may_see(&a, &tool("a")));
+        assert!(!may_see(&b, &tool("a")));
+        assert!(authorize(&a, &tool("a")).is_ok());
+        assert!(matches!(
+            authorize(&b, &tool("a")),
+            Err(CallError::UnknownTool(_))
+        ));
+        assert!(may_see_server(&a, "a", "fx") && !may_see_server(&b, "a", "fx"));
+        assert!(may_use_server(&a, "a", "fx") && !may_use_server(&b, "a", "fx"));
+    }
 }

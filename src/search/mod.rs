@@ -9,17 +9,22 @@
 //! - Hybrid (the default): a weighted sum of the two, tuned on the dev split
 //!   of MetaTool (BENCHMARKS.md).
 //!
-//! Both indexes follow the catalog snapshot they were built for and are
-//! rebuilt on the first search after it changed, so a renamed or removed
-//! tool disappears from results at once. Only tools the caller may see are
-//! searched: visibility is the pipeline's policy, the same as for listing.
+//! Both indexes are kept per tenant: they follow the tenant's catalog
+//! snapshot they were built for and are rebuilt on the first search after
+//! it changed, so a renamed or removed tool disappears from results at
+//! once. A search reads only the caller's tenant's snapshot, and only tools
+//! the caller may see are searched: visibility is the pipeline's policy, the
+//! same as for listing.
 
 pub mod fetch;
 #[cfg(feature = "semantic")]
 pub mod model;
 pub mod semantic;
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use parking_lot::Mutex;
 use tantivy::{
@@ -397,36 +402,43 @@ pub fn eligible(principal: &Principal, request: &Request, t: &ToolEntry) -> bool
         })
 }
 
-/// The search service: keeps a keyword index in step with the catalog, and
-/// the semantic side's vectors (see [`semantic::Semantic`]).
+/// The search service: keeps a keyword index per tenant in step with its
+/// catalog, and the semantic side's vectors (see [`semantic::Semantic`]).
 pub struct Search {
-    keyword: Mutex<Option<Arc<KeywordIndex>>>,
+    /// Each tenant's index, of the snapshot it was built from.
+    keyword: Mutex<HashMap<Arc<str>, Arc<KeywordIndex>>>,
     pub semantic: Arc<semantic::Semantic>,
 }
 
 impl Default for Search {
     fn default() -> Self {
-        Self::new(semantic::Provider::Off, crate::auth::DEFAULT_TENANT)
+        Self::new(semantic::Provider::Off)
     }
 }
 
 impl Search {
-    pub fn new(provider: semantic::Provider, tenant: &str) -> Self {
+    pub fn new(provider: semantic::Provider) -> Self {
         Self {
-            keyword: Mutex::new(None),
-            semantic: Arc::new(semantic::Semantic::new(provider, tenant)),
+            keyword: Mutex::new(HashMap::new()),
+            semantic: Arc::new(semantic::Semantic::new(provider)),
         }
     }
 
     fn index_for(&self, snapshot: &Arc<Snapshot>) -> Result<Arc<KeywordIndex>, SearchError> {
-        let mut slot = self.keyword.lock();
-        if let Some(index) = slot.as_ref()
+        let mut slots = self.keyword.lock();
+        if let Some(index) = slots.get(&snapshot.tenant)
             && Arc::ptr_eq(&index.snapshot, snapshot)
         {
             return Ok(index.clone());
         }
         let index = Arc::new(KeywordIndex::build(snapshot.clone())?);
-        *slot = Some(index.clone());
+        // An empty catalog costs nothing to index again, and tenants with
+        // nothing (say, named by an outside token) are not remembered.
+        if snapshot.tools.is_empty() {
+            slots.remove(&snapshot.tenant);
+        } else {
+            slots.insert(snapshot.tenant.clone(), index.clone());
+        }
         Ok(index)
     }
 
@@ -496,10 +508,10 @@ impl Search {
                 note,
             });
         };
-        if self.semantic.pending() > 0 {
+        let pending = self.semantic.pending(&snapshot.tenant);
+        if pending > 0 {
             note = Some(format!(
-                "{} tools are not embedded yet: semantic scores leave them out for now",
-                self.semantic.pending()
+                "{pending} tools are not embedded yet: semantic scores leave them out for now"
             ));
         }
         let threshold = request.similarity_threshold.unwrap_or(f32::MIN);
@@ -550,7 +562,17 @@ impl Search {
             }
         };
         let mut ranked = ranked;
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Best first, ties by catalog order. Only the best `max_results` are
+        // needed: pick them first (linear), then sort just those, instead
+        // of sorting every tool of a large catalog.
+        let order = |a: &(usize, f32, Option<f32>), b: &(usize, f32, Option<f32>)| {
+            b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+        };
+        if request.max_results > 0 && ranked.len() > request.max_results {
+            ranked.select_nth_unstable_by(request.max_results - 1, order);
+            ranked.truncate(request.max_results);
+        }
+        ranked.sort_by(order);
         let hits = ranked
             .into_iter()
             .take(request.max_results)

@@ -4,18 +4,22 @@
 //!
 //! Each tool has two vectors, like the fields of BM25F: one of what it does
 //! (description, arguments, category, tags) and one of its name in words.
-//! A tool's semantic score is `(1 - NAME_WEIGHT) * cos(query, what it does)
-//! + NAME_WEIGHT * cos(query, name)`: a name says a lot in few words, and
+//! A tool's semantic score is
+//! `(1 - NAME_WEIGHT) * cos(query, what it does) + NAME_WEIGHT * cos(query, name)`:
+//! a name says a lot in few words, and
 //! mixed into one text it is drowned by a long description (on the MetaTool
 //! dev split the two vectors lift semantic Recall@5 from 76.9 to 78.8, and
 //! hybrid from 79.0 to 80.5; BENCHMARKS.md). Since cosine is linear in the
 //! tool's vector, the two are folded into one row of the scoring matrix, and
 //! a search costs what it cost with one vector.
 //!
-//! The vectors are keyed by the tool's identity (server, original name),
-//! the model, and a hash of the texts embedded: a change of prefix mode
-//! changes no vector, and a tool is embedded again only when its text
-//! changes.
+//! The vectors are keyed by the tool's identity (tenant, server, original
+//! name), the model, and a hash of the texts embedded: a change of prefix
+//! mode changes no vector, and a tool is embedded again only when its text
+//! changes. Every tenant's tools are embedded by the one embedder; each
+//! tenant's snapshot gets its own scoring matrix, so a search compares the
+//! query with the caller's tenant's tools only.
+//!
 //! Until the embedder is ready (model loading, files missing, endpoint
 //! down), search falls back to keyword results and says why.
 
@@ -83,7 +87,7 @@ struct Stored {
     vector: Arc<[f32]>,
 }
 
-/// The vectors of one snapshot's tools, row `i` for `snapshot.tools[i]`,
+/// The vectors of one tenant snapshot's tools, row `i` for `snapshot.tools[i]`,
 /// for brute-force scoring.
 struct Matrix {
     snapshot: Arc<Snapshot>,
@@ -189,6 +193,24 @@ impl Remote {
     }
 }
 
+/// The dot product, in eight independent lanes. A plain `zip().sum()` is
+/// one chain of dependent float additions, which the compiler may not
+/// reorder: over 10,000 tools of 384 dimensions that was several
+/// milliseconds of every semantic search; the lanes let it use SIMD.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut acc = [0f32; LANES];
+    let (a_body, a_tail) = a.split_at(a.len() - a.len() % LANES);
+    let (b_body, b_tail) = b.split_at(a_body.len().min(b.len()));
+    for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
+        for lane in 0..LANES {
+            acc[lane] += x[lane] * y[lane];
+        }
+    }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 fn normalized(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
@@ -197,10 +219,14 @@ fn normalized(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-/// The identity a vector is stored under: (server, original name); a
-/// hand-registered tool has no server and is keyed by its name.
-fn identity(entry: &ToolEntry) -> (String, String) {
+/// The identity a tool's vectors are kept under: (tenant, server, original
+/// name); a hand-registered tool has no server and is keyed by its name.
+/// The store keeps the tenant in a column of its own.
+type Key = (Arc<str>, String, String);
+
+fn identity(entry: &ToolEntry) -> Key {
     (
+        entry.tenant.clone(),
         entry.server().unwrap_or_default().to_owned(),
         entry.original_name().to_owned(),
     )
@@ -237,6 +263,10 @@ pub fn embedding_texts(entry: &ToolEntry) -> [String; 2] {
     [text, name]
 }
 
+/// Vectors as the store keeps them within a tenant: (server, tool, text
+/// hash, encoded vectors).
+type Row = (String, String, String, String);
+
 fn text_hash(texts: &[String; 2]) -> String {
     let mut digest = Sha256::new();
     for text in texts {
@@ -270,27 +300,27 @@ fn decode(text: &str) -> Option<Vec<f32>> {
     )
 }
 
-/// The semantic half of search.
+/// The semantic half of search, for every tenant.
 pub struct Semantic {
     provider: Provider,
     model_id: String,
-    tenant: String,
     state: ArcSwap<State>,
     embedder: RwLock<Option<Arc<Embedder>>>,
-    vectors: RwLock<HashMap<(String, String), Stored>>,
+    vectors: RwLock<HashMap<Key, Stored>>,
     /// Bumped whenever `vectors` changes.
     version: AtomicU64,
-    matrix: Mutex<Option<Arc<Matrix>>>,
+    /// Each tenant's matrix, of the snapshot it was built from.
+    matrices: Mutex<HashMap<Arc<str>, Arc<Matrix>>>,
     queries: moka::sync::Cache<String, Arc<[f32]>>,
     wake: tokio::sync::Notify,
-    /// Tools whose text has no vector yet (as of the last pass).
-    pending: AtomicU64,
+    /// Per tenant, tools whose text has no vector yet (as of the last pass).
+    pending: Mutex<HashMap<Arc<str>, u64>>,
     /// Milliseconds the last pass spent embedding, and how many tools.
     last_pass: Mutex<Option<(u64, usize)>>,
 }
 
 impl Semantic {
-    pub fn new(provider: Provider, tenant: &str) -> Self {
+    pub fn new(provider: Provider) -> Self {
         let model_id = match &provider {
             Provider::Local { .. } => super::fetch::MODEL_ID.to_owned(),
             Provider::OpenAi { model, .. } => format!("openai:{model}"),
@@ -309,18 +339,17 @@ impl Semantic {
         Self {
             provider,
             model_id,
-            tenant: tenant.to_owned(),
             state: ArcSwap::from_pointee(state),
             embedder: RwLock::new(None),
             vectors: RwLock::new(HashMap::new()),
             version: AtomicU64::new(0),
-            matrix: Mutex::new(None),
+            matrices: Mutex::new(HashMap::new()),
             queries: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
             wake: tokio::sync::Notify::new(),
-            pending: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
             last_pass: Mutex::new(None),
         }
     }
@@ -330,8 +359,9 @@ impl Semantic {
         self.wake.notify_one();
     }
 
-    /// The embedder's state, for `/health/detailed`.
-    pub fn status(&self) -> Value {
+    /// The embedder's state, for `/health/detailed`, with the counts of
+    /// `tenant`'s tools (of every tenant's with `None`).
+    pub fn status(&self, tenant: Option<&str>) -> Value {
         let (state, error) = match &**self.state.load() {
             State::Off => ("off", None),
             State::Loading => ("loading", None),
@@ -347,8 +377,16 @@ impl Semantic {
             "provider": provider,
             "model": self.model_id,
             "state": state,
-            "embedded_tools": self.vectors.read().len(),
-            "pending_tools": self.pending.load(Ordering::Relaxed),
+            "embedded_tools": self
+                .vectors
+                .read()
+                .keys()
+                .filter(|(t, _, _)| tenant.is_none_or(|x| **t == *x))
+                .count(),
+            "pending_tools": match tenant {
+                Some(t) => self.pending(t),
+                None => self.pending.lock().values().sum(),
+            },
         });
         if let Provider::Local { dir } = &self.provider {
             status["model_dir"] = json!(dir.display().to_string());
@@ -356,7 +394,8 @@ impl Semantic {
         if let Some(error) = error {
             status["error"] = json!(error);
         }
-        if let Some((ms, n)) = *self.last_pass.lock() {
+        // A pass embeds every tenant's tools: how many is not one tenant's.
+        if let (None, Some((ms, n))) = (tenant, *self.last_pass.lock()) {
             status["last_pass"] = json!({"embedded": n, "ms": ms});
         }
         status
@@ -390,9 +429,9 @@ impl Semantic {
         format!("{state}{}", self.version.load(Ordering::Acquire))
     }
 
-    /// How many tools still wait for their vector.
-    pub fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
+    /// How many of `tenant`'s tools still wait for their vectors.
+    pub fn pending(&self, tenant: &str) -> u64 {
+        self.pending.lock().get(tenant).copied().unwrap_or(0)
     }
 
     /// The query's vector (cached).
@@ -413,8 +452,8 @@ impl Semantic {
 
     fn matrix_for(&self, snapshot: &Arc<Snapshot>) -> Arc<Matrix> {
         let version = self.version.load(Ordering::Acquire);
-        let mut slot = self.matrix.lock();
-        if let Some(m) = slot.as_ref()
+        let mut slots = self.matrices.lock();
+        if let Some(m) = slots.get(&snapshot.tenant)
             && Arc::ptr_eq(&m.snapshot, snapshot)
             && m.version == version
         {
@@ -433,13 +472,16 @@ impl Semantic {
                 continue;
             };
             // A vector of an older text does not describe the tool now.
-            if stored.vector.len() != 2 * dims
-                || stored.hash != text_hash(&embedding_texts(entry))
+            if stored.vector.len() != 2 * dims || stored.hash != text_hash(&embedding_texts(entry))
             {
                 continue;
             }
             let (does, name) = stored.vector.split_at(dims);
-            for ((row, d), n) in rows[i * dims..(i + 1) * dims].iter_mut().zip(does).zip(name) {
+            for ((row, d), n) in rows[i * dims..(i + 1) * dims]
+                .iter_mut()
+                .zip(does)
+                .zip(name)
+            {
                 *row = (1.0 - NAME_WEIGHT) * d + NAME_WEIGHT * n;
             }
             present[i] = true;
@@ -451,7 +493,12 @@ impl Semantic {
             rows,
             present,
         });
-        *slot = Some(m.clone());
+        // As for keyword indexes: empty catalogs are not remembered.
+        if snapshot.tools.is_empty() {
+            slots.remove(&snapshot.tenant);
+        } else {
+            slots.insert(snapshot.tenant.clone(), m.clone());
+        }
         m
     }
 
@@ -467,7 +514,7 @@ impl Semantic {
             .chunks_exact(m.dims)
             .enumerate()
             .filter(|(i, _)| m.present[*i])
-            .map(|(i, row)| (i, row.iter().zip(query).map(|(a, b)| a * b).sum()))
+            .map(|(i, row)| (i, dot(row, query)))
             .collect()
     }
 
@@ -540,13 +587,13 @@ impl Semantic {
         };
         let embedder = Arc::new(embedder);
         // Vectors computed by earlier runs: only changed texts are embedded.
-        match store.list_embeddings(&self.tenant, &self.model_id).await {
+        match store.list_all_embeddings(&self.model_id).await {
             Ok(rows) => {
                 let mut vectors = self.vectors.write();
-                for (server, tool, hash, vector) in rows {
+                for (tenant, server, tool, hash, vector) in rows {
                     if let Some(v) = decode(&vector) {
                         vectors.insert(
-                            (server, tool),
+                            (Arc::from(tenant), server, tool),
                             Stored {
                                 hash,
                                 vector: v.into(),
@@ -598,23 +645,35 @@ impl Semantic {
     }
 
     /// Drops the vectors of tools that are gone: hand-registered tools no
-    /// longer in the catalog, and tools that a server offering tools no
-    /// longer offers (renamed or removed upstream). The vectors of a server
-    /// with no tools in the catalog (down, disabled) are kept: it usually
-    /// comes back with the same tools. Those of a deleted server go with it
-    /// in the store ([`Store::delete_server`]).
-    async fn forget_gone(&self, snapshot: &Snapshot, store: &Store) {
-        let live: std::collections::HashSet<(String, String)> =
-            snapshot.tools.iter().map(|e| identity(e)).collect();
-        let serving: std::collections::HashSet<&str> =
-            live.iter().map(|(server, _)| server.as_str()).collect();
-        let gone: Vec<(String, String)> = {
+    /// longer in their tenant's catalog, and tools that a server offering
+    /// tools no longer offers (renamed or removed upstream). The vectors of a
+    /// server with no tools in the catalog (down, disabled) are kept: it
+    /// usually comes back with the same tools; so are those of a tenant whose
+    /// catalog is not built yet. Those of a deleted server go with it in the
+    /// store ([`Store::delete_server`]).
+    async fn forget_gone(&self, snapshots: &[Arc<Snapshot>], store: &Store) {
+        use std::collections::HashSet;
+        let live: HashSet<Key> = snapshots
+            .iter()
+            .flat_map(|s| s.tools.iter())
+            .map(|e| identity(e))
+            .collect();
+        let tenants: HashSet<&str> = snapshots.iter().map(|s| &*s.tenant).collect();
+        let serving: HashSet<(&str, &str)> = live
+            .iter()
+            .map(|(tenant, server, _)| (&**tenant, server.as_str()))
+            .collect();
+        let gone: Vec<Key> = {
             let vectors = self.vectors.read();
             vectors
                 .keys()
                 .filter(|key| {
                     !live.contains(*key)
-                        && (key.0.is_empty() || serving.contains(key.0.as_str()))
+                        && if key.1.is_empty() {
+                            tenants.contains(&*key.0)
+                        } else {
+                            serving.contains(&(&*key.0, key.1.as_str()))
+                        }
                 })
                 .cloned()
                 .collect()
@@ -622,20 +681,28 @@ impl Semantic {
         if gone.is_empty() {
             return;
         }
+        let mut by_tenant: HashMap<Arc<str>, Vec<(String, String)>> = HashMap::new();
         {
             let mut vectors = self.vectors.write();
-            for key in &gone {
-                vectors.remove(key);
+            for key in gone {
+                vectors.remove(&key);
+                by_tenant.entry(key.0).or_default().push((key.1, key.2));
             }
         }
         self.version.fetch_add(1, Ordering::AcqRel);
-        match store.delete_embeddings(&self.tenant, &gone).await {
-            Ok(()) => tracing::debug!(tools = gone.len(), "vectors of removed tools deleted"),
-            Err(e) => tracing::warn!(error = %e, "vectors of removed tools not deleted"),
+        for (tenant, tools) in by_tenant {
+            match store.delete_embeddings(&tenant, &tools).await {
+                Ok(()) => {
+                    tracing::debug!(tenant = %tenant, tools = tools.len(), "vectors of removed tools deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, error = %e, "vectors of removed tools not deleted")
+                }
+            }
         }
     }
 
-    /// Embeds every tool whose text has no current vector.
+    /// Embeds every tool of every tenant whose text has no current vectors.
     async fn pass(
         &self,
         catalog: &crate::catalog::Catalog,
@@ -643,13 +710,13 @@ impl Semantic {
         embedder: &Embedder,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<(), String> {
-        let snapshot = catalog.snapshot();
-        let mut todo: Vec<((String, String), [String; 2], String)> = {
+        let snapshots = catalog.snapshots();
+        let mut todo: Vec<(Key, [String; 2], String)> = {
             let vectors = self.vectors.read();
             let mut seen = std::collections::HashSet::new();
-            snapshot
-                .tools
+            snapshots
                 .iter()
+                .flat_map(|snapshot| snapshot.tools.iter())
                 .filter_map(|entry| {
                     let key = identity(entry);
                     let texts = embedding_texts(entry);
@@ -659,8 +726,14 @@ impl Semantic {
                 })
                 .collect()
         };
-        self.forget_gone(&snapshot, store).await;
-        self.pending.store(todo.len() as u64, Ordering::Relaxed);
+        self.forget_gone(&snapshots, store).await;
+        {
+            let mut pending = self.pending.lock();
+            pending.clear();
+            for (key, _, _) in &todo {
+                *pending.entry(key.0.clone()).or_default() += 1;
+            }
+        }
         if todo.is_empty() {
             return Ok(());
         }
@@ -699,11 +772,16 @@ impl Semantic {
                     d
                 })
                 .collect();
-            let rows: Vec<(String, String, String, String)> = batch
-                .iter()
-                .zip(&vectors)
-                .map(|((key, _, hash), v)| (key.0.clone(), key.1.clone(), hash.clone(), encode(v)))
-                .collect();
+            // Stored per tenant, in the tenant's rows.
+            let mut rows: HashMap<Arc<str>, Vec<Row>> = HashMap::new();
+            for ((key, _, hash), v) in batch.iter().zip(&vectors) {
+                rows.entry(key.0.clone()).or_default().push((
+                    key.1.clone(),
+                    key.2.clone(),
+                    hash.clone(),
+                    encode(v),
+                ));
+            }
             {
                 let mut stored = self.vectors.write();
                 for ((key, _, hash), v) in batch.iter().zip(vectors) {
@@ -717,14 +795,19 @@ impl Semantic {
                 }
             }
             self.version.fetch_add(1, Ordering::AcqRel);
-            self.pending
-                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            if let Err(e) = store
-                .put_embeddings(&self.tenant, &self.model_id, &rows)
-                .await
             {
-                // Kept in memory all the same; the next start embeds again.
-                tracing::warn!(error = %e, "tool embeddings not stored");
+                let mut pending = self.pending.lock();
+                for (key, _, _) in batch {
+                    if let Some(n) = pending.get_mut(&key.0) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
+            for (tenant, rows) in rows {
+                if let Err(e) = store.put_embeddings(&tenant, &self.model_id, &rows).await {
+                    // Kept in memory all the same; the next start embeds again.
+                    tracing::warn!(tenant = %tenant, error = %e, "tool embeddings not stored");
+                }
             }
         }
         let ms = started.elapsed().as_millis() as u64;
@@ -752,6 +835,49 @@ mod tests {
         assert_ne!(h("ab", "c"), h("a", "bc"));
         assert_ne!(h("echo", ""), h("", "echo"));
         assert_eq!(h("x", "y"), h("x", "y"));
+    }
+
+    /// A snapshot of `tenant` with one catalog-only tool `t`.
+    fn snapshot(tenant: &str) -> Arc<Snapshot> {
+        let mut snapshot = Snapshot::empty(tenant);
+        snapshot.tools = vec![Arc::new(ToolEntry::for_test(tenant, "t"))];
+        Arc::new(snapshot)
+    }
+
+    #[test]
+    fn each_tenant_is_scored_with_its_own_vectors() {
+        let semantic = Semantic::new(Provider::Off);
+        let (a, b) = (snapshot("a"), snapshot("b"));
+        // The same tool (same name, same texts) in two tenants: each has
+        // its own vectors (what it does, then its name, alike here).
+        let hash = text_hash(&embedding_texts(&a.tools[0]));
+        for (tenant, vectors) in [("a", [1.0f32, 0.0, 1.0, 0.0]), ("b", [0.0, 1.0, 0.0, 1.0])] {
+            semantic.vectors.write().insert(
+                (Arc::from(tenant), String::new(), "t".into()),
+                Stored {
+                    hash: hash.clone(),
+                    vector: Arc::from(vectors.as_slice()),
+                },
+            );
+        }
+        semantic.version.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(semantic.scores(&a, &[1.0, 0.0]), [(0, 1.0)]);
+        assert_eq!(semantic.scores(&b, &[1.0, 0.0]), [(0, 0.0)]);
+        // A tenant without vectors scores nothing, whatever others have.
+        assert!(semantic.scores(&snapshot("c"), &[1.0, 0.0]).is_empty());
+        assert_eq!(semantic.status(Some("a"))["embedded_tools"], 1);
+        assert_eq!(semantic.status(Some("c"))["embedded_tools"], 0);
+        assert_eq!(semantic.status(None)["embedded_tools"], 2);
+    }
+
+    #[test]
+    fn dot_product_in_lanes_equals_the_plain_sum() {
+        for n in [0, 1, 7, 8, 9, 384, 385] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - plain).abs() < 1e-4, "n = {n}");
+        }
     }
 
     #[test]

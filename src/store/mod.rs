@@ -179,6 +179,39 @@ impl Store {
             .collect()
     }
 
+    /// Every tenant's stored servers as (tenant, spec), for starting them
+    /// all at boot.
+    pub async fn list_all_servers<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT tenant_id, spec FROM servers ORDER BY tenant_id, created_at, name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, decode(r.try_get::<String, _>(1)?)?)))
+            .collect()
+    }
+
+    /// The tenants that have anything a catalog is made of (servers, tools
+    /// registered by hand, overlays, profiles), so every catalog can be
+    /// built at boot.
+    pub async fn catalog_tenants(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id FROM servers UNION SELECT tenant_id FROM manual_tools \
+             UNION SELECT tenant_id FROM tool_overlays UNION SELECT tenant_id FROM profiles \
+             UNION SELECT id FROM tenants",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut tenants: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        tenants.sort();
+        Ok(tenants)
+    }
+
     pub async fn insert_server<T: Serialize>(
         &self,
         tenant: &str,
@@ -454,6 +487,31 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+
+    /// Every tenant's stored vectors of one model, as (tenant, server, tool,
+    /// text hash, encoded vector).
+    pub async fn list_all_embeddings(
+        &self,
+        model: &str,
+    ) -> Result<Vec<(String, String, String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, server, tool, text_hash, vector FROM tool_embeddings WHERE model = $1",
+        )
+        .bind(model)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                ))
+            })
             .collect()
     }
 

@@ -134,6 +134,9 @@ impl Origin {
 #[derive(Clone)]
 pub struct Caller {
     pub origin: Origin,
+    /// The legacy MCP session the request came in (its origin), if any:
+    /// what picks its connection on a session-isolated server.
+    pub session: Option<Origin>,
     /// The level the caller asked for when it made the request (a legacy
     /// session's `logging/setLevel`, a 2026-07-28 request's `logLevel`), if
     /// any: what the upstream is asked to send. The sink filters with the

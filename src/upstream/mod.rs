@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod http;
+pub mod isolated;
 pub mod relay;
 pub mod spec;
 pub mod sse;
@@ -49,8 +50,9 @@ use crate::{
 };
 use client::UpstreamClient;
 pub use client::{CallSink, Caller, LevelHold, LogLevels, Origin, Progress, passes, severity};
+pub use isolated::Affinity;
 use relay::{RelayHandle, RelayTransport, Relayed, Relays};
-use spec::{ServerSpec, Transport};
+use spec::{Isolation, ServerSpec, Transport};
 use stdio::StderrTail;
 pub use watch::UpdateSink;
 use watch::Watches;
@@ -120,6 +122,12 @@ pub enum UpstreamError {
         server: String,
         asked: Box<rmcp::model::InputRequiredResult>,
     },
+    /// An isolated server has its maximum of connections open, and this
+    /// caller needs one more.
+    #[error(
+        "server {server} has its maximum of {limit} isolated connections open; retry when a session ends or one is idle"
+    )]
+    Exhausted { server: String, limit: usize },
 }
 
 /// A 2026-07-28 caller's answers to an upstream's `input_required` result,
@@ -155,6 +163,27 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A connection over `peer`, with what its server said it speaks.
+    fn new(peer: Peer<RoleClient>, relays: Relays, resync: Arc<Notify>) -> Self {
+        let info = peer.peer_info();
+        let modern = info
+            .as_ref()
+            .is_some_and(|i| i.protocol_version.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        let caps = info.as_ref().map(|i| &i.capabilities);
+        Self {
+            logging: caps.is_some_and(|c| c.logging.is_some()),
+            subscribe: caps
+                .and_then(|c| c.resources.as_ref())
+                .is_some_and(|r| r.subscribe == Some(true)),
+            peer,
+            relays,
+            modern,
+            level: tokio::sync::Mutex::new(None),
+            resync,
+            listener: parking_lot::Mutex::new(None),
+        }
+    }
+
     fn stop_listening(&self) {
         if let Some(listener) = self.listener.lock().take() {
             listener.abort();
@@ -170,6 +199,8 @@ impl Drop for Connection {
 
 /// One upstream server and its supervisor.
 pub struct Upstream {
+    /// The tenant that owns the server: its name is unique within it.
+    pub tenant: Arc<str>,
     pub spec: ServerSpec,
     /// The circuit breaker of calls to this server.
     pub breaker: Breaker,
@@ -188,8 +219,14 @@ pub struct Upstream {
     era: parking_lot::Mutex<Option<Era>>,
     /// Downstream subscribers of this upstream's resources.
     watches: Arc<Watches>,
-    /// The log levels downstream callers want (shared by all upstreams).
+    /// The log levels downstream callers want (shared by the upstreams of
+    /// one tenant).
     levels: Arc<LogLevels>,
+    /// The connections of sessions or principals, when the server is
+    /// isolated.
+    pool: Arc<isolated::Pool>,
+    /// How connections are made (isolated ones are made on demand).
+    cx: Context,
 }
 
 /// Which lifecycle an upstream speaks.
@@ -212,6 +249,11 @@ impl Upstream {
 
     pub fn offer(&self) -> Arc<Offer> {
         self.offer.load_full()
+    }
+
+    /// Isolated connections open now (0 for a shared server).
+    pub fn isolated_connections(&self) -> usize {
+        self.pool.count()
     }
 
     pub fn stderr_tail(&self) -> Vec<String> {
@@ -247,11 +289,18 @@ impl Upstream {
     ///
     /// `timeout` bounds the wait for an answer; with `extend_until`, each
     /// progress notification restarts that wait, up to `extend_until` in all.
+    /// `input` is a 2026-07-28 caller's answers to the upstream's input
+    /// requests (a retry); an `input_required` answer goes back to such a
+    /// caller, and is answered by asking a legacy one.
+    // Each argument is its own concern, passed by the pipeline's one call
+    // site; a struct would only be unpacked again here.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call_tool(
         &self,
         name: &str,
         arguments: Option<JsonObject>,
         caller: Option<&Caller>,
+        affinity: &Affinity,
         input: Option<ClientInput>,
         timeout: Duration,
         extend_until: Option<Duration>,
@@ -270,7 +319,7 @@ impl Upstream {
                     .with_max_total_timeout(total),
                 None => PeerRequestOptions::with_timeout(timeout),
             };
-            match self.request(request, caller, options).await? {
+            match self.request_as(affinity, request, caller, options).await? {
                 ServerResult::CallToolResult(result) => return Ok(result),
                 // A 2026-07-28 caller answers the input requests itself.
                 ServerResult::InputRequiredResult(asked)
@@ -358,6 +407,7 @@ impl Upstream {
         name: &str,
         arguments: Option<JsonObject>,
         caller: Option<&Caller>,
+        affinity: &Affinity,
         input: Option<ClientInput>,
         timeout: Duration,
     ) -> Result<GetPromptResult, UpstreamError> {
@@ -370,7 +420,12 @@ impl Upstream {
         for _ in 0..MAX_INPUT_ROUNDS {
             let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params.clone()));
             match self
-                .request(request, caller, PeerRequestOptions::with_timeout(timeout))
+                .request_as(
+                    affinity,
+                    request,
+                    caller,
+                    PeerRequestOptions::with_timeout(timeout),
+                )
                 .await?
             {
                 ServerResult::GetPromptResult(result) => return Ok(result),
@@ -398,11 +453,17 @@ impl Upstream {
         &self,
         params: rmcp::model::CompleteRequestParams,
         caller: Option<&Caller>,
+        affinity: &Affinity,
         timeout: Duration,
     ) -> Result<rmcp::model::CompleteResult, UpstreamError> {
         let request = ClientRequest::CompleteRequest(rmcp::model::CompleteRequest::new(params));
         match self
-            .request(request, caller, PeerRequestOptions::with_timeout(timeout))
+            .request_as(
+                affinity,
+                request,
+                caller,
+                PeerRequestOptions::with_timeout(timeout),
+            )
             .await?
         {
             ServerResult::CompleteResult(result) => Ok(result),
@@ -414,12 +475,18 @@ impl Upstream {
         &self,
         uri: &str,
         caller: Option<&Caller>,
+        affinity: &Affinity,
         timeout: Duration,
     ) -> Result<ReadResourceResult, UpstreamError> {
         let params = ReadResourceRequestParams::new(uri.to_owned());
         let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params));
         match self
-            .request(request, caller, PeerRequestOptions::with_timeout(timeout))
+            .request_as(
+                affinity,
+                request,
+                caller,
+                PeerRequestOptions::with_timeout(timeout),
+            )
             .await?
         {
             ServerResult::ReadResourceResult(result) => Ok(result),
@@ -435,17 +502,51 @@ impl Upstream {
         }
     }
 
-    /// Sends one request of a downstream caller and waits for its answer.
-    /// What the upstream sends while serving it is relayed to `caller`.
+    /// Sends one request of a downstream caller on the connection its
+    /// affinity picks: the shared one, or on an isolated server the
+    /// session's or principal's own (opened now if need be).
+    async fn request_as(
+        &self,
+        affinity: &Affinity,
+        request: ClientRequest,
+        caller: Option<&Caller>,
+        options: PeerRequestOptions,
+    ) -> Result<ServerResult, UpstreamError> {
+        if self.spec.isolation == Isolation::Shared {
+            return self.request(request, caller, options).await;
+        }
+        // The template connection being up is what makes the server ready
+        // (its tools listed); a caller's own follows it.
+        if self.conn.load().is_none() {
+            return Err(self.unavailable());
+        }
+        let (conn, _in_use) = self.isolated(affinity).await?;
+        self.request_on(conn, request, caller, options).await
+    }
+
+    /// Sends one request of a downstream caller on the shared connection
+    /// and waits for its answer.
     async fn request(
         &self,
-        mut request: ClientRequest,
+        request: ClientRequest,
         caller: Option<&Caller>,
-        mut options: PeerRequestOptions,
+        options: PeerRequestOptions,
     ) -> Result<ServerResult, UpstreamError> {
         let Some(conn) = self.conn.load_full() else {
             return Err(self.unavailable());
         };
+        self.request_on(conn, request, caller, options).await
+    }
+
+    /// Sends one request on `conn` and waits for its answer. What the
+    /// upstream sends while serving it is relayed to `caller`.
+    async fn request_on(
+        &self,
+        conn: Arc<Connection>,
+        mut request: ClientRequest,
+        caller: Option<&Caller>,
+        mut options: PeerRequestOptions,
+    ) -> Result<ServerResult, UpstreamError> {
         if conn.modern {
             // 2026-07-28 requests declare their client's capabilities: the
             // caller's, as far as the gateway can serve them, so the
@@ -621,24 +722,28 @@ struct Context {
 }
 
 /// Called (and awaited) when an upstream's offer changed: rebuilds the
-/// catalog. Set once by the app, which owns the catalog.
-pub type CatalogHook = Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+/// catalog of the upstream's tenant. Set once by the app, which owns the
+/// catalog.
+pub type CatalogHook =
+    Box<dyn Fn(Arc<str>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl Context {
-    async fn catalog_changed(&self) {
+    async fn catalog_changed(&self, tenant: &Arc<str>) {
         if let Some(hook) = self.catalog_hook.get() {
-            hook().await;
+            hook(tenant.clone()).await;
         }
     }
 }
 
-/// The set of upstreams, in a stable order (config file order, then the
-/// order they were created over the API).
+/// The set of upstreams of every tenant, in a stable order (config file
+/// order, then the order they were created over the API). A server is
+/// known by (tenant, name): two tenants may each have a server `files`.
 pub struct UpstreamManager {
     upstreams: RwLock<Vec<Arc<Upstream>>>,
     cx: Context,
-    /// The log levels downstream callers want, for every upstream.
-    levels: Arc<LogLevels>,
+    /// The log levels downstream callers want, per tenant: one tenant's
+    /// callers asking for debug output make only its own upstreams verbose.
+    levels: parking_lot::Mutex<std::collections::HashMap<Arc<str>, Arc<LogLevels>>>,
 }
 
 impl UpstreamManager {
@@ -657,13 +762,17 @@ impl UpstreamManager {
                 breaker: settings.breaker,
                 catalog_hook: Default::default(),
             },
-            levels: Arc::default(),
+            levels: Default::default(),
         }
     }
 
-    /// Where downstream callers hold the log levels they want.
-    pub fn log_levels(&self) -> &Arc<LogLevels> {
-        &self.levels
+    /// Where downstream callers of `tenant` hold the log levels they want.
+    pub fn log_levels(&self, tenant: &str) -> Arc<LogLevels> {
+        self.levels
+            .lock()
+            .entry(Arc::from(tenant))
+            .or_default()
+            .clone()
     }
 
     /// Sets what rebuilds the catalog when an upstream's offer changes.
@@ -671,32 +780,49 @@ impl UpstreamManager {
         let _ = self.cx.catalog_hook.set(hook);
     }
 
+    /// Every upstream of every tenant (status pages of the platform,
+    /// metrics, readiness, shutdown).
     pub fn list(&self) -> Vec<Arc<Upstream>> {
         self.upstreams.read().clone()
     }
 
-    /// Names of the upstreams that are ready now.
-    pub fn ready_names(&self) -> std::collections::HashSet<String> {
+    /// The upstreams of one tenant, in order.
+    pub fn list_tenant(&self, tenant: &str) -> Vec<Arc<Upstream>> {
         self.upstreams
             .read()
             .iter()
-            .filter(|u| u.is_ready())
+            .filter(|u| &*u.tenant == tenant)
+            .cloned()
+            .collect()
+    }
+
+    /// Names of a tenant's upstreams that are ready now.
+    pub fn ready_names(&self, tenant: &str) -> std::collections::HashSet<String> {
+        self.upstreams
+            .read()
+            .iter()
+            .filter(|u| &*u.tenant == tenant && u.is_ready())
             .map(|u| u.spec.name.clone())
             .collect()
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
+    /// The upstream `name` of `tenant`.
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Upstream>> {
         self.upstreams
             .read()
             .iter()
-            .find(|u| u.spec.name == name)
+            .find(|u| &*u.tenant == tenant && u.spec.name == name)
             .cloned()
     }
 
-    /// Adds an upstream and starts its supervisor. False if the name is taken.
-    pub fn add(&self, spec: ServerSpec) -> bool {
+    /// Adds an upstream of `tenant` and starts its supervisor. False if the
+    /// tenant already has a server of that name.
+    pub fn add(&self, tenant: &str, spec: ServerSpec) -> bool {
         let mut upstreams = self.upstreams.write();
-        if upstreams.iter().any(|u| u.spec.name == spec.name) {
+        if upstreams
+            .iter()
+            .any(|u| &*u.tenant == tenant && u.spec.name == spec.name)
+        {
             return false;
         }
         let initial = if spec.enabled {
@@ -705,6 +831,7 @@ impl UpstreamManager {
             Status::Disabled
         };
         let upstream = Arc::new(Upstream {
+            tenant: Arc::from(tenant),
             breaker: Breaker::new(spec.circuit_breaker.unwrap_or(self.cx.breaker)),
             slots: spec
                 .max_concurrency
@@ -726,32 +853,50 @@ impl UpstreamManager {
             tried: Default::default(),
             era: parking_lot::Mutex::new(None),
             watches: Arc::default(),
-            levels: self.levels.clone(),
+            levels: self.log_levels(tenant),
+            pool: Arc::default(),
+            cx: self.cx.clone(),
             spec,
         });
         upstreams.push(upstream.clone());
         drop(upstreams);
         if upstream.spec.enabled {
+            use tracing::Instrument as _;
             let cx = self.cx.clone();
-            tokio::spawn(supervise(upstream, cx));
+            // Log lines of the supervisor say whose server it is.
+            let span = tracing::info_span!("upstream", tenant = %upstream.tenant);
+            tokio::spawn(supervise(upstream, cx).instrument(span));
         } else {
             upstream.stopped.notify_one();
         }
         true
     }
 
-    /// Stops and removes an upstream; returns once its process is gone.
-    pub async fn remove(&self, name: &str) -> Option<Arc<Upstream>> {
+    /// Stops and removes a tenant's upstream; returns once its process is
+    /// gone.
+    pub async fn remove(&self, tenant: &str, name: &str) -> Option<Arc<Upstream>> {
         let upstream = {
             let mut upstreams = self.upstreams.write();
-            let index = upstreams.iter().position(|u| u.spec.name == name)?;
+            let index = upstreams
+                .iter()
+                .position(|u| &*u.tenant == tenant && u.spec.name == name)?;
             upstreams.remove(index)
         };
         stop(&upstream).await;
         self.cx.events.publish(Event::CatalogChanged {
+            tenant: upstream.tenant.clone(),
             server: Some(name.to_owned()),
         });
         Some(upstream)
+    }
+
+    /// Ends the isolated connections of a legacy MCP session that ended.
+    pub fn end_session(&self, session: Origin) {
+        for upstream in self.upstreams.read().iter() {
+            if upstream.spec.isolation == Isolation::Session {
+                upstream.pool.close(session);
+            }
+        }
     }
 
     /// Stops every upstream (at shutdown).
@@ -764,11 +909,15 @@ impl UpstreamManager {
 async fn stop(upstream: &Upstream) {
     upstream.stop.cancel();
     upstream.stopped.notified().await;
+    // Isolated connections end with the server (their stop tokens are
+    // children of its own).
+    upstream.pool.close_all(Duration::from_secs(10)).await;
 }
 
 /// Owns one upstream's connection for as long as the upstream exists.
 async fn supervise(upstream: Arc<Upstream>, cx: Context) {
     let name = upstream.spec.name.clone();
+    let tenant = upstream.tenant.clone();
     let mut backoff = Duration::from_millis(500);
     // Connections that failed, or ended before they were stable, in a row.
     let mut failures_in_a_row: u32 = 0;
@@ -786,6 +935,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                 s.last_error = Some(error.clone());
             });
             cx.events.publish(Event::UpstreamDown {
+                tenant: tenant.clone(),
                 server: name.clone(),
                 error,
             });
@@ -835,6 +985,7 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                     s.last_error = Some(error.clone());
                 });
                 cx.events.publish(Event::UpstreamDown {
+                    tenant: tenant.clone(),
                     server: name.clone(),
                     error,
                 });
@@ -849,30 +1000,19 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         };
         let peer = running.peer().clone();
         let info = peer.peer_info();
-        let modern = info
-            .as_ref()
-            .is_some_and(|i| i.protocol_version.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
-        *upstream.era.lock() = Some(if modern { Era::Modern } else { Era::Legacy });
+        let conn = Arc::new(Connection::new(peer.clone(), relays, resync.clone()));
+        *upstream.era.lock() = Some(if conn.modern {
+            Era::Modern
+        } else {
+            Era::Legacy
+        });
         if let Err(error) = sync(&upstream, &peer).await {
             tracing::warn!(server = %name, %error, "listing the upstream's catalog failed");
         }
-        let caps = info.as_ref().map(|i| &i.capabilities);
-        let conn = Arc::new(Connection {
-            peer: peer.clone(),
-            relays,
-            modern,
-            logging: caps.is_some_and(|c| c.logging.is_some()),
-            subscribe: caps
-                .and_then(|c| c.resources.as_ref())
-                .is_some_and(|r| r.subscribe == Some(true)),
-            level: tokio::sync::Mutex::new(None),
-            resync: resync.clone(),
-            listener: parking_lot::Mutex::new(None),
-        });
         upstream.conn.store(Some(conn.clone()));
         // The catalog holds the server's tools before it counts as ready, so
         // "ready" means its tools can be called.
-        cx.catalog_changed().await;
+        cx.catalog_changed(&tenant).await;
         // A fresh connection is new evidence: calls may try it at once.
         if let Some(t) = upstream.breaker.reset() {
             tracing::info!(server = %name, transition = ?t, "circuit breaker reset by a new connection");
@@ -889,9 +1029,11 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         });
         tracing::info!(server = %name, tools = upstream.offer().tools.len(), "upstream ready");
         cx.events.publish(Event::UpstreamUp {
+            tenant: tenant.clone(),
             server: name.clone(),
         });
         cx.events.publish(Event::CatalogChanged {
+            tenant: tenant.clone(),
             server: Some(name.clone()),
         });
         // A 2026-07-28 upstream tells of list changes (and updates of
@@ -920,8 +1062,8 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
                     if let Err(error) = sync(&upstream, &peer).await {
                         tracing::warn!(server = %name, %error, "re-sync failed");
                     }
-                    cx.catalog_changed().await;
-                    cx.events.publish(Event::CatalogChanged { server: Some(name.clone()) });
+                    cx.catalog_changed(&tenant).await;
+                    cx.events.publish(Event::CatalogChanged { tenant: tenant.clone(), server: Some(name.clone()) });
                 }
                 _ = health.tick() => {
                     let timeout = cx.connect_timeout.min(cx.health_interval);
@@ -968,10 +1110,12 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
         // listings hide it (the server is not ready) and calls answer
         // "unavailable" rather than "unknown tool".
         cx.events.publish(Event::UpstreamDown {
+            tenant: tenant.clone(),
             server: name.clone(),
             error: "connection closed".into(),
         });
         cx.events.publish(Event::CatalogChanged {
+            tenant: tenant.clone(),
             server: Some(name.clone()),
         });
         tokio::select! {
@@ -1140,4 +1284,27 @@ async fn probe(upstream: &Upstream, peer: &Peer<RoleClient>, timeout: Duration) 
         }
     });
     answered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_held_per_tenant() {
+        let manager = UpstreamManager::new(
+            &Settings::default(),
+            EventBus::default(),
+            reqwest::Client::new(),
+        );
+        let a = manager.log_levels("a");
+        let _debug = a.hold(rmcp::model::LoggingLevel::Debug);
+        assert_eq!(
+            manager.log_levels("a").wanted(),
+            Some(rmcp::model::LoggingLevel::Debug)
+        );
+        // Another tenant's callers asking for debug output do not make this
+        // tenant's upstreams verbose.
+        assert_eq!(manager.log_levels("b").wanted(), None);
+    }
 }

@@ -89,6 +89,26 @@ pub enum ChangeMode {
     Quarantine,
 }
 
+/// Who shares a connection to the server (see `upstream::isolated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// One connection (one process) for every caller.
+    #[default]
+    Shared,
+    /// One connection per legacy MCP session; callers without a session
+    /// (2026-07-28 requests, REST, CLI) get their principal's.
+    Session,
+    /// One connection per principal (tenant and user), shared by that
+    /// principal's sessions and requests.
+    Principal,
+}
+
+/// Isolated connections per server at most, unless the server says.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 32;
+/// How long an isolated connection may sit unused, unless the server says.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: f64 = 300.0;
+
 /// One upstream server definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerSpec {
@@ -119,6 +139,17 @@ pub struct ServerSpec {
     /// Overrides the gateway's circuit breaker settings for this server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<crate::guard::breaker::BreakerConfig>,
+    /// Whether callers share one connection, or each session or principal
+    /// gets its own (for servers whose state or credentials belong to one
+    /// client).
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Isolated connections open at once at most (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// An isolated connection unused this long is closed (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<f64>,
     #[serde(default = "api_source")]
     pub source: Source,
 }
@@ -235,6 +266,29 @@ impl ServerSpec {
                 Some(config)
             }
         };
+        let isolation = match map.remove("isolation") {
+            None | Some(Value::Null) => Isolation::Shared,
+            Some(v) => serde_json::from_value(v).map_err(|_| {
+                SpecError::Invalid("isolation must be shared, session or principal".into())
+            })?,
+        };
+        let max_connections =
+            match map.remove("max_connections") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().filter(|n| (1..=10_000).contains(n)).ok_or_else(
+                    || SpecError::Invalid("max_connections must be 1 to 10000".into()),
+                )? as u32),
+            };
+        let idle_timeout_secs = match map.remove("idle_timeout_secs") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_f64()
+                    .filter(|t| *t > 0.0 && *t <= 86_400.0)
+                    .ok_or_else(|| {
+                        SpecError::Invalid("idle_timeout_secs must be 0 < t <= 86400".into())
+                    })?,
+            ),
+        };
         for read_only in [
             "source",
             "status",
@@ -340,8 +394,23 @@ impl ServerSpec {
             extend_timeout_on_progress,
             max_call_secs,
             circuit_breaker,
+            isolation,
+            max_connections,
+            idle_timeout_secs,
             source: Source::Api,
         })
+    }
+
+    /// Isolated connections at most, for an isolated server.
+    pub fn connection_limit(&self) -> usize {
+        self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as usize
+    }
+
+    /// How long an isolated connection may sit unused.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(
+            self.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS),
+        )
     }
 
     pub fn is_stdio(&self) -> bool {
@@ -553,6 +622,41 @@ fn string_map(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn isolation_defaults_to_shared_and_is_validated() {
+        let s = ServerSpec::from_mcp_servers_entry("a", json!({"command": "x"})).unwrap();
+        assert_eq!(s.isolation, Isolation::Shared);
+        assert_eq!(s.connection_limit(), DEFAULT_MAX_CONNECTIONS as usize);
+        let s = ServerSpec::from_mcp_servers_entry(
+            "a",
+            json!({"command": "x", "isolation": "session", "max_connections": 2, "idle_timeout_secs": 1.5}),
+        )
+        .unwrap();
+        assert_eq!(s.isolation, Isolation::Session);
+        assert_eq!(s.connection_limit(), 2);
+        assert_eq!(s.idle_timeout(), std::time::Duration::from_millis(1500));
+        // A stored definition of before the setting reads as shared.
+        let mut stored = serde_json::to_value(&s).unwrap();
+        stored.as_object_mut().unwrap().remove("isolation");
+        let old: ServerSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.isolation, Isolation::Shared);
+        for bad in [
+            json!({"command": "x", "isolation": "per-call"}),
+            json!({"command": "x", "max_connections": 0}),
+            json!({"command": "x", "idle_timeout_secs": -1}),
+        ] {
+            assert!(
+                ServerSpec::from_api_json({
+                    let mut b = bad.clone();
+                    b["name"] = json!("a");
+                    b
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn parses_stdio_and_remote_entries() {

@@ -218,7 +218,10 @@ async fn semantic_and_hybrid_search_with_the_real_model() {
         status["last_pass"].is_null(),
         "nothing re-embedded: {status}"
     );
-    assert_eq!(status["embedded_tools"], 4, "the removed tool's vector is gone: {status}");
+    assert_eq!(
+        status["embedded_tools"], 4,
+        "the removed tool's vector is gone: {status}"
+    );
     let body = search(&gw2, "q=say%20it%20in%20french&search_type=semantic").await;
     assert_eq!(names(&body)[0], "stock_quote", "{body}");
     drop(tmp);

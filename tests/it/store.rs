@@ -46,6 +46,20 @@ async fn suite(store: &Store) {
     assert!(!store.delete_server("t1", "a").await.unwrap());
     let t2: Vec<Doc> = store.list_servers("t2").await.unwrap();
     assert_eq!(t2, [doc("a", 5)]);
+    // At boot every tenant's servers are started: each knows its tenant.
+    let all: Vec<(String, Doc)> = store.list_all_servers().await.unwrap();
+    assert_eq!(
+        all,
+        [
+            ("t1".to_owned(), doc("b", 1)),
+            ("t2".to_owned(), doc("a", 5))
+        ]
+    );
+    let tenants = store.catalog_tenants().await.unwrap();
+    assert!(
+        tenants.contains(&"t1".to_owned()) && tenants.contains(&"t2".to_owned()),
+        "{tenants:?}"
+    );
 
     // overlays: upsert keyed by (server, tool)
     store
@@ -128,6 +142,24 @@ async fn suite(store: &Store) {
     rows.sort();
     assert_eq!(rows, [row("add", "h1"), row("echo", "h2")]);
     assert!(store.list_embeddings("t2", "m1").await.unwrap().is_empty());
+    // Every tenant's vectors of a model, each with its tenant.
+    store
+        .put_embeddings("t3", "m1", &[row("echo", "t3-hash")])
+        .await
+        .unwrap();
+    let mut all = store.list_all_embeddings("m1").await.unwrap();
+    all.sort();
+    let tagged = |tenant: &str, (s, t, h, v): (String, String, String, String)| {
+        (tenant.to_owned(), s, t, h, v)
+    };
+    assert_eq!(
+        all,
+        [
+            tagged("t1", row("add", "h1")),
+            tagged("t1", row("echo", "h2")),
+            tagged("t3", row("echo", "t3-hash")),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A small CLI around the official MCP Python SDK (mcp==2.3.0), driven by the
-Rust integration tests to talk to an MCP Streamable HTTP endpoint as a real
-client would.
+Rust integration tests to talk to an MCP endpoint (Streamable HTTP, or the
+2024-11-05 HTTP+SSE transport with --transport sse) as a real client would.
 
 Usage:
     python tests/py/mcp_client.py --url URL --mode legacy|modern|auto \
-        [--header 'K: V' ...] [--timeout SECS] COMMAND [ARGS]
+        [--transport streamable-http|sse] [--header 'K: V' ...] [--timeout SECS] \
+        COMMAND [ARGS]
 
 Commands:
     list-tools
@@ -56,6 +57,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -198,6 +200,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # A stdio server: the JSON list is the command and its arguments.
             command = json.loads(args.stdio)
             transport = stdio_client(StdioServerParameters(command=command[0], args=command[1:]))
+        elif args.transport == "sse":
+            # The 2024-11-05 transport: GET the event stream, POST to the
+            # endpoint it names. It predates server/discover: legacy only.
+            if args.mode == "modern":
+                raise UsageError("--transport sse speaks the initialize handshake only")
+            transport = sse_client(args.url, headers=headers or None, sse_read_timeout=args.timeout)
         else:
             http_client = await stack.enter_async_context(create_mcp_http_client(headers=headers or None))
             transport = streamable_http_client(args.url, http_client=http_client)
@@ -323,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="Streamable HTTP endpoint, e.g. http://127.0.0.1:8080/mcp")
     p.add_argument("--stdio", help='instead of --url: a stdio server to spawn, as a JSON list ["cmd", "arg", ...]')
     p.add_argument("--mode", choices=["legacy", "modern", "auto"], default="legacy")
+    p.add_argument(
+        "--transport",
+        choices=["streamable-http", "sse"],
+        default="streamable-http",
+        help="with --url: Streamable HTTP (default) or the 2024-11-05 HTTP+SSE transport",
+    )
     p.add_argument("--header", action="append", metavar="K:V", help="extra HTTP header (repeatable)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request read timeout in seconds")
     sub = p.add_subparsers(dest="command", required=True)
