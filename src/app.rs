@@ -56,6 +56,8 @@ pub struct AppState {
     pub search_answers: crate::cache::AnswerCache<Arc<serde_json::Value>>,
     /// Seals the pagination cursors handed to MCP clients.
     pub cursors: crate::mcp::cursor::CursorSealer,
+    /// Seals the `requestState` of 2026-07-28 multi-round-trip calls.
+    pub request_states: crate::mcp::request_state::StateSealer,
     /// Announces changes of what MCP clients can list.
     pub list_changes: tokio::sync::broadcast::Sender<crate::mcp::ListChange>,
     /// Fingerprints of the tool, prompt and resource lists last announced,
@@ -226,6 +228,7 @@ impl App {
                 settings.cache_ttl,
             ),
             cursors: Default::default(),
+            request_states: Default::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
             identity,

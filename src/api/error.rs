@@ -213,10 +213,14 @@ impl From<CallError> for Problem {
             )
             .with("server", server)
             .with("code", error.code.0),
-            // Unsupported comes of subscriptions, which REST does not offer:
-            // it is here for completeness.
+            // Unsupported comes of subscriptions, which REST does not offer,
+            // and InputRequired only reaches a 2026-07-28 MCP caller (a REST
+            // call is never offered the input requests): here for
+            // completeness.
             CallError::Upstream(
-                UpstreamError::Protocol { server, .. } | UpstreamError::Unsupported { server, .. },
+                UpstreamError::Protocol { server, .. }
+                | UpstreamError::Unsupported { server, .. }
+                | UpstreamError::InputRequired { server, .. },
             ) => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream-error",

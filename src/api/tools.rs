@@ -523,6 +523,7 @@ async fn execute(
             profile: None,
             arguments: Some(body.arguments.unwrap_or_default()),
             caller: None,
+            input: None,
         })
         .await?;
     let mut result = serde_json::to_value(&called.result).unwrap_or_default();

@@ -6,7 +6,9 @@
 //! `--token` as a bearer token) and an MCP server toward the desktop client;
 //! requests pass through (`logging/setLevel` and resource subscriptions
 //! included: the bridge's gateway session is the desktop client's), and
-//! progress, log messages, resource updates and list changes come back.
+//! progress, log messages, resource updates and list changes come back, as
+//! do the gateway's sampling, elicitation and roots requests (one desktop
+//! client per bridge: each is that client's).
 
 // Logging and resources/subscribe are deprecated by SEP-2577 (2026-07-28)
 // but the bridge speaks the legacy lifecycle to the gateway.
@@ -21,8 +23,8 @@ use http::{HeaderName, HeaderValue};
 use rmcp::{
     ClientHandler, ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt,
     model::{
-        CallToolRequest, CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig,
-        ClientRequest, GetExtensions, GetPromptRequestParams, GetPromptResponse, Implementation,
+        CallToolRequest, CallToolRequestParams, CallToolResponse, ClientConfig, ClientRequest,
+        GetExtensions, GetPromptRequestParams, GetPromptResponse, Implementation,
         ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
         LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
         ReadResourceRequestParams, ReadResourceResponse, ResourceUpdatedNotificationParam,
@@ -35,7 +37,15 @@ use rmcp::{
     },
 };
 
-use crate::upstream::relay::{RelayHandle, RelayTransport, Relayed, Relays};
+use crate::upstream::{
+    client::{method_of, not_relayed, relayable, relayed_capabilities},
+    relay::{RelayHandle, RelayTransport, Relayed, Relays},
+};
+use rmcp::model::{
+    ClientResult, CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult,
+    ElicitRequest, ElicitRequestParams, ElicitResult, ListRootsRequest, ListRootsResult,
+    ServerRequest,
+};
 
 /// The client side: hears the gateway's list changes and passes them on.
 #[derive(Clone, Default)]
@@ -43,12 +53,92 @@ struct GatewayClient {
     downstream: Arc<OnceLock<Peer<RoleServer>>>,
 }
 
+impl GatewayClient {
+    /// Passes a request of the gateway to the desktop client, if it
+    /// declared the capability (the bridge connects before the desktop
+    /// client says what it can do, so it declares everything the gateway
+    /// relays and refuses here with -32601, as the gateway would).
+    async fn ask(&self, request: ServerRequest) -> Result<ClientResult, McpError> {
+        let method = method_of(&request);
+        let Some(peer) = self.downstream.get().cloned() else {
+            return Err(not_relayed("no desktop client is connected yet"));
+        };
+        // A 2026-07-28 desktop client has no session info and takes no
+        // server-to-client request.
+        let declared = peer
+            .peer_info()
+            .map(|info| relayable(&info.capabilities))
+            .unwrap_or_default();
+        let can = match &request {
+            ServerRequest::CreateMessageRequest(_) => declared.sampling.is_some(),
+            ServerRequest::ElicitRequest(_) => declared.elicitation.is_some(),
+            ServerRequest::ListRootsRequest(_) => declared.roots.is_some(),
+            _ => false,
+        };
+        if !can {
+            return Err(not_relayed(&format!(
+                "{method} cannot reach the desktop client: it did not declare the capability"
+            )));
+        }
+        // Sent from a task of its own, so rmcp does not stamp it with the
+        // gateway's request id (which means nothing to the desktop client).
+        tokio::spawn(async move { peer.send_request(request).await })
+            .await
+            .map_err(|_| McpError::internal_error(format!("{method} failed"), None))?
+            .map_err(relay_error)
+    }
+}
+
 impl ClientHandler for GatewayClient {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::new(
-            ClientCapabilities::default(),
+            relayed_capabilities(),
             Implementation::new("metamcp-stdio", env!("CARGO_PKG_VERSION")),
         )
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
+        match self.ask(request).await? {
+            ClientResult::CreateMessageResult(result) => Ok(*result),
+            _ => Err(McpError::internal_error(
+                "the desktop client answered sampling/createMessage with another kind of result",
+                None,
+            )),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        match self.ask(request).await? {
+            ClientResult::ElicitResult(result) => Ok(result),
+            _ => Err(McpError::internal_error(
+                "the desktop client answered elicitation/create with another kind of result",
+                None,
+            )),
+        }
+    }
+
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, McpError> {
+        let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
+        match self.ask(request).await? {
+            ClientResult::ListRootsResult(result) => Ok(result),
+            _ => Err(McpError::internal_error(
+                "the desktop client answered roots/list with another kind of result",
+                None,
+            )),
+        }
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {

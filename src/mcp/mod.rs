@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod cursor;
 pub mod discovery;
 pub mod relays;
+pub mod request_state;
 pub mod sse;
 
 use std::{sync::Arc, time::Duration};
@@ -35,7 +36,7 @@ use crate::{
     app::AppState,
     auth::Principal,
     pipeline::{CallError, ToolCall, policy},
-    upstream::{Caller, LevelHold, UpstreamError},
+    upstream::{Caller, ClientInput, LevelHold, UpstreamError},
 };
 
 /// The `ServerHandler` behind `/mcp`: a cheap clone of the shared state, made
@@ -681,12 +682,28 @@ impl ServerHandler for Gateway {
         } else {
             (request.name.to_string(), request.arguments)
         };
+        let principal = principal(&context);
+        // The tool a sealed state is bound to: as this endpoint names it.
+        let bound = format!(
+            "tool:{}/{name}",
+            self.profile.as_deref().unwrap_or_default()
+        );
+        let input = self.client_input(
+            &context,
+            &bound,
+            &principal,
+            arguments.as_ref(),
+            request.input_responses,
+            request.request_state,
+        )?;
+        let sealing_arguments = arguments.clone();
         let call = ToolCall {
-            principal: principal(&context),
+            principal: principal.clone(),
             name,
             profile: self.profile.as_deref().map(str::to_owned),
             arguments,
             caller: Some(caller),
+            input,
         };
         let outcome = tokio::select! {
             outcome = self.state.pipeline.call(call) => outcome,
@@ -697,6 +714,12 @@ impl ServerHandler for Gateway {
         };
         match outcome {
             Ok(called) => Ok(called.result.into()),
+            // The upstream asks this 2026-07-28 caller for input: it gets
+            // the requests, and the gateway's sealed state in place of the
+            // upstream's.
+            Err(CallError::Upstream(UpstreamError::InputRequired { asked, .. })) => Ok(self
+                .input_required(*asked, &bound, &principal, sealing_arguments.as_ref())
+                .into()),
             // In discovery mode the name is an argument a model chose: it
             // reads the answer as a result and can search again.
             Err(CallError::UnknownTool(name) | CallError::Disabled(name)) if self.discovery => {
@@ -772,17 +795,36 @@ impl ServerHandler for Gateway {
         };
         let upstream = self.upstream(&prompt.tenant, &prompt.server)?;
         let (caller, _hold) = self.caller(&context);
-        upstream
+        let bound = format!(
+            "prompt:{}/{}",
+            self.profile.as_deref().unwrap_or_default(),
+            request.name
+        );
+        let input = self.client_input(
+            &context,
+            &bound,
+            &principal,
+            request.arguments.as_ref(),
+            request.input_responses,
+            request.request_state,
+        )?;
+        match upstream
             .get_prompt(
                 &prompt.original_name,
-                request.arguments,
+                request.arguments.clone(),
                 Some(&caller),
                 &affinity(&context, &caller),
+                input,
                 self.state.settings.call_timeout,
             )
             .await
-            .map(Into::into)
-            .map_err(upstream_error)
+        {
+            Ok(result) => Ok(result.into()),
+            Err(UpstreamError::InputRequired { asked, .. }) => Ok(self
+                .input_required(*asked, &bound, &principal, request.arguments.as_ref())
+                .into()),
+            Err(e) => Err(upstream_error(e)),
+        }
     }
 
     async fn list_resources(
@@ -837,6 +879,51 @@ impl ServerHandler for Gateway {
 }
 
 impl Gateway {
+    /// The answers a 2026-07-28 retry brings to an upstream's input
+    /// requests, with the upstream's own state taken out of the gateway's
+    /// sealed one (refused with `-32602` when forged, altered, expired, or
+    /// issued for another call or caller). `bound` names what the state was
+    /// issued for. Legacy requests carry no such fields.
+    fn client_input(
+        &self,
+        context: &RequestContext<RoleServer>,
+        bound: &str,
+        principal: &Principal,
+        arguments: Option<&rmcp::model::JsonObject>,
+        responses: Option<rmcp::model::InputResponses>,
+        sealed: Option<String>,
+    ) -> Result<Option<ClientInput>, McpError> {
+        if !is_modern(context) || (responses.is_none() && sealed.is_none()) {
+            return Ok(None);
+        }
+        let state = match &sealed {
+            Some(sealed) => self
+                .state
+                .request_states
+                .open(sealed, bound, principal, arguments)
+                .map_err(|why| McpError::invalid_params(why.to_string(), None))?,
+            None => None,
+        };
+        Ok(Some(ClientInput { responses, state }))
+    }
+
+    /// An upstream's `input_required` result as its 2026-07-28 caller gets
+    /// it: the same input requests, and the gateway's sealed state in place
+    /// of the upstream's.
+    fn input_required(
+        &self,
+        asked: rmcp::model::InputRequiredResult,
+        bound: &str,
+        principal: &Principal,
+        arguments: Option<&rmcp::model::JsonObject>,
+    ) -> rmcp::model::InputRequiredResult {
+        let sealed =
+            self.state
+                .request_states
+                .seal(asked.request_state, bound, principal, arguments);
+        rmcp::model::InputRequiredResult::new(asked.input_requests, Some(sealed))
+    }
+
     /// The caller of a request, for relaying what upstreams send while
     /// serving it; with the hold of a 2026-07-28 request's log level, to be
     /// kept for as long as the request runs.
@@ -848,9 +935,13 @@ impl Gateway {
                 .upstreams
                 .log_levels(&principal(context).tenant_id),
             &context.peer,
-            context.meta.get_progress_token(),
-            is_modern(context),
-            context.meta.log_level(),
+            relays::CallerRequest {
+                id: context.id.clone(),
+                progress_token: context.meta.get_progress_token(),
+                modern: is_modern(context),
+                log_level: context.meta.log_level(),
+                capabilities: context.meta.client_capabilities(),
+            },
         )
     }
 

@@ -27,6 +27,15 @@
 //! standing GET stream (rmcp routes them there); 2026-07-28 requests receive
 //! log messages on their own response stream, and resource updates on a
 //! `subscriptions/listen` stream that asked for those URIs.
+//!
+//! Server-to-client requests (`sampling/createMessage`,
+//! `elicitation/create`, `roots/list`) an upstream makes while serving a
+//! call go to the legacy session that made the call, on that call's own
+//! response stream (SEP-2260 association), so they never wait for the
+//! session's GET stream to open; its answer goes back to the upstream. A
+//! session that did not declare the capability, and a 2026-07-28 request
+//! (which cannot take a server-to-client request mid-call), make the
+//! upstream get `-32601` instead.
 
 // Logging and resources/subscribe are deprecated by SEP-2577 (2026-07-28)
 // but are what legacy clients speak.
@@ -40,18 +49,33 @@ use std::{
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use rmcp::{
-    RoleServer,
+    ErrorData, RoleServer, ServiceError,
     model::{
-        LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken,
-        ResourceUpdatedNotificationParam,
+        CancelledNotificationParam, ClientCapabilities, ClientResult, ElicitRequestParams,
+        GetExtensions, LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam,
+        ProgressToken, RequestId, ResourceUpdatedNotificationParam, ServerRequest,
     },
-    service::{Peer, SubscriptionSink},
+    service::{OriginatingRequestId, Peer, PeerRequestOptions, SubscriptionSink},
 };
 
 use crate::upstream::{
     CallSink, Caller, LevelHold, LogLevels, Origin, Progress, UpdateSink, Upstream,
-    UpstreamManager, passes,
+    UpstreamManager,
+    client::{method_of, not_relayed, relayable},
+    passes,
 };
+
+/// What the relays need to know of one request of a caller.
+pub struct CallerRequest {
+    pub id: RequestId,
+    pub progress_token: Option<ProgressToken>,
+    /// It came in 2026-07-28 form.
+    pub modern: bool,
+    /// Its own `logLevel` (2026-07-28).
+    pub log_level: Option<LoggingLevel>,
+    /// The capabilities it declared in its `_meta` (2026-07-28).
+    pub capabilities: Option<ClientCapabilities>,
+}
 
 /// What the gateway keeps per legacy MCP session (per request for
 /// 2026-07-28, which has no sessions): who it is to the relays, its log
@@ -92,18 +116,22 @@ impl Session {
         *self.hold.lock() = Some(hold);
     }
 
-    /// The caller of a request of this session. For a 2026-07-28 request,
-    /// `request_level` is the request's own level (held for as long as the
-    /// returned guard lives); for a legacy session, the session's level
-    /// applies.
+    /// The caller of `request` of this session. For a 2026-07-28 request,
+    /// its own level applies (held for as long as the returned guard lives);
+    /// for a legacy session, the session's.
     pub fn caller(
         &self,
         levels: &Arc<LogLevels>,
         peer: &Peer<RoleServer>,
-        progress_token: Option<ProgressToken>,
-        modern: bool,
-        request_level: Option<LoggingLevel>,
+        request: CallerRequest,
     ) -> (Caller, Option<LevelHold>) {
+        let CallerRequest {
+            id: request_id,
+            progress_token,
+            modern,
+            log_level: request_level,
+            capabilities: request_capabilities,
+        } = request;
         let (log_level, threshold, hold) = if modern {
             (
                 request_level,
@@ -119,6 +147,9 @@ impl Session {
         };
         let sink = Arc::new(McpSink {
             peer: peer.clone(),
+            request_id,
+            modern,
+            request_capabilities: request_capabilities.unwrap_or_default(),
             progress_token,
             threshold,
         });
@@ -208,6 +239,13 @@ enum Threshold {
 /// Sends what an upstream relays for one request to the MCP caller.
 struct McpSink {
     peer: Peer<RoleServer>,
+    /// The caller's request: server-to-client requests ride its stream.
+    request_id: RequestId,
+    /// A 2026-07-28 request, which takes no server-to-client request, and
+    /// answers `input_required` results itself.
+    modern: bool,
+    /// What a 2026-07-28 request declared in its `_meta`.
+    request_capabilities: ClientCapabilities,
     /// The caller's progress token: progress goes out under it, and only if
     /// the caller gave one.
     progress_token: Option<ProgressToken>,
@@ -230,6 +268,54 @@ impl CallSink for McpSink {
         })
     }
 
+    fn capabilities(&self) -> ClientCapabilities {
+        relayable(&self.declared())
+    }
+
+    fn takes_input_required(&self) -> bool {
+        self.modern
+    }
+
+    fn client_request(
+        &self,
+        mut request: ServerRequest,
+    ) -> BoxFuture<'static, Result<ClientResult, ErrorData>> {
+        if let Some(why) = self.refusal(&request) {
+            tracing::debug!(%why, "server-to-client request refused");
+            return Box::pin(std::future::ready(Err(not_relayed(&why))));
+        }
+        let method = method_of(&request);
+        // On the call's own response stream: the client reads it for as
+        // long as the call runs, so nothing waits for its GET stream.
+        request
+            .extensions_mut()
+            .insert(OriginatingRequestId(self.request_id.clone()));
+        let peer = self.peer.clone();
+        Box::pin(async move {
+            // Sent from a task of its own: rmcp stamps a request sent from
+            // inside a handler with that handler's request id, and this runs
+            // in the handler of the upstream's request, whose id means
+            // nothing downstream.
+            let sent = tokio::spawn(async move {
+                peer.send_request_with_option(request, PeerRequestOptions::no_options())
+                    .await
+            })
+            .await;
+            let handle = match sent {
+                Ok(Ok(handle)) => handle,
+                Ok(Err(error)) => return Err(downstream_error(method, error)),
+                Err(_) => return Err(ErrorData::internal_error(format!("{method} failed"), None)),
+            };
+            let mut cancel = CancelDownstream {
+                peer: Some(handle.peer.clone()),
+                id: handle.id.clone(),
+            };
+            let answer = handle.await_response().await;
+            cancel.peer = None;
+            answer.map_err(|error| downstream_error(method, error))
+        })
+    }
+
     fn log(&self, message: LoggingMessageNotificationParam) -> BoxFuture<'static, ()> {
         let wanted = match &self.threshold {
             Threshold::Session(level) => level.lock().is_none_or(|l| passes(message.level, l)),
@@ -247,6 +333,78 @@ impl CallSink for McpSink {
     }
 }
 
+impl McpSink {
+    /// What the client declared: when its session began (legacy), or in
+    /// the request (2026-07-28).
+    fn declared(&self) -> ClientCapabilities {
+        if self.modern {
+            return self.request_capabilities.clone();
+        }
+        self.peer
+            .peer_info()
+            .map(|info| info.capabilities.clone())
+            .unwrap_or_default()
+    }
+
+    /// Why the caller cannot take `request`, if it cannot.
+    fn refusal(&self, request: &ServerRequest) -> Option<String> {
+        let method = method_of(request);
+        if self.modern {
+            return Some(format!(
+                "{method} cannot reach the caller: it speaks 2026-07-28, which takes no \
+                 server-to-client request during a call (only input_required results)"
+            ));
+        }
+        let caps = self.declared();
+        let (declared, capability) = match request {
+            ServerRequest::CreateMessageRequest(_) => (caps.sampling.is_some(), "sampling"),
+            ServerRequest::ListRootsRequest(_) => (caps.roots.is_some(), "roots"),
+            ServerRequest::ElicitRequest(r) => match &r.params {
+                // An empty elicitation capability means form mode
+                // (2025-11-25 keeps that for older clients).
+                ElicitRequestParams::UrlElicitationParams { .. } => (
+                    caps.elicitation.as_ref().is_some_and(|e| e.url.is_some()),
+                    "elicitation.url",
+                ),
+                _ => (
+                    caps.elicitation
+                        .as_ref()
+                        .is_some_and(|e| e.form.is_some() || e.url.is_none()),
+                    "elicitation.form",
+                ),
+            },
+            _ => (false, method),
+        };
+        (!declared).then(|| {
+            format!(
+                "{method} cannot reach the caller: it did not declare the {capability} capability"
+            )
+        })
+    }
+}
+
+/// Cancels the downstream request it names when dropped before disarmed:
+/// the upstream gave up on its request, or the call it belongs to ended.
+struct CancelDownstream {
+    peer: Option<Peer<RoleServer>>,
+    id: RequestId,
+}
+
+impl Drop for CancelDownstream {
+    fn drop(&mut self) {
+        let Some(peer) = self.peer.take() else { return };
+        let params = CancelledNotificationParam::new(
+            Some(self.id.clone()),
+            Some("the server that asked gave up".into()),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = peer.notify_cancelled(params).await;
+            });
+        }
+    }
+}
+
 /// Tells a legacy session of resource updates, on its GET stream.
 pub struct SessionUpdates(pub Peer<RoleServer>);
 
@@ -259,6 +417,17 @@ impl UpdateSink for SessionUpdates {
                 tracing::debug!(%error, "resource update not delivered");
             }
         })
+    }
+}
+
+/// What the upstream gets when the client answered with an error (passed on
+/// as it is) or could not be asked.
+fn downstream_error(method: &str, error: ServiceError) -> ErrorData {
+    match error {
+        ServiceError::McpError(error) => error,
+        other => {
+            ErrorData::internal_error(format!("{method} did not reach the caller: {other}"), None)
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use crate::{
         retry::RetryPolicy,
     },
     outbound,
-    upstream::{Affinity, Caller, UpstreamError, UpstreamManager, spec::Isolation},
+    upstream::{Affinity, Caller, ClientInput, UpstreamError, UpstreamManager, spec::Isolation},
 };
 
 /// Whose connection a call uses on an isolated upstream: its legacy MCP
@@ -52,6 +52,8 @@ pub struct ToolCall {
     /// Who to relay what the upstream sends during the call to (progress,
     /// log messages); `None` for a caller nothing can be relayed to.
     pub caller: Option<Caller>,
+    /// A 2026-07-28 retry's answers to the upstream's input requests.
+    pub input: Option<ClientInput>,
 }
 
 /// Why a call did not produce a result. Each variant maps to one REST problem
@@ -260,7 +262,10 @@ impl Pipeline {
                     });
                 // An isolated server's answers depend on the caller's own
                 // connection: one caller's cached answer is not another's.
-                let ttl = crate::guard::cache_ttl(entry, trusted).filter(|_| !isolated);
+                // A retry with answers to the upstream's input requests is
+                // one step of a conversation: never a cache hit either.
+                let ttl = crate::guard::cache_ttl(entry, trusted)
+                    .filter(|_| !isolated && call.input.is_none());
                 let Some(ttl) = ttl else {
                     return self.call_upstream(entry, server, original, call).await;
                 };
@@ -370,6 +375,7 @@ impl Pipeline {
                     call.arguments.clone(),
                     call.caller.as_ref(),
                     &affinity,
+                    call.input.clone(),
                     remaining.min(timeout),
                     extend_until.map(|_| remaining),
                 )
@@ -395,7 +401,9 @@ impl Pipeline {
             // idempotent tools.
             let retryable = match &error {
                 UpstreamError::Unavailable { .. } => true,
-                UpstreamError::Unsupported { .. } | UpstreamError::Exhausted { .. } => false,
+                UpstreamError::Unsupported { .. }
+                | UpstreamError::Exhausted { .. }
+                | UpstreamError::InputRequired { .. } => false,
                 UpstreamError::ConnectionLost { .. }
                 | UpstreamError::Timeout { .. }
                 | UpstreamError::Protocol { .. } => idempotent,
@@ -534,6 +542,7 @@ fn counts_against_breaker(error: &UpstreamError) -> bool {
         UpstreamError::Rpc { error, .. } => error.code == rmcp::model::ErrorCode::INTERNAL_ERROR,
         // The gateway's own limit, not the server's health.
         UpstreamError::Exhausted { .. } => false,
+        UpstreamError::InputRequired { .. } => false,
         _ => true,
     }
 }

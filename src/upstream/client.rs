@@ -1,5 +1,7 @@
-//! The gateway's MCP client role toward one upstream: what it advertises, and
-//! what it does with the notifications the upstream sends.
+//! The gateway's MCP client role toward one upstream: what it advertises,
+//! what it does with the notifications the upstream sends, and where its
+//! server-to-client requests (sampling, elicitation, roots) go: to the
+//! downstream client whose call caused them, or back as an error.
 
 // Logging is deprecated by SEP-2577 but legacy upstreams still send it.
 #![allow(deprecated)]
@@ -11,16 +13,19 @@ use std::sync::{
 
 use futures::future::BoxFuture;
 use rmcp::{
-    ClientHandler, RoleClient,
+    ClientHandler, ErrorData, RoleClient,
     model::{
-        ClientCapabilities, ClientConfig, Implementation, LoggingLevel,
-        LoggingMessageNotificationParam, ResourceUpdatedNotificationParam,
+        ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
+        CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
+        ElicitResult, ElicitationCapability, ErrorCode, FormElicitationCapability, Implementation,
+        ListRootsRequest, ListRootsResult, LoggingLevel, LoggingMessageNotificationParam,
+        ResourceUpdatedNotificationParam, RootsCapabilities, SamplingCapability, ServerRequest,
     },
-    service::NotificationContext,
+    service::{InboundStreamOrigin, NotificationContext, RequestContext},
 };
 use tokio::sync::Notify;
 
-use super::watch::Watches;
+use super::{relay::Relays, watch::Watches};
 
 /// One progress update, in the caller's terms.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +46,74 @@ pub trait CallSink: Send + Sync {
     /// A log message of the upstream, its logger already prefixed with the
     /// server's name. The sink applies the caller's level.
     fn log(&self, message: LoggingMessageNotificationParam) -> BoxFuture<'static, ()>;
+    /// A request the upstream sent to its client (`sampling/createMessage`,
+    /// `elicitation/create`, `roots/list`) while serving this call: the
+    /// caller's answer, or the error the upstream gets back (the sink
+    /// refuses what its caller cannot take, such as a request for a
+    /// capability the caller did not declare).
+    /// The capabilities of the caller the gateway can serve for it: what a
+    /// 2026-07-28 upstream is told the client of this request declares, so
+    /// it asks (with `input_required`) only for what the caller can answer.
+    fn capabilities(&self) -> ClientCapabilities {
+        ClientCapabilities::default()
+    }
+    /// Whether the caller takes an `input_required` result itself (a
+    /// 2026-07-28 request) rather than being asked with requests.
+    fn takes_input_required(&self) -> bool {
+        false
+    }
+    fn client_request(
+        &self,
+        request: ServerRequest,
+    ) -> BoxFuture<'static, Result<ClientResult, ErrorData>> {
+        let _ = request;
+        Box::pin(std::future::ready(Err(not_relayed(
+            "the caller of this request cannot take server-to-client requests",
+        ))))
+    }
+}
+
+/// The answer to a server-to-client request the gateway cannot pass to a
+/// client that can take it: `-32601` (method not found), what a client
+/// without the capability answers.
+pub fn not_relayed(why: &str) -> ErrorData {
+    ErrorData::new(ErrorCode::METHOD_NOT_FOUND, why.to_owned(), None)
+}
+
+/// The capabilities the gateway declares to legacy upstreams: those it can
+/// relay to a caller. URL-mode elicitation is not among them: its
+/// `notifications/elicitation/complete` would have to be routed too. Roots
+/// are relayed on request, but `notifications/roots/list_changed` is not
+/// (no `listChanged`).
+pub fn relayed_capabilities() -> ClientCapabilities {
+    let mut elicitation = ElicitationCapability::new();
+    elicitation.form = Some(FormElicitationCapability::new());
+    let mut caps = ClientCapabilities::default();
+    caps.sampling = Some(SamplingCapability::default());
+    caps.elicitation = Some(elicitation);
+    caps.roots = Some(RootsCapabilities::default());
+    caps
+}
+
+/// Of a caller's declared capabilities, those the gateway relays.
+pub fn relayable(declared: &ClientCapabilities) -> ClientCapabilities {
+    let mut caps = ClientCapabilities::default();
+    let all = relayed_capabilities();
+    if declared.sampling.is_some() {
+        caps.sampling = all.sampling;
+    }
+    // Form mode only; an empty elicitation capability means form mode.
+    if declared
+        .elicitation
+        .as_ref()
+        .is_some_and(|e| e.form.is_some() || e.url.is_none())
+    {
+        caps.elicitation = all.elicitation;
+    }
+    if declared.roots.is_some() {
+        caps.roots = all.roots;
+    }
+    caps
 }
 
 /// Who is downstream of an upstream request: one legacy MCP session, or one
@@ -90,17 +163,96 @@ pub struct UpstreamClient {
     pub resync: Arc<Notify>,
     /// The downstream subscribers of this upstream's resources.
     pub watches: Arc<Watches>,
+    /// The requests in flight on this connection, with their callers.
+    pub relays: Relays,
+}
+
+impl UpstreamClient {
+    /// Passes a server-to-client request to the caller whose request caused
+    /// it, and brings back its answer. A request that cannot be tied to
+    /// exactly one caller is refused with `-32602`, as SEP-2260 tells a
+    /// client to answer a request associated with none of its own. It is
+    /// given up when the call it was made for ends (timeout, cancellation),
+    /// or when the upstream cancels it, so neither side waits forever.
+    async fn relay(
+        &self,
+        request: ServerRequest,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ClientResult, ErrorData> {
+        let method = method_of(&request);
+        let stream = context.extensions.get::<InboundStreamOrigin>();
+        let Some(owner) = self.relays.request_owner(stream) else {
+            tracing::debug!(server = %self.server, %method, "server-to-client request of no single caller refused");
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "{method} is not associated with exactly one request in flight from a \
+                     caller of the gateway"
+                ),
+                None,
+            ));
+        };
+        let Some(sink) = owner.sink().cloned() else {
+            return Err(not_relayed(
+                "the caller of this request cannot take server-to-client requests",
+            ));
+        };
+        tokio::select! {
+            answer = sink.client_request(request) => answer,
+            _ = owner.done().cancelled() => Err(ErrorData::internal_error(
+                format!("{method} abandoned: the request it was made for has ended"),
+                None,
+            )),
+            _ = context.ct.cancelled() => Err(ErrorData::internal_error(
+                format!("{method} cancelled by the server"),
+                None,
+            )),
+        }
+    }
 }
 
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
-        // Sampling, elicitation and roots are relayed to downstream callers
-        // only once "Protocol fidelity" routes server-to-client requests, so
-        // they are not advertised yet: an upstream must not rely on them.
+        // Each capability is only used for a caller that declared it too;
+        // the sink answers for the others (see `CallSink::client_request`).
         ClientConfig::new(
-            ClientCapabilities::default(),
+            relayed_capabilities(),
             Implementation::new("metamcp", env!("CARGO_PKG_VERSION")),
         )
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
+        match self.relay(request, context).await? {
+            ClientResult::CreateMessageResult(result) => Ok(*result),
+            _ => Err(wrong_answer("sampling/createMessage")),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        match self.relay(request, context).await? {
+            ClientResult::ElicitResult(result) => Ok(result),
+            _ => Err(wrong_answer("elicitation/create")),
+        }
+    }
+
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
+        match self.relay(request, context).await? {
+            ClientResult::ListRootsResult(result) => Ok(result),
+            _ => Err(wrong_answer("roots/list")),
+        }
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
@@ -142,6 +294,24 @@ impl ClientHandler for UpstreamClient {
             "upstream log message"
         );
     }
+}
+
+/// The wire name of a server-to-client request.
+pub fn method_of(request: &ServerRequest) -> &'static str {
+    match request {
+        ServerRequest::CreateMessageRequest(_) => "sampling/createMessage",
+        ServerRequest::ElicitRequest(_) => "elicitation/create",
+        ServerRequest::ListRootsRequest(_) => "roots/list",
+        ServerRequest::PingRequest(_) => "ping",
+        _ => "a custom request",
+    }
+}
+
+fn wrong_answer(method: &str) -> ErrorData {
+    ErrorData::internal_error(
+        format!("the client answered {method} with a result of another kind"),
+        None,
+    )
 }
 
 /// The log levels downstream callers want now, so the gateway can ask

@@ -202,8 +202,9 @@ impl Upstream {
             server: Arc::from(self.spec.name.as_str()),
             resync: resync.clone(),
             watches: self.watches.clone(),
+            relays: Relays::default(),
         };
-        let relays = Relays::default();
+        let relays = handler.relays.clone();
         let connected = tokio::select! {
             r = tokio::time::timeout(cx.connect_timeout, super::connect(self, cx, handler, relays.clone())) => match r {
                 Ok(r) => r,

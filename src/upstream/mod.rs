@@ -112,6 +112,16 @@ pub enum UpstreamError {
     Protocol { server: String, detail: String },
     #[error("server {server} does not support {what}")]
     Unsupported { server: String, what: String },
+    /// Not a failure: the server asks a 2026-07-28 caller for input
+    /// (`input_required`, SEP-2322). The front door hands the input requests
+    /// to its caller, with the server's state sealed, and the caller retries
+    /// with its answers. It travels as an error so the pipeline neither
+    /// caches nor retries it.
+    #[error("server {server} asks the caller for input")]
+    InputRequired {
+        server: String,
+        asked: Box<rmcp::model::InputRequiredResult>,
+    },
     /// An isolated server has its maximum of connections open, and this
     /// caller needs one more.
     #[error(
@@ -119,6 +129,19 @@ pub enum UpstreamError {
     )]
     Exhausted { server: String, limit: usize },
 }
+
+/// A 2026-07-28 caller's answers to an upstream's `input_required` result,
+/// for the retry: its `inputResponses` and the upstream's own
+/// `requestState` (already taken out of the gateway's sealed one).
+#[derive(Debug, Clone, Default)]
+pub struct ClientInput {
+    pub responses: Option<rmcp::model::InputResponses>,
+    pub state: Option<String>,
+}
+
+/// How many `input_required` rounds one call may take before the gateway
+/// gives up on a server that keeps asking.
+const MAX_INPUT_ROUNDS: usize = 8;
 
 /// A live connection to an upstream: a request handle shared by all callers.
 pub struct Connection {
@@ -266,31 +289,116 @@ impl Upstream {
     ///
     /// `timeout` bounds the wait for an answer; with `extend_until`, each
     /// progress notification restarts that wait, up to `extend_until` in all.
+    /// `input` is a 2026-07-28 caller's answers to the upstream's input
+    /// requests (a retry); an `input_required` answer goes back to such a
+    /// caller, and is answered by asking a legacy one.
+    // Each argument is its own concern, passed by the pipeline's one call
+    // site; a struct would only be unpacked again here.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call_tool(
         &self,
         name: &str,
         arguments: Option<JsonObject>,
         caller: Option<&Caller>,
         affinity: &Affinity,
+        input: Option<ClientInput>,
         timeout: Duration,
         extend_until: Option<Duration>,
     ) -> Result<CallToolResult, UpstreamError> {
         let mut params = CallToolRequestParams::new(name.to_owned());
         params.arguments = arguments;
-        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        let options = match extend_until {
-            Some(total) => PeerRequestOptions::with_timeout(timeout)
-                .reset_timeout_on_progress()
-                .with_max_total_timeout(total),
-            None => PeerRequestOptions::with_timeout(timeout),
+        if let Some(input) = input {
+            params.input_responses = input.responses;
+            params.request_state = input.state;
+        }
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
+            let options = match extend_until {
+                Some(total) => PeerRequestOptions::with_timeout(timeout)
+                    .reset_timeout_on_progress()
+                    .with_max_total_timeout(total),
+                None => PeerRequestOptions::with_timeout(timeout),
+            };
+            match self.request_as(affinity, request, caller, options).await? {
+                ServerResult::CallToolResult(result) => return Ok(result),
+                // A 2026-07-28 caller answers the input requests itself.
+                ServerResult::InputRequiredResult(asked)
+                    if caller.is_some_and(|c| c.sink.takes_input_required()) =>
+                {
+                    return Err(UpstreamError::InputRequired {
+                        server: self.spec.name.clone(),
+                        asked: Box::new(asked),
+                    });
+                }
+                ServerResult::InputRequiredResult(asked) => {
+                    let (responses, state) = self.ask_caller(asked, caller).await?;
+                    params.input_responses = Some(responses);
+                    params.request_state = state;
+                }
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        Err(self.too_many_rounds())
+    }
+
+    /// Answers an `input_required` result (2026-07-28 multi-round-trip
+    /// request) of this upstream by asking the caller each input request as
+    /// a real server-to-client request (the caller is a legacy session: a
+    /// 2026-07-28 caller declares no capability upstream, so it is never
+    /// asked for input). Returns the responses and the state to retry with.
+    async fn ask_caller(
+        &self,
+        asked: rmcp::model::InputRequiredResult,
+        caller: Option<&Caller>,
+    ) -> Result<(rmcp::model::InputResponses, Option<String>), UpstreamError> {
+        let refused = |detail: String| UpstreamError::Protocol {
+            server: self.spec.name.clone(),
+            detail,
         };
-        match self.request_as(affinity, request, caller, options).await? {
-            ServerResult::CallToolResult(result) => Ok(result),
-            ServerResult::InputRequiredResult(_) => Err(UpstreamError::Protocol {
-                server: self.spec.name.clone(),
-                detail: "the tool asked for client input (input_required), which this gateway does not relay yet".into(),
-            }),
-            other => Err(self.unexpected(&other)),
+        let Some(caller) = caller else {
+            return Err(refused(
+                "the server asked for client input (input_required), and this caller cannot be asked".into(),
+            ));
+        };
+        let mut responses = rmcp::model::InputResponses::new();
+        for (key, input) in asked.input_requests.unwrap_or_default() {
+            let request = match input {
+                rmcp::model::InputRequest::CreateMessage(r) => {
+                    rmcp::model::ServerRequest::CreateMessageRequest(r)
+                }
+                rmcp::model::InputRequest::Elicitation(r) => {
+                    rmcp::model::ServerRequest::ElicitRequest(r)
+                }
+                rmcp::model::InputRequest::ListRoots(r) => {
+                    rmcp::model::ServerRequest::ListRootsRequest(r)
+                }
+                other => {
+                    return Err(refused(format!(
+                        "the server asked for client input of an unknown kind: {}",
+                        serde_json::to_string(&other).unwrap_or_default()
+                    )));
+                }
+            };
+            let method = client::method_of(&request);
+            let answer = caller.sink.client_request(request).await.map_err(|error| {
+                refused(format!(
+                    "the server asked the caller for input ({method}), which it could not give: {}",
+                    error.message
+                ))
+            })?;
+            let answer = serde_json::to_value(&answer)
+                .map_err(|e| refused(format!("the caller's answer to {method}: {e}")))?;
+            responses.insert(key, answer);
+        }
+        Ok((responses, asked.request_state))
+    }
+
+    fn too_many_rounds(&self) -> UpstreamError {
+        UpstreamError::Protocol {
+            server: self.spec.name.clone(),
+            detail: format!(
+                "the server still asked for client input after {MAX_INPUT_ROUNDS} rounds"
+            ),
         }
     }
 
@@ -300,23 +408,44 @@ impl Upstream {
         arguments: Option<JsonObject>,
         caller: Option<&Caller>,
         affinity: &Affinity,
+        input: Option<ClientInput>,
         timeout: Duration,
     ) -> Result<GetPromptResult, UpstreamError> {
         let mut params = GetPromptRequestParams::new(name.to_owned());
         params.arguments = arguments;
-        let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
-        match self
-            .request_as(
-                affinity,
-                request,
-                caller,
-                PeerRequestOptions::with_timeout(timeout),
-            )
-            .await?
-        {
-            ServerResult::GetPromptResult(result) => Ok(result),
-            other => Err(self.unexpected(&other)),
+        if let Some(input) = input {
+            params.input_responses = input.responses;
+            params.request_state = input.state;
         }
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params.clone()));
+            match self
+                .request_as(
+                    affinity,
+                    request,
+                    caller,
+                    PeerRequestOptions::with_timeout(timeout),
+                )
+                .await?
+            {
+                ServerResult::GetPromptResult(result) => return Ok(result),
+                ServerResult::InputRequiredResult(asked)
+                    if caller.is_some_and(|c| c.sink.takes_input_required()) =>
+                {
+                    return Err(UpstreamError::InputRequired {
+                        server: self.spec.name.clone(),
+                        asked: Box::new(asked),
+                    });
+                }
+                ServerResult::InputRequiredResult(asked) => {
+                    let (responses, state) = self.ask_caller(asked, caller).await?;
+                    params.input_responses = Some(responses);
+                    params.request_state = state;
+                }
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        Err(self.too_many_rounds())
     }
 
     /// `completion/complete` on this upstream.
@@ -416,8 +545,16 @@ impl Upstream {
         conn: Arc<Connection>,
         mut request: ClientRequest,
         caller: Option<&Caller>,
-        options: PeerRequestOptions,
+        mut options: PeerRequestOptions,
     ) -> Result<ServerResult, UpstreamError> {
+        if conn.modern {
+            // 2026-07-28 requests declare their client's capabilities: the
+            // caller's, as far as the gateway can serve them, so the
+            // upstream asks for input only what this caller can answer.
+            let mut meta = rmcp::model::RequestMetaObject::new();
+            meta.set_client_capabilities(caller.map(|c| c.sink.capabilities()).unwrap_or_default());
+            options.meta = Some(meta);
+        }
         if let Some(level) = caller.and_then(|c| c.log_level) {
             if conn.modern {
                 // 2026-07-28: the level is the request's own; the upstream
@@ -432,6 +569,10 @@ impl Upstream {
         // in wire order and sent on by one task, so the caller gets it in
         // order, before the result.
         let (handle, mut queue) = RelayHandle::new(caller.map(|c| c.origin));
+        let handle = match caller {
+            Some(caller) => handle.with_sink(caller.sink.clone()),
+            None => handle,
+        };
         request.extensions_mut().insert(handle.clone());
         let forward = caller.map(|caller| {
             let sink = caller.sink.clone();
@@ -811,8 +952,9 @@ async fn supervise(upstream: Arc<Upstream>, cx: Context) {
             server: Arc::from(name.as_str()),
             resync: resync.clone(),
             watches: upstream.watches.clone(),
+            relays: Relays::default(),
         };
-        let relays = Relays::default();
+        let relays = handler.relays.clone();
         let connected = tokio::select! {
             r = tokio::time::timeout(cx.connect_timeout, connect(&upstream, &cx, handler, relays.clone())) => match r {
                 Ok(r) => r,

@@ -23,6 +23,11 @@
 //! guessed onto another caller's stream. The gateway's own requests (lists,
 //! pings, `logging/setLevel`, `subscriptions/listen`) carry no caller data
 //! and do not count.
+//!
+//! A server-to-client request (sampling, elicitation, roots) is attributed
+//! the same way, except where the transport tells which request's response
+//! stream it came on (Streamable HTTP, SEP-2260): then it belongs to that
+//! request's caller, or to nobody if that request is not a caller's.
 
 // Logging is deprecated by SEP-2577 but legacy upstreams still send it.
 #![allow(deprecated)]
@@ -30,6 +35,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::Mutex;
+use rmcp::service::InboundStreamOrigin;
 use rmcp::{
     RoleClient,
     model::{
@@ -39,8 +45,9 @@ use rmcp::{
     transport::Transport,
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use super::{Origin, Progress};
+use super::{CallSink, Origin, Progress};
 
 /// What the upstream sent for one request, in wire order.
 #[derive(Debug, Clone)]
@@ -56,6 +63,12 @@ pub struct RelayHandle {
     /// The downstream caller, or `None` for one nothing can be relayed to
     /// (a REST call).
     origin: Option<Origin>,
+    /// Where server-to-client requests made while serving the request go
+    /// (the caller's sink), if anywhere.
+    sink: Option<Arc<dyn CallSink>>,
+    /// Cancelled when the request is answered or abandoned: a
+    /// server-to-client request relayed for it is given up then.
+    done: CancellationToken,
 }
 
 impl RelayHandle {
@@ -65,8 +78,26 @@ impl RelayHandle {
         let handle = Self {
             queue: Arc::new(Mutex::new(Some(tx))),
             origin,
+            sink: None,
+            done: CancellationToken::new(),
         };
         (handle, rx)
+    }
+
+    /// Server-to-client requests made while serving the request go to `sink`.
+    pub fn with_sink(mut self, sink: Arc<dyn CallSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// The caller's sink, for a server-to-client request.
+    pub fn sink(&self) -> Option<&Arc<dyn CallSink>> {
+        self.sink.as_ref()
+    }
+
+    /// Cancelled once the request is answered or abandoned.
+    pub fn done(&self) -> &CancellationToken {
+        &self.done
     }
 
     fn push(&self, relayed: Relayed) {
@@ -78,6 +109,7 @@ impl RelayHandle {
     /// No more messages: the receiver drains what is queued, then ends.
     pub fn close(&self) {
         self.queue.lock().take();
+        self.done.cancel();
     }
 }
 
@@ -106,6 +138,23 @@ impl Relays {
 
     fn by_token(&self, token: &ProgressToken) -> Option<RelayHandle> {
         self.0.lock().by_token.get(token).cloned()
+    }
+
+    /// The caller a server-to-client request belongs to, if that can be
+    /// told: the caller of the request on whose response stream it came
+    /// (`stream`, when the transport says; a REST call is a caller too, one
+    /// that cannot be asked), else as for a log message.
+    pub fn request_owner(&self, stream: Option<&InboundStreamOrigin>) -> Option<RelayHandle> {
+        match stream {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => {
+                let t = self.0.lock();
+                t.in_flight
+                    .iter()
+                    .find(|(i, _)| i == id)
+                    .and_then(|(_, handle)| handle.clone())
+            }
+            _ => self.log_owner(),
+        }
     }
 
     /// The caller a log message arriving now belongs to, if that can be
@@ -264,6 +313,45 @@ mod tests {
         relays.finish(&id(1));
         // Nothing in flight: nobody's.
         assert!(relays.log_owner().is_none());
+    }
+
+    #[test]
+    fn a_request_on_a_calls_stream_belongs_to_that_calls_caller() {
+        let relays = Relays::default();
+        let (a, _qa) = RelayHandle::new(Some(Origin::next()));
+        let (b, _qb) = RelayHandle::new(Some(Origin::next()));
+        let b_origin = b.origin;
+        relays.sent(id(1), None, Some(a));
+        relays.sent(id(2), None, Some(b));
+        relays.sent(id(3), None, None);
+        let on = |n| InboundStreamOrigin::OutboundRequest(id(n));
+        // Two callers overlap, yet the stream tells whose it is.
+        assert_eq!(
+            relays.request_owner(Some(&on(2))).and_then(|h| h.origin),
+            b_origin
+        );
+        // The gateway's own request, or one no longer in flight: nobody's.
+        assert!(relays.request_owner(Some(&on(3))).is_none());
+        assert!(relays.request_owner(Some(&on(9))).is_none());
+        // No stream to tell by (the GET stream, stdio): as a log message.
+        assert!(
+            relays
+                .request_owner(Some(&InboundStreamOrigin::Unassociated))
+                .is_none()
+        );
+        assert!(relays.request_owner(None).is_none());
+        relays.finish(&id(1));
+        assert_eq!(relays.request_owner(None).and_then(|h| h.origin), b_origin);
+    }
+
+    #[test]
+    fn finishing_ends_what_was_relayed_for_the_request() {
+        let relays = Relays::default();
+        let (a, _q) = RelayHandle::new(Some(Origin::next()));
+        relays.sent(id(1), None, Some(a.clone()));
+        assert!(!a.done().is_cancelled());
+        relays.finish(&id(1));
+        assert!(a.done().is_cancelled());
     }
 
     #[test]

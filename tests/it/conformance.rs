@@ -60,30 +60,11 @@ const SUITE_2025_11_25: &[&str] = &[
     "dns-rebinding-protection",
 ];
 
-/// Why the gateway fails a scenario of the 2025-11-25 suite. Each is a relay
-/// the gateway does not have yet (the fixture passes every one of them when
-/// the suite talks to it directly).
-const EXPECTED_FAILURES_2025_11_25: &[(&str, &str)] = &[
-    (
-        "tools-call-sampling",
-        "server-to-client requests are not relayed: the gateway advertises no sampling \
-         capability upstream, and its 2026-07-28 upstream may only ask through an \
-         input_required result, which the gateway does not turn into a \
-         sampling/createMessage request to a legacy client",
-    ),
-    (
-        "tools-call-elicitation",
-        "elicitation/create is not relayed (as tools-call-sampling)",
-    ),
-    (
-        "elicitation-sep1034-defaults",
-        "elicitation/create is not relayed (as tools-call-sampling)",
-    ),
-    (
-        "elicitation-sep1330-enums",
-        "elicitation/create is not relayed (as tools-call-sampling)",
-    ),
-];
+/// Why the gateway fails a scenario of the 2025-11-25 suite: none now. The
+/// sampling and elicitation scenarios pass through a 2026-07-28 upstream
+/// (the fixture answers with `input_required`, which the gateway turns into
+/// real requests to the suite's legacy client).
+const EXPECTED_FAILURES_2025_11_25: &[(&str, &str)] = &[];
 
 /// The server scenarios `requirements/2026-07-28.yaml` requires.
 const REQUIRED_2026_07_28: &[&str] = &[
@@ -126,37 +107,14 @@ const REQUIRED_2026_07_28: &[&str] = &[
     "input-required-result-validate-input",
 ];
 
-/// The multi-round-trip (SEP-2322) scenarios call tools and a prompt that
-/// ask the client for input with an `input_required` result. The gateway
-/// does not pass `input_required` results through (it answers that the tool
-/// asked for input it cannot relay), so neither the fixture nor the gateway
-/// implements them yet.
-const MRTR: &str = "multi-round-trip requests are not relayed: the gateway does not pass an \
-     upstream's input_required result (with its requestState sealed in the gateway's own \
-     state) back to the client, so the fixture does not implement the scenario's \
-     test_input_required_result_* tools and prompt either";
-
 /// Why the gateway fails a scenario the 2026-07-28 revision requires.
-const EXPECTED_FAILURES_2026_07_28: &[(&str, &str)] = &[
-    (
-        "server-stateless",
-        "four checks need diagnostic tools (test_missing_capability, \
-         test_streaming_elicitation, test_logging_tool) that the fixture does not implement: \
-         they only mean something once the gateway forwards each caller's \
-         clientCapabilities to the upstream per request, and it calls upstreams with its \
-         own (empty) capabilities (it does forward the caller's logLevel)",
-    ),
-    ("input-required-result-basic-elicitation", MRTR),
-    ("input-required-result-basic-sampling", MRTR),
-    ("input-required-result-basic-list-roots", MRTR),
-    ("input-required-result-request-state", MRTR),
-    ("input-required-result-multiple-input-requests", MRTR),
-    ("input-required-result-multi-round", MRTR),
-    ("input-required-result-non-tool-request", MRTR),
-    ("input-required-result-result-type", MRTR),
-    ("input-required-result-tampered-state", MRTR),
-    ("input-required-result-capability-check", MRTR),
-];
+const EXPECTED_FAILURES_2026_07_28: &[(&str, &str)] = &[(
+    "server-stateless",
+    "four checks need diagnostic tools (test_missing_capability, \
+     test_streaming_elicitation, test_logging_tool) that the fixture does not implement \
+     (the gateway does pass each caller's clientCapabilities, as far as it can serve \
+     them, and its logLevel on to the upstream)",
+)];
 
 /// One scenario's outcome: the failed checks (id and message), none if it
 /// passed. Warnings and informational checks do not fail a scenario, as in

@@ -12,6 +12,7 @@ mod common;
 mod auth;
 mod catalog;
 mod cli;
+mod client_requests;
 mod conformance;
 mod core;
 mod hardening;

@@ -10,7 +10,11 @@ Usage:
 
 Commands:
     list-tools
-    call TOOL JSON_ARGS [--progress]
+    call TOOL JSON_ARGS [--progress] [--sample TEXT] [--elicit JSON] [--roots URI ...]
+        --sample / --elicit / --roots declare the sampling / elicitation / roots
+        capability and answer the server's requests (sampling: an assistant
+        message TEXT; elicitation: accept with content JSON; roots: URIs);
+        the requests received are reported in "asked" ({method, params})
     list-prompts
     get-prompt NAME JSON_ARGS
     list-resources
@@ -144,6 +148,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     elif args.command == "get-prompt":
         prompt_args = parse_json_object(args.json_args, "JSON_ARGS")
 
+    asked: list[dict[str, Any]] = []
+
+    async def on_sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        asked.append({"method": "sampling/createMessage", "params": dump(params)})
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text=args.sample),
+            model="metamcp-test-model",
+            stop_reason="endTurn",
+        )
+
+    async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append({"method": "elicitation/create", "params": dump(params)})
+        return types.ElicitResult(action="accept", content=json.loads(args.elicit))
+
+    async def on_roots(context: Any) -> types.ListRootsResult:
+        asked.append({"method": "roots/list", "params": None})
+        return types.ListRootsResult(roots=[types.Root(uri=uri) for uri in args.roots])
+
+    client_requests: dict[str, Any] = {}
+    if getattr(args, "sample", None) is not None:
+        client_requests["sampling_callback"] = on_sampling
+    if getattr(args, "elicit", None) is not None:
+        client_requests["elicitation_callback"] = on_elicit
+    if getattr(args, "roots", None):
+        client_requests["list_roots_callback"] = on_roots
+
     logs: list[dict[str, Any]] = []
     log_seen = anyio.Event()
     updates: list[str] = []
@@ -188,6 +219,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             message_handler=on_message,
             # Modern requests name their level; legacy ones use setLevel below.
             log_level=getattr(args, "level", None) if args.mode == "modern" else None,
+            **client_requests,
         )
         async with client:
             if args.mode == "modern":
@@ -227,6 +259,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 out["content"] = dump(list(result.content))
                 out["structuredContent"] = result.structured_content
                 out["progress"] = progress
+                out["asked"] = asked
 
             elif args.command == "list-prompts":
                 out.update(dump(await client.list_prompts()))
@@ -312,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("tool")
     c.add_argument("json_args", nargs="?", default="{}")
     c.add_argument("--progress", action="store_true", help="request progress notifications and report them")
+    c.add_argument("--sample", help="answer sampling/createMessage with this assistant text")
+    c.add_argument("--elicit", help="accept elicitation/create with this JSON content")
+    c.add_argument("--roots", nargs="+", help="answer roots/list with these URIs")
     sub.add_parser("list-prompts")
     g = sub.add_parser("get-prompt")
     g.add_argument("name")
