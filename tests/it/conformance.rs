@@ -107,14 +107,10 @@ const REQUIRED_2026_07_28: &[&str] = &[
     "input-required-result-validate-input",
 ];
 
-/// Why the gateway fails a scenario the 2026-07-28 revision requires.
-const EXPECTED_FAILURES_2026_07_28: &[(&str, &str)] = &[(
-    "server-stateless",
-    "four checks need diagnostic tools (test_missing_capability, \
-     test_streaming_elicitation, test_logging_tool) that the fixture does not implement \
-     (the gateway does pass each caller's clientCapabilities, as far as it can serve \
-     them, and its logLevel on to the upstream)",
-)];
+/// Why the gateway fails a scenario the 2026-07-28 revision requires: none
+/// today (`server-stateless`'s diagnostic tools are the fixture's, and the
+/// gateway passes each caller's clientCapabilities and logLevel on to it).
+const EXPECTED_FAILURES_2026_07_28: &[(&str, &str)] = &[];
 
 /// One scenario's outcome: the failed checks (id and message), none if it
 /// passed. Warnings and informational checks do not fail a scenario, as in
