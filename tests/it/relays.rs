@@ -894,3 +894,41 @@ async fn metamcp_stdio_relays_log_levels_and_subscriptions() {
     wait_upstream_subscriptions(&admin, "fx", &[]).await;
     admin.close().await;
 }
+
+/// A real client hears `notifications/tools/list_changed` once an upstream's
+/// tool set changed and the catalog re-synced: a legacy client on its
+/// session's GET stream, a 2026-07-28 client through `subscriptions/listen`;
+/// its next `tools/list` shows the change.
+#[tokio::test]
+async fn the_python_sdk_hears_list_changed_after_an_upstreams_tools_change() {
+    let test = "the_python_sdk_hears_list_changed_after_an_upstreams_tools_change";
+    let Some(python) = common::external("METAMCP_TEST_PYTHON", test) else {
+        return;
+    };
+    for mode in ["legacy", "modern"] {
+        // A fresh upstream each time: `mutate` changes its tools only once.
+        let gw = gateway_with_one_era("relay-py-changed", false).await;
+        let (code, out) = py(
+            &python,
+            &gw.mcp_url(),
+            mode,
+            &["tools-changed", "--trigger", "fx__mutate"],
+        )
+        .await;
+        assert_eq!(code, 0, "{mode} client: {out}\n{}", gw.log_text());
+        assert_eq!(out["changed"], true, "{mode}: {out}");
+        let tools = out["tools"].as_array().expect("tools listed again");
+        // The changed `echo` is either shown with its new definition or held
+        // back for approval (pinning); the old one is gone either way.
+        assert!(
+            !tools
+                .iter()
+                .any(|t| t["description"] == "Return the message unchanged"),
+            "{mode}: {out}"
+        );
+        assert!(
+            tools.iter().any(|t| t["name"] == "fx__mutate"),
+            "{mode}: {out}"
+        );
+    }
+}

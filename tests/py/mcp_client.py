@@ -29,6 +29,11 @@ Commands:
         subscriptions/listen stream), calls TOOL, and waits for
         notifications/resources/updated of URI; --unsubscribe then
         unsubscribes (legacy)
+    tools-changed --trigger TOOL [--trigger-args JSON]
+        listens for notifications/tools/list_changed (legacy: on the session's
+        GET stream; modern: a subscriptions/listen stream asking for it),
+        calls TOOL, waits for the notification, then lists the tools again
+        and reports them in "tools"
 
 Modes:
     legacy  2025-11-25 `initialize` handshake (stateful, Mcp-Session-Id).
@@ -62,6 +67,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ToolsListChanged
 from mcp_types.version import LATEST_MODERN_VERSION, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
@@ -179,6 +185,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log_seen = anyio.Event()
     updates: list[str] = []
     update_seen = anyio.Event()
+    tools_changed = anyio.Event()
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         logs.append(dump(params))
@@ -190,6 +197,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def on_message(message: Any) -> None:
         # Modern clients read updates off their listen stream (below), which
         # the SDK also hands to this handler.
+        if args.mode != "modern" and isinstance(message, types.ToolListChangedNotification):
+            tools_changed.set()
         if args.mode != "modern" and isinstance(message, types.ResourceUpdatedNotification):
             updates.append(message.params.uri)
             if args.command == "watch" and message.params.uri == args.uri:
@@ -307,6 +316,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await client.unsubscribe_resource(args.uri)
                 out["updated"] = updates
 
+            elif args.command == "tools-changed":
+                trigger_args = parse_json_object(args.trigger_args, "--trigger-args")
+                if args.mode == "modern":
+                    async with client.listen(tools_list_changed=True) as sub:
+                        await client.call_tool(args.trigger, trigger_args)
+                        with anyio.fail_after(args.timeout):
+                            async for event in sub:
+                                if isinstance(event, ToolsListChanged):
+                                    break
+                else:
+                    await client.call_tool(args.trigger, trigger_args)
+                    with anyio.fail_after(args.timeout):
+                        await tools_changed.wait()
+                out["changed"] = True
+                page = await client.list_tools()
+                out["tools"] = [{"name": t.name, "description": t.description} for t in page.tools]
+
             else:  # pragma: no cover - argparse rejects unknown commands
                 raise UsageError(f"unknown command {args.command!r}")
 
@@ -367,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--trigger", required=True, help="tool to call once subscribed")
     w.add_argument("--trigger-args", default="{}")
     w.add_argument("--unsubscribe", action="store_true")
+    tc = sub.add_parser("tools-changed")
+    tc.add_argument("--trigger", required=True, help="tool to call once listening")
+    tc.add_argument("--trigger-args", default="{}")
     return p
 
 
