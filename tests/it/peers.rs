@@ -858,4 +858,20 @@ async fn completions_are_routed_to_the_prompt_owner() {
     )
     .await;
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+    // The same through a real client, in both eras.
+    if let Some(python) = common::external(
+        "METAMCP_TEST_PYTHON",
+        "completions_are_routed_to_the_prompt_owner",
+    ) {
+        for (code, out) in py_both(
+            &python,
+            &gw.mcp_url(),
+            &["complete", "ev__completable-prompt", "department", "E"],
+        )
+        .await
+        {
+            assert_eq!(code, 0, "{out}");
+            assert_eq!(out["values"], json!(["Engineering"]), "{out}");
+        }
+    }
 }

@@ -29,6 +29,8 @@ Commands:
         subscriptions/listen stream), calls TOOL, and waits for
         notifications/resources/updated of URI; --unsubscribe then
         unsubscribes (legacy)
+    complete PROMPT ARGUMENT VALUE
+        completion/complete for an argument of a prompt; reports "values"
     tools-changed --trigger TOOL [--trigger-args JSON]
         listens for notifications/tools/list_changed (legacy: on the session's
         GET stream; modern: a subscriptions/listen stream asking for it),
@@ -316,6 +318,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await client.unsubscribe_resource(args.uri)
                 out["updated"] = updates
 
+            elif args.command == "complete":
+                done = await client.complete(
+                    types.PromptReference(type="ref/prompt", name=args.prompt),
+                    {"name": args.argument, "value": args.value},
+                )
+                out["values"] = list(done.completion.values)
+
             elif args.command == "tools-changed":
                 trigger_args = parse_json_object(args.trigger_args, "--trigger-args")
                 if args.mode == "modern":
@@ -393,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--trigger", required=True, help="tool to call once subscribed")
     w.add_argument("--trigger-args", default="{}")
     w.add_argument("--unsubscribe", action="store_true")
+    cp = sub.add_parser("complete")
+    cp.add_argument("prompt")
+    cp.add_argument("argument")
+    cp.add_argument("value")
     tc = sub.add_parser("tools-changed")
     tc.add_argument("--trigger", required=True, help="tool to call once listening")
     tc.add_argument("--trigger-args", default="{}")
