@@ -35,20 +35,8 @@ use rmcp::{
 };
 use serde_json::{Value, json};
 
+use crate::common::python_mode as py;
 use crate::common::{self, Gateway, Options, fixture_bin, marker};
-
-/// The Python SDK client against the gateway (on the blocking pool).
-async fn py(python: &Path, url: &str, mode: &str, args: &[&str]) -> (i32, Value) {
-    let python = python.to_path_buf();
-    let mut argv: Vec<String> = vec!["--url".into(), url.into(), "--mode".into(), mode.into()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        common::python_client(&python, &argv)
-    })
-    .await
-    .expect("python client task")
-}
 
 /// Everything the Python client printed, as one string to search.
 fn text_of(out: &Value) -> String {

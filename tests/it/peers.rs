@@ -8,24 +8,11 @@ use std::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::common::python_mode as py;
 use crate::common::{self, Gateway, Options, texts};
 
 const LEGACY: &str = "2025-11-25";
 const MODERN: &str = "2026-07-28";
-
-/// The Python SDK client against `url` in `mode` ("legacy" or "modern"), run
-/// on the blocking pool so that several can run at once.
-async fn py(python: &Path, url: &str, mode: &str, args: &[&str]) -> (i32, Value) {
-    let python = python.to_path_buf();
-    let mut argv: Vec<String> = vec!["--url".into(), url.into(), "--mode".into(), mode.into()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        common::python_client(&python, &argv)
-    })
-    .await
-    .expect("python client task")
-}
 
 /// The same client command in both eras at once; checks each answer names
 /// its era's protocol version, and returns (legacy, modern).

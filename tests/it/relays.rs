@@ -13,7 +13,7 @@
 // legacy sessions speak.
 #![allow(deprecated)]
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use rmcp::{
     RoleClient, ServiceExt,
@@ -30,6 +30,7 @@ use rmcp::{
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::common::python_mode as py;
 use crate::common::{self, Gateway, Options, fixture_bin, fixture_stdio, marker, texts};
 
 /// A notification a session received, in wire order.
@@ -656,19 +657,6 @@ async fn a_hidden_resource_answers_subscribe_like_a_missing_one() {
         .expect("admin subscribes");
     session.close().await;
     admin.close().await;
-}
-
-/// The Python SDK client against the gateway (on the blocking pool).
-async fn py(python: &Path, url: &str, mode: &str, args: &[&str]) -> (i32, Value) {
-    let python = python.to_path_buf();
-    let mut argv: Vec<String> = vec!["--url".into(), url.into(), "--mode".into(), mode.into()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        common::python_client(&python, &argv)
-    })
-    .await
-    .expect("python client task")
 }
 
 #[tokio::test]

@@ -445,6 +445,20 @@ pub fn python_client(python: &Path, args: &[&str]) -> (i32, Value) {
     python_client_with(python, auth.as_deref(), args)
 }
 
+/// The Python SDK client against `url` in `mode` (legacy, modern, auto),
+/// on the blocking pool so the gateway's test runtime keeps running.
+pub async fn python_mode(python: &Path, url: &str, mode: &str, args: &[&str]) -> (i32, Value) {
+    let python = python.to_path_buf();
+    let mut argv: Vec<String> = vec!["--url".into(), url.into(), "--mode".into(), mode.into()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        python_client(&python, &argv)
+    })
+    .await
+    .expect("python client task")
+}
+
 /// Runs the Python SDK client with an `Authorization` header (or none).
 pub fn python_client_with(
     python: &Path,
