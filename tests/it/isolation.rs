@@ -143,6 +143,20 @@ async fn wait_processes(marker: &str, n: usize) -> usize {
     }
 }
 
+/// Waits (up to 15 s) until server `fx` reports `n` isolated connections;
+/// returns the last count seen.
+async fn wait_isolated_connections(gw: &Gateway, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, server) = gw.get("/api/v1/servers/fx").await;
+        let found = server["isolated_connections"].as_u64().unwrap_or(u64::MAX);
+        if found == n || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn user_token(gw: &Gateway, username: &str) -> String {
     let password = format!("{username}-password-123");
     let (code, body) = gw
@@ -271,9 +285,12 @@ async fn the_connection_limit_answers_an_error_at_once() {
         "{problem}"
     );
     assert_eq!(problem["max_connections"], 1, "{problem}");
-    // Once a's session ends, b gets its connection.
+    // Once a's session ends, b gets its connection. The slot is counted
+    // until the gateway has reaped a's process and forgotten the connection
+    // (just after the process is gone), which it reports on the server.
     a.close().await;
     assert_eq!(wait_processes(&m, 1).await, 1, "{:?}", processes_with(&m));
+    assert_eq!(wait_isolated_connections(&gw, 0).await, 0);
     assert_eq!(b.count().await, 1);
 }
 
