@@ -21,14 +21,21 @@ impl Default for CursorSealer {
     fn default() -> Self {
         // A random key per process: a cursor is good on the replica that
         // issued it (the identity issue brings a shared secret key).
-        let mut key = [0u8; 32];
-        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        Self { key }
+        Self { key: process_key() }
     }
 }
 
-fn now() -> u64 {
+/// A random 256-bit key, new with every process: for what the gateway seals
+/// for its own clients to hand back (cursors, request states).
+pub(super) fn process_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key
+}
+
+/// Seconds since the Unix epoch, for expiry stamps.
+pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

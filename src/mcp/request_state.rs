@@ -12,7 +12,7 @@
 //! The state is integrity-protected, not encrypted: the caller could read
 //! the upstream's state anyway when talking to the upstream directly.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
@@ -20,6 +20,7 @@ use rmcp::model::JsonObject;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::cursor::now;
 use crate::auth::Principal;
 
 /// How long a caller has to answer the input requests and retry.
@@ -65,18 +66,10 @@ impl Default for StateSealer {
         // A random key per process, as for cursors: a state is good on the
         // replica that issued it (a parked multi-round-trip call needs
         // load-balancer affinity anyway, see DESIGN.md).
-        let mut key = [0u8; 32];
-        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        Self { key }
+        Self {
+            key: super::cursor::process_key(),
+        }
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 fn digest(arguments: Option<&JsonObject>) -> String {
