@@ -6,10 +6,7 @@ use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Instant};
 use axum::{Router, extract::DefaultBodyLimit, middleware};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::{
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::{DefaultOnResponse, TraceLayer},
-};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::{
     auth::DEFAULT_TENANT,
@@ -379,19 +376,23 @@ impl App {
                 security,
                 crate::http_hardening::security_headers,
             ))
+            // Handlers in other tasks (MCP) nest their spans under the
+            // request's span, so their log lines carry its id too.
+            .layer(middleware::from_fn(crate::telemetry::trace::keep_request_span))
             .layer(
                 TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                     let id = req
                         .headers()
-                        .get("x-request-id")
+                        .get(crate::telemetry::request_id::HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default();
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, otel.kind = "server");
+                    crate::telemetry::trace::adopt_remote_parent(&span, req.headers());
+                    span
                 })
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
             )
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(middleware::from_fn(crate::telemetry::request_id::assign))
     }
 
     /// Serves until the shutdown token is cancelled, then drains requests in

@@ -86,6 +86,42 @@ pub struct OutboundSettings {
     pub max_response_bytes: usize,
 }
 
+/// The OTLP/HTTP traces URL of `value`: as given when `base` is false (or
+/// when it already ends in `/v1/traces`), else with `/v1/traces` appended,
+/// as the OpenTelemetry SDKs do with `OTEL_EXPORTER_OTLP_ENDPOINT`.
+fn otlp_url(value: &str, base: bool) -> Result<String, String> {
+    let value = value.trim();
+    let url = url::Url::parse(value).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("expected an http or https URL (OTLP over HTTP)".into());
+    }
+    if !base || url.path().ends_with("/v1/traces") {
+        return Ok(value.to_owned());
+    }
+    Ok(format!("{}/v1/traces", value.trim_end_matches('/')))
+}
+
+/// Where traces go (see [`crate::telemetry::trace`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtelSettings {
+    /// The OTLP/HTTP traces URL (`.../v1/traces`); `None`: no traces.
+    pub endpoint: Option<String>,
+    pub service_name: String,
+    /// Share of the traces the gateway starts that are recorded; a caller's
+    /// sampling decision (its `traceparent` flags) is always followed.
+    pub sample_ratio: f64,
+}
+
+impl Default for OtelSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            service_name: "metamcp".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
 /// Every setting of the gateway.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -95,6 +131,9 @@ pub struct Settings {
     pub database_url: String,
     pub logging_level: String,
     pub log_format: LogFormat,
+    /// Tool arguments in the log (debug level); off: they never appear.
+    pub log_tool_arguments: bool,
+    pub otel: OtelSettings,
     pub data_dir: PathBuf,
     pub config_file: Option<PathBuf>,
     pub public_url: Option<url::Url>,
@@ -256,6 +295,8 @@ impl Default for Settings {
             database_url: String::new(),
             logging_level: "info".into(),
             log_format: LogFormat::Pretty,
+            log_tool_arguments: false,
+            otel: OtelSettings::default(),
             data_dir: PathBuf::from("./data"),
             config_file: None,
             public_url: None,
@@ -319,6 +360,10 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_DATABASE_URL",
     "META_MCP_LOGGING_LEVEL",
     "META_MCP_LOG_FORMAT",
+    "META_MCP_LOG_TOOL_ARGUMENTS",
+    "META_MCP_OTEL_ENDPOINT",
+    "META_MCP_OTEL_SERVICE_NAME",
+    "META_MCP_OTEL_SAMPLE_RATIO",
     "META_MCP_DATA_DIR",
     "META_MCP_CONFIG",
     "META_MCP_PUBLIC_URL",
@@ -422,6 +467,12 @@ impl Settings {
             }
             settings.apply(name, &key, value)?;
         }
+        let service_named = env.contains_key("META_MCP_OTEL_SERVICE_NAME")
+            || settings
+                .file_settings
+                .iter()
+                .any(|(k, _)| k == "otel_service_name");
+        settings.otel_from_standard_variables(lookup, service_named)?;
         if settings.database_url.is_empty() {
             settings.database_url = format!(
                 "sqlite://{}",
@@ -475,6 +526,35 @@ impl Settings {
             ));
         }
         Ok(settings)
+    }
+
+    /// The OpenTelemetry variables every SDK reads, for what the
+    /// `META_MCP_OTEL_*` settings left unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+    /// (the traces URL as is), `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL)
+    /// and `OTEL_SERVICE_NAME`.
+    fn otel_from_standard_variables(
+        &mut self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        service_named: bool,
+    ) -> Result<(), SettingError> {
+        let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        if self.otel.endpoint.is_none() {
+            if let Some(url) = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+                self.otel.endpoint = Some(
+                    otlp_url(&url, false)
+                        .map_err(|r| SettingError::new("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", r))?,
+                );
+            } else if let Some(url) = set("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                self.otel.endpoint = Some(
+                    otlp_url(&url, true)
+                        .map_err(|r| SettingError::new("OTEL_EXPORTER_OTLP_ENDPOINT", r))?,
+                );
+            }
+        }
+        if !service_named && let Some(name) = set("OTEL_SERVICE_NAME") {
+            self.otel.service_name = name.trim().to_owned();
+        }
+        Ok(())
     }
 
     /// The folder the local embedding model is loaded from (and fetched to).
@@ -553,6 +633,24 @@ impl Settings {
                 }
             }
             "data_dir" => self.data_dir = PathBuf::from(value.trim()),
+            "log_tool_arguments" => self.log_tool_arguments = parse_bool(value).map_err(err)?,
+            "otel_endpoint" if value.trim().is_empty() => self.otel.endpoint = None,
+            "otel_endpoint" => self.otel.endpoint = Some(otlp_url(value, true).map_err(err)?),
+            "otel_service_name" => {
+                let name = value.trim();
+                if name.is_empty() {
+                    return Err(err("must not be empty".into()));
+                }
+                self.otel.service_name = name.to_owned();
+            }
+            "otel_sample_ratio" => {
+                self.otel.sample_ratio = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| err(format!("expected 0.0 to 1.0, got {value:?}")))?
+            }
             "public_url" => {
                 let url = url::Url::parse(value.trim())
                     .map_err(|e| err(format!("not a URL ({e}): {value:?}")))?;
@@ -1125,6 +1223,67 @@ mod tests {
             s.apply(k, k, v).unwrap();
         }
         assert_eq!(s.oauth_issuers.len(), 2);
+    }
+
+    #[test]
+    fn traces_endpoint_from_our_setting_or_the_standard_variables() {
+        let none = Settings::load_from(&env(&[]), None, &|_| None).unwrap();
+        assert_eq!(none.otel, OtelSettings::default());
+        assert!(!none.log_tool_arguments);
+        // The standard variables: a base URL gets the traces path, the
+        // traces variable is taken as is and wins.
+        let standard = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318/".to_owned()),
+            "OTEL_SERVICE_NAME" => Some("gw-eu".to_owned()),
+            _ => None,
+        };
+        let s = Settings::load_from(&env(&[]), None, &standard).unwrap();
+        assert_eq!(
+            s.otel.endpoint.as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(s.otel.service_name, "gw-eu");
+        let traces = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some("http://t:9/custom".to_owned()),
+            other => standard(other),
+        };
+        let s = Settings::load_from(&env(&[]), None, &traces).unwrap();
+        assert_eq!(s.otel.endpoint.as_deref(), Some("http://t:9/custom"));
+        // Ours win over both.
+        let s = Settings::load_from(
+            &env(&[
+                ("META_MCP_OTEL_ENDPOINT", "https://otel.example/v1/traces"),
+                ("META_MCP_OTEL_SERVICE_NAME", "gw"),
+                ("META_MCP_OTEL_SAMPLE_RATIO", "0.25"),
+                ("META_MCP_LOG_TOOL_ARGUMENTS", "true"),
+            ]),
+            None,
+            &traces,
+        )
+        .unwrap();
+        assert_eq!(
+            s.otel,
+            OtelSettings {
+                endpoint: Some("https://otel.example/v1/traces".into()),
+                service_name: "gw".into(),
+                sample_ratio: 0.25,
+            }
+        );
+        assert!(s.log_tool_arguments);
+        for (name, bad) in [
+            ("META_MCP_OTEL_ENDPOINT", "grpc://collector:4317"),
+            ("META_MCP_OTEL_ENDPOINT", "not a url"),
+            ("META_MCP_OTEL_SAMPLE_RATIO", "1.5"),
+            ("META_MCP_OTEL_SERVICE_NAME", " "),
+        ] {
+            let e = Settings::load_from(&env(&[(name, bad)]), None, &|_| None).unwrap_err();
+            assert_eq!(e.name, name);
+        }
+        let e = Settings::load_from(&env(&[]), None, &|name| {
+            (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "ftp://x".to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(e.name, "OTEL_EXPORTER_OTLP_ENDPOINT");
     }
 
     #[test]

@@ -132,7 +132,14 @@ fn main() -> std::process::ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            metamcp::telemetry::init(&settings);
+            // Kept to the end: dropping it flushes the traces still batched.
+            let _telemetry = match metamcp::telemetry::init(&settings) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("metamcp: cannot export traces: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
             let runtime = match runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
                 Ok(r) => r,
                 Err(code) => return code,

@@ -256,7 +256,11 @@ pub async fn authenticate(
             .then(|| state.identity.anonymous_loopback())
             .flatten()
     };
-    let authenticated = principal_of(&state, request.headers(), &path).await;
+    let authenticated = tracing::Instrument::instrument(
+        principal_of(&state, request.headers(), &path),
+        tracing::debug_span!("auth"),
+    )
+    .await;
     if authenticated.is_err() {
         state.identity.metrics.auth("credentials_rejected");
     }

@@ -219,6 +219,8 @@ fn tool_definitions(mutated: bool) -> Vec<Tool> {
          "inputSchema": {"type": "object", "required": [], "properties": {}}},
         {"name": "subscriptions", "description": "The resource URIs subscribed to now (resources/subscribe and subscriptions/listen), sorted",
          "inputSchema": {"type": "object", "required": [], "properties": {}}},
+        {"name": "trace_context", "description": "The W3C trace context this call came with: traceparent and tracestate of its _meta and of the HTTP request that carried it (null when absent)",
+         "inputSchema": {"type": "object", "required": [], "properties": {}}},
         {"name": "touch", "description": "Tell the subscribers of uri that it was updated",
          "inputSchema": {"type": "object", "required": ["uri"],
                          "properties": {"uri": {"type": "string"}}}},
@@ -515,6 +517,31 @@ impl ServerHandler for Fixture {
                 Ok(text_result(value))
             }
             "count_calls" => Ok(text_result(served.to_string())),
+            "trace_context" => {
+                let headers = context
+                    .extensions
+                    .get::<http::request::Parts>()
+                    .map(|parts| &parts.headers);
+                let header = |name: &str| {
+                    headers
+                        .and_then(|h| h.get(name))
+                        .and_then(|v| v.to_str().ok())
+                };
+                let report = json!({
+                    "meta": {
+                        "traceparent": context.meta.get_traceparent(),
+                        "tracestate": context.meta.get_tracestate(),
+                    },
+                    "header": {
+                        "traceparent": header("traceparent"),
+                        "tracestate": header("tracestate"),
+                    },
+                });
+                let mut result =
+                    CallToolResult::success(vec![ContentBlock::text(report.to_string())]);
+                result.structured_content = Some(report);
+                Ok(result.into())
+            }
             "flaky" => {
                 let FlakyArgs { key, failures } = parse(args)?;
                 let attempt = {

@@ -705,8 +705,12 @@ impl ServerHandler for Gateway {
             caller: Some(caller),
             input,
         };
+        // Its log lines carry the HTTP request's id; its trace is the
+        // caller's when the request's `_meta` names one.
+        let span = crate::telemetry::trace::mcp_span("tools/call", &context);
         let outcome = tokio::select! {
-            outcome = self.state.pipeline.call(call) => outcome,
+            // The call's span is made when `call` is called: inside `span`.
+            outcome = tracing::Instrument::instrument(async { self.state.pipeline.call(call).await }, span) => outcome,
             // Dropping the pipeline future cancels the upstream request too.
             _ = context.ct.cancelled() => {
                 return Err(McpError::internal_error("request cancelled", None));

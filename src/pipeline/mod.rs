@@ -15,6 +15,7 @@ use std::{
 
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::{
     auth::Principal,
@@ -167,25 +168,36 @@ const MAX_REPORTED_ERRORS: usize = 8;
 
 impl Pipeline {
     /// Runs one call through every stage.
-    #[tracing::instrument(name = "tool_call", skip_all, fields(tool = %call.name, user = %call.principal.user_id))]
+    ///
+    /// Each stage is a span of its own (DEBUG: exported as part of the
+    /// trace, but not created at all at the default log level when no
+    /// exporter wants them); arguments never go into a span or a log line
+    /// unless the operator turned `META_MCP_LOG_TOOL_ARGUMENTS` on.
+    #[tracing::instrument(name = "tool_call", skip_all, fields(tool = %call.name, user = %call.principal.user_id, outcome = tracing::field::Empty))]
     pub async fn call(&self, call: ToolCall) -> Result<Called, CallError> {
         let _running = self.in_flight.enter();
         let started = Instant::now();
+        if crate::telemetry::arguments_logged() {
+            let arguments = Value::Object(call.arguments.clone().unwrap_or_default());
+            tracing::debug!(%arguments, "tool call arguments");
+        }
         // catalog + policy: only the caller's tenant's catalog is looked
         // in; a tool the principal may not see is unknown, and so is one
         // outside the profile the call came through.
-        let snapshot = self.catalog.snapshot(&call.principal.tenant_id);
-        let entry = match &call.profile {
-            Some(profile) => snapshot
-                .profiles
-                .get(profile)
-                .and_then(|view| view.tool(&call.name))
-                .map(|t| &t.entry),
-            None => snapshot.tool(&call.name),
-        }
-        .filter(|t| policy::may_see(&call.principal, t))
-        .cloned()
-        .ok_or_else(|| CallError::UnknownTool(call.name.clone()))?;
+        let entry = tracing::debug_span!("catalog").in_scope(|| {
+            let snapshot = self.catalog.snapshot(&call.principal.tenant_id);
+            match &call.profile {
+                Some(profile) => snapshot
+                    .profiles
+                    .get(profile)
+                    .and_then(|view| view.tool(&call.name))
+                    .map(|t| &t.entry),
+                None => snapshot.tool(&call.name),
+            }
+            .filter(|t| policy::may_see(&call.principal, t))
+            .cloned()
+            .ok_or_else(|| CallError::UnknownTool(call.name.clone()))
+        })?;
         let result = self.call_entry(&entry, call).await;
         let server = entry.server().unwrap_or_default().to_owned();
         let outcome = match &result {
@@ -197,6 +209,12 @@ impl Pipeline {
             ) => "upstream_error",
             Err(_) => "rejected",
         };
+        tracing::Span::current().record("outcome", outcome);
+        tracing::debug!(
+            outcome,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "tool call finished"
+        );
         if let Err(CallError::RateLimited { scope, .. }) = &result {
             self.metrics
                 .rate_limited
@@ -244,11 +262,11 @@ impl Pipeline {
                 reason: reason.replace("{name}", &entry.public_name),
             });
         }
-        policy::authorize(&call.principal, entry)?;
-        validate(entry, call.arguments.as_ref())?;
+        tracing::debug_span!("policy").in_scope(|| policy::authorize(&call.principal, entry))?;
+        tracing::debug_span!("validate").in_scope(|| validate(entry, call.arguments.as_ref()))?;
         // guard: rate limits (breakers and concurrency apply per attempt).
-        self.guard
-            .admit(&call.principal, entry)
+        tracing::debug_span!("guard")
+            .in_scope(|| self.guard.admit(&call.principal, entry))
             .map_err(|(scope, retry_after)| CallError::RateLimited { scope, retry_after })?;
         match &entry.target {
             Target::Upstream { server, original } => {
@@ -274,9 +292,11 @@ impl Pipeline {
                     self.cache
                         .key(&call.principal, &format!("{server}/{original}"), &arguments);
                 let results = crate::metrics::CacheLabels { cache: "results" };
-                if let Some(json) = self.cache.get(&key).await
+                let lookup = tracing::debug_span!("cache", hit = false);
+                if let Some(json) = self.cache.get(&key).instrument(lookup.clone()).await
                     && let Ok(result) = serde_json::from_str::<CallToolResult>(&json)
                 {
+                    lookup.record("hit", true);
                     self.metrics.cache_hits.get_or_create(&results).inc();
                     return Ok(Called {
                         result,
@@ -309,6 +329,7 @@ impl Pipeline {
 
     /// The upstream call: breaker, concurrency limit, timeout, and retries
     /// with backoff where they are safe, all within one deadline.
+    #[tracing::instrument(name = "upstream", level = "debug", skip_all, fields(server = %server, tool = %original, otel.kind = "client"))]
     async fn call_upstream(
         &self,
         entry: &ToolEntry,
@@ -447,6 +468,7 @@ impl Pipeline {
 
     /// Executes a hand-registered HTTP tool: POST the arguments as JSON, and
     /// return the response as the result (JSON as structured content too).
+    #[tracing::instrument(name = "upstream", level = "debug", skip_all, fields(tool = %tool, otel.kind = "client"))]
     async fn call_http(
         &self,
         tool: &str,
@@ -463,9 +485,12 @@ impl Pipeline {
             .check_url(url)
             .map_err(|e| fail(e.to_string()))?;
         let body = Value::Object(arguments.unwrap_or_default());
+        let mut context = http::HeaderMap::new();
+        crate::telemetry::trace::inject_headers(&mut context);
         let resp = self
             .http
             .post(url)
+            .headers(context)
             .timeout(self.call_timeout)
             .json(&body)
             .send()

@@ -555,6 +555,9 @@ impl Upstream {
             meta.set_client_capabilities(caller.map(|c| c.sink.capabilities()).unwrap_or_default());
             options.meta = Some(meta);
         }
+        // The caller's trace continues at the upstream (SEP-414); the HTTP
+        // transports copy it into the `traceparent` header as well.
+        crate::telemetry::trace::inject_meta(request.get_meta_mut());
         if let Some(level) = caller.and_then(|c| c.log_level) {
             if conn.modern {
                 // 2026-07-28: the level is the request's own; the upstream

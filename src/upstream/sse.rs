@@ -138,10 +138,12 @@ impl Transport<RoleClient> for SseTransport {
         &mut self,
         item: TxJsonRpcMessage<RoleClient>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let mut headers = self.headers.clone();
+        headers.extend(crate::telemetry::trace::context_headers(&item));
         let request = self
             .http
             .post(self.endpoint.clone())
-            .headers(self.headers.clone())
+            .headers(headers)
             .json(&item);
         async move {
             let response = request
