@@ -78,7 +78,7 @@ mod otel {
     };
     use tracing::{Level, Span};
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    use tracing_subscriber::{Layer, filter::filter_fn, registry::LookupSpan};
+    use tracing_subscriber::{Layer, Registry, filter::filter_fn};
 
     use crate::config::Settings;
 
@@ -89,6 +89,9 @@ mod otel {
     fn enabled() -> bool {
         ENABLED.load(Ordering::Relaxed)
     }
+
+    /// A layer of the global subscriber.
+    pub type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
     /// Flushes what is still batched and stops the exporter when dropped.
     pub struct Exporter(SdkTracerProvider);
@@ -105,12 +108,7 @@ mod otel {
     /// is set. Only metamcp's own spans go to it (DEBUG and up, so the
     /// pipeline's stages are included at any log level) and its warnings
     /// and errors, as span events.
-    pub fn layer<S>(
-        settings: &Settings,
-    ) -> Result<Option<(Box<dyn Layer<S> + Send + Sync>, Exporter)>, String>
-    where
-        S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
-    {
+    pub fn layer(settings: &Settings) -> Result<Option<(BoxedLayer, Exporter)>, String> {
         let Some(endpoint) = &settings.otel.endpoint else {
             return Ok(None);
         };
