@@ -82,6 +82,11 @@ struct Cli {
     /// instead of the fixture's own.
     #[arg(long, conflicts_with = "legacy")]
     conformance: bool,
+    /// Print `NAME=value` of this environment variable to stderr on start,
+    /// like a careless server printing its configuration (a gateway must
+    /// keep such secrets out of its log).
+    #[arg(long, value_name = "NAME")]
+    print_env: Option<String>,
 }
 
 /// Every `tools/call` this process has served. Process-wide (not per handler)
@@ -782,6 +787,10 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
 
+    if let Some(name) = &cli.print_env {
+        let value = std::env::var(name).unwrap_or_default();
+        eprintln!("starting with {name}={value}");
+    }
     let runtime = if cli.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

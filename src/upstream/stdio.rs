@@ -72,9 +72,11 @@ pub fn spawn(
     if let Some(stderr) = stderr {
         let server = server.to_owned();
         let tail = tail.clone();
+        let secrets = Redactor::of(env);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                let line = secrets.redact(line);
                 tracing::info!(target: "metamcp::upstream::stderr", server = %server, "{line}");
                 tail.push(line);
             }
@@ -82,6 +84,38 @@ pub fn spawn(
     }
     tracing::info!(server, command, pgid, "spawned stdio upstream");
     Ok(Spawned { transport, pgid })
+}
+
+/// Hides the values of a server's `env` in what it writes to stderr: they
+/// are where its credentials live, and a server that prints its
+/// configuration would otherwise put them into our log and status page.
+/// Values shorter than 8 bytes (`TZ=UTC`, flags) are left alone: too common
+/// to be secrets, and replacing them would garble every line.
+struct Redactor(Vec<String>);
+
+impl Redactor {
+    const MIN_LEN: usize = 8;
+
+    fn of(env: &BTreeMap<String, String>) -> Self {
+        let mut values: Vec<String> = env
+            .values()
+            .filter(|v| v.len() >= Self::MIN_LEN)
+            .cloned()
+            .collect();
+        // Longest first: a value containing another is hidden whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        Self(values)
+    }
+
+    fn redact(&self, line: String) -> String {
+        self.0.iter().fold(line, |line, secret| {
+            if line.contains(secret.as_str()) {
+                line.replace(secret.as_str(), "***")
+            } else {
+                line
+            }
+        })
+    }
 }
 
 /// Ends a process group: SIGTERM, then SIGKILL to whatever is left after
@@ -105,5 +139,26 @@ pub async fn kill_group(pgid: i32, grace: Duration) {
     }
     unsafe {
         libc::killpg(pgid, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values_are_hidden_in_stderr_lines() {
+        let env = BTreeMap::from([
+            ("TZ".to_owned(), "UTC".to_owned()),
+            ("API_KEY".to_owned(), "sk-0123456789".to_owned()),
+            ("BOTH".to_owned(), "prefix-sk-0123456789".to_owned()),
+        ]);
+        let redactor = Redactor::of(&env);
+        assert_eq!(
+            redactor.redact("key sk-0123456789 in UTC".into()),
+            "key *** in UTC"
+        );
+        assert_eq!(redactor.redact("prefix-sk-0123456789".into()), "***");
+        assert_eq!(redactor.redact("nothing here".into()), "nothing here");
     }
 }

@@ -186,7 +186,9 @@ async fn no_secret_and_no_argument_reaches_the_log() {
     let mut options = Options::default()
         .config(json!({"mcpServers": {
             "remote": {"url": url, "headers": {"Authorization": "Bearer ${env:IT_UPSTREAM_TOKEN}"}},
-            "local": {"command": crate::common::fixture_bin(), "args": ["--name", m],
+            // It prints its secret to stderr, which goes to our log.
+            "local": {"command": crate::common::fixture_bin(),
+                      "args": ["--name", m, "--print-env", "FIXTURE_SECRET"],
                       "env": {"FIXTURE_SECRET": env_secret}},
         }}))
         .env("IT_UPSTREAM_TOKEN", &upstream_token)
@@ -273,6 +275,20 @@ async fn no_secret_and_no_argument_reaches_the_log() {
         .execute("local__env", json!({"name": "FIXTURE_SECRET"}))
         .await;
     assert_eq!(answer["result"]["content"][0]["text"], env_secret.as_str());
+
+    // The stdio server's stderr arrived, with its secret hidden.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, local) = gw.get("/api/v1/servers/local").await;
+        if local["stderr_tail"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l == "starting with FIXTURE_SECRET=***"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stderr line: {local}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Nothing secret in what the API shows of servers either.
     for path in [
