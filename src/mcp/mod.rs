@@ -812,16 +812,19 @@ impl ServerHandler for Gateway {
             request.input_responses,
             request.request_state,
         )?;
-        match upstream
-            .get_prompt(
+        let span = crate::telemetry::trace::mcp_span("prompts/get", &context);
+        match tracing::Instrument::instrument(
+            upstream.get_prompt(
                 &prompt.original_name,
                 request.arguments.clone(),
                 Some(&caller),
                 &affinity(&context, &caller),
                 input,
                 self.state.settings.call_timeout,
-            )
-            .await
+            ),
+            span,
+        )
+        .await
         {
             Ok(result) => Ok(result.into()),
             Err(UpstreamError::InputRequired { asked, .. }) => Ok(self
@@ -869,16 +872,19 @@ impl ServerHandler for Gateway {
         self.count("resources/read");
         let upstream = self.resource_upstream(&request.uri, &context)?;
         let (caller, _hold) = self.caller(&context);
-        upstream
-            .read_resource(
+        let span = crate::telemetry::trace::mcp_span("resources/read", &context);
+        tracing::Instrument::instrument(
+            upstream.read_resource(
                 &request.uri,
                 Some(&caller),
                 &affinity(&context, &caller),
                 self.state.settings.call_timeout,
-            )
-            .await
-            .map(Into::into)
-            .map_err(upstream_error)
+            ),
+            span,
+        )
+        .await
+        .map(Into::into)
+        .map_err(upstream_error)
     }
 }
 

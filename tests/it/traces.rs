@@ -342,6 +342,22 @@ async fn a_callers_trace_is_joined_and_reaches_the_upstream() {
         .await;
     assert_eq!(one(&spans, "mcp").parent, one(&spans, "request").id);
 
+    // Prompts are traced the same way.
+    let (traceparent, trace, caller_span) = caller_context();
+    let result = mcp_send(
+        &gw,
+        "prompts/get",
+        json!({"name": "fx__greeting", "arguments": {"name": "Ada"}}),
+        None,
+        json!({"traceparent": traceparent}),
+    )
+    .await;
+    assert!(result["messages"].is_array(), "{result}");
+    let spans = otlp.trace(&trace, &["mcp"]).await;
+    let mcp = one(&spans, "mcp");
+    assert_eq!(mcp.parent, caller_span);
+    assert_eq!(mcp.attributes["method"], "prompts/get");
+
     // A malformed traceparent is ignored: the call starts a trace of its own.
     let r = gw
         .client()
@@ -362,6 +378,26 @@ async fn a_callers_trace_is_joined_and_reaches_the_upstream() {
 /// A stateless MCP `tools/call` with extra `_meta` entries and an optional
 /// `traceparent` header; returns the result.
 async fn mcp_call(gw: &Gateway, tool: &str, traceparent: Option<&str>, meta: Value) -> Value {
+    mcp_send(
+        gw,
+        "tools/call",
+        json!({"name": tool, "arguments": {}}),
+        traceparent,
+        meta,
+    )
+    .await
+}
+
+/// A stateless MCP request of `method` (`params` naming the tool or
+/// prompt) with extra `_meta` entries and an optional `traceparent` header;
+/// returns the result.
+async fn mcp_send(
+    gw: &Gateway,
+    method: &str,
+    mut params: Value,
+    traceparent: Option<&str>,
+    meta: Value,
+) -> Value {
     let mut all_meta = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {},
@@ -374,13 +410,13 @@ async fn mcp_call(gw: &Gateway, tool: &str, traceparent: Option<&str>, meta: Val
         .post(gw.mcp_url())
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", tool);
+        .header("mcp-method", method)
+        .header("mcp-name", params["name"].as_str().unwrap_or_default());
     if let Some(traceparent) = traceparent {
         request = request.header("traceparent", traceparent);
     }
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                      "params": {"name": tool, "arguments": {}, "_meta": all_meta}});
+    params["_meta"] = all_meta;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     let text = request
         .json(&body)
         .send()
