@@ -50,9 +50,9 @@ pub fn mcp_span(
         .and_then(|parts| parts.extensions.get::<RequestSpan>());
     let span = match parent {
         Some(RequestSpan(parent)) => {
-            tracing::info_span!(parent: parent, "mcp", method, otel.kind = "server")
+            tracing::info_span!(parent: parent, "mcp", method)
         }
-        None => tracing::info_span!("mcp", method, otel.kind = "server"),
+        None => tracing::info_span!("mcp", method),
     };
     adopt_meta_parent(&span, &context.meta);
     span

@@ -107,7 +107,15 @@ async fn receiver() -> Receiver {
             )
         }
     };
-    let app = axum::Router::new().route("/v1/traces", axum::routing::post(export));
+    // Also a plain HTTP tool's endpoint, answering the `traceparent` it got.
+    let hook = |headers: http::HeaderMap| async move {
+        axum::Json(json!({
+            "traceparent": headers.get("traceparent").and_then(|v| v.to_str().ok()),
+        }))
+    };
+    let app = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(export))
+        .route("/hook", axum::routing::post(hook));
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -258,6 +266,23 @@ async fn one_tool_call_is_one_trace_with_the_pipeline_stages_in_order() {
     assert_eq!(upstream.attributes["tool"], "trace_context");
     // The upstream's parent is our client span: the trace continues there.
     assert_eq!(upstream_parent, upstream.id);
+    // A plain HTTP tool gets the context in its request's header.
+    let (code, body) = gw
+        .post(
+            "/api/v1/tools",
+            json!({"name": "hook", "endpoint": format!("{}/hook", otlp.url)}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, answer) = gw.execute("hook", json!({})).await;
+    assert_eq!(code, 200, "{answer}");
+    let header = answer["result"]["structuredContent"]["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no traceparent reached the HTTP tool: {answer}"));
+    let (hook_trace, hook_parent) = parse_traceparent(header);
+    let hook_spans = otlp.trace(&hook_trace, &["tool_call", "upstream"]).await;
+    assert_eq!(one(&hook_spans, "upstream").id, hook_parent);
+
     // Arguments are not attributes of any span.
     for span in &spans {
         assert!(
