@@ -98,7 +98,11 @@ mod otel {
 
     impl Drop for Exporter {
         fn drop(&mut self) {
-            if let Err(e) = self.0.shutdown() {
+            // Bounded: an unreachable collector must not hold up the exit.
+            if let Err(e) = self
+                .0
+                .shutdown_with_timeout(std::time::Duration::from_secs(5))
+            {
                 eprintln!("metamcp: traces not flushed at exit: {e}");
             }
         }

@@ -462,3 +462,34 @@ async fn mcp_send(
     assert!(answer["result"].is_object(), "{answer}");
     answer["result"].clone()
 }
+
+#[tokio::test]
+async fn spans_still_batched_are_flushed_when_the_gateway_stops() {
+    let otlp = receiver().await;
+    let (_fx, url) = fixture_http(&marker("fx-traces-flush"));
+    let mut gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": {"url": url}}}))
+            .env("META_MCP_OTEL_ENDPOINT", &otlp.url)
+            // Far beyond the test: only the flush at exit can send them.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let (code, answer) = gw.execute("fx__trace_context", json!({})).await;
+    assert_eq!(code, 200, "{answer}");
+    let (trace, _) =
+        parse_traceparent(reported(&answer)["header"]["traceparent"].as_str().unwrap());
+    assert!(
+        otlp.spans.lock().unwrap().iter().all(|s| s.trace != trace),
+        "nothing exported before the stop"
+    );
+    let status = tokio::task::spawn_blocking(move || gw.stop())
+        .await
+        .unwrap()
+        .expect("the gateway ran");
+    assert!(status.success(), "{status:?}");
+    otlp.trace(&trace, &["request", "tool_call", "upstream"])
+        .await;
+}
