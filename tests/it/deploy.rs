@@ -484,7 +484,23 @@ fn kubernetes_objects_fit_together_and_their_settings_load() {
         "the Deployment selects its pods"
     );
     assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
-    assert_eq!(&one("Service")["spec"]["selector"], pod_labels);
+    let service = |name: &str| -> &Value {
+        objects["Service"]
+            .iter()
+            .find(|s| s["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("Service {name}"))
+    };
+    assert_eq!(&service("metamcp")["spec"]["selector"], pod_labels);
+    // The headless one, by which Prometheus finds every pod
+    // (deploy/prometheus/prometheus-kubernetes.yml).
+    let pods = service("metamcp-pods");
+    assert_eq!(&pods["spec"]["selector"], pod_labels);
+    assert_eq!(pods["spec"]["clusterIP"], "None");
+    assert!(
+        read(&deploy().join("prometheus/prometheus-kubernetes.yml"))
+            .contains("metamcp-pods.metamcp.svc.cluster.local"),
+        "Prometheus looks the pods up by the headless Service"
+    );
     assert_eq!(
         &one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
         pod_labels
@@ -523,7 +539,9 @@ fn kubernetes_objects_fit_together_and_their_settings_load() {
     }
     assert_eq!(c["ports"][0]["name"], "http");
     assert_eq!(c["ports"][0]["containerPort"], 8000);
-    assert_eq!(one("Service")["spec"]["ports"][0]["targetPort"], "http");
+    for name in ["metamcp", "metamcp-pods"] {
+        assert_eq!(service(name)["spec"]["ports"][0]["targetPort"], "http");
+    }
     // Non-root, read-only root file system, nothing extra.
     assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 10001);
@@ -806,29 +824,36 @@ fn prometheus_config_rules_and_alertmanager_config_check() {
         return;
     };
     let dir = deploy().join("prometheus");
-    // promtool insists that the token file exists; in the container it is
-    // compose's secret, so check a copy whose only change is that path.
+    // promtool insists that the token file exists; in the container it is a
+    // mounted secret, so check copies whose only change is that path.
     let tmp = tempfile::tempdir().unwrap();
     let token = tmp.path().join("token");
     std::fs::write(&token, "t".repeat(32)).unwrap();
-    let config = read(&dir.join("prometheus.yml"));
-    let secret_path = "/run/secrets/metamcp_metrics_token";
-    assert!(config.contains(secret_path));
-    std::fs::write(
-        tmp.path().join("prometheus.yml"),
-        config.replace(secret_path, token.to_str().unwrap()),
-    )
-    .unwrap();
     std::fs::copy(dir.join("alerts.yml"), tmp.path().join("alerts.yml")).unwrap();
-    let (ok, out) = run(
-        &promtool,
-        &["check", "config", "prometheus.yml"],
-        tmp.path(),
-    );
-    assert!(
-        ok && out.contains("SUCCESS"),
-        "promtool check config:\n{out}"
-    );
+    for (file, secret_path) in [
+        ("prometheus.yml", "/run/secrets/metamcp_metrics_token"),
+        (
+            "prometheus-kubernetes.yml",
+            "/etc/prometheus/secrets/metamcp/metrics-token",
+        ),
+    ] {
+        let config = read(&dir.join(file));
+        let parsed = yaml(&python, &dir.join(file));
+        assert_eq!(
+            parsed["scrape_configs"][0]["authorization"]["credentials_file"], secret_path,
+            "{file}"
+        );
+        std::fs::write(
+            tmp.path().join(file),
+            config.replace(secret_path, token.to_str().unwrap()),
+        )
+        .unwrap();
+        let (ok, out) = run(&promtool, &["check", "config", file], tmp.path());
+        assert!(
+            ok && out.contains("SUCCESS"),
+            "promtool check config {file}:\n{out}"
+        );
+    }
     let (ok, out) = run(&promtool, &["check", "rules", "alerts.yml"], &dir);
     assert!(ok, "promtool check rules:\n{out}");
     let (ok, out) = run(&promtool, &["test", "rules", "alerts.test.yml"], &dir);
@@ -913,11 +938,33 @@ async fn alert_and_dashboard_metrics_are_exported_by_a_running_gateway() {
             "panel id {} twice",
             panel["id"]
         );
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(x + w <= 24 && grid["h"].as_u64().unwrap() > 0, "{grid}");
         for target in panel["targets"].as_array().into_iter().flatten() {
             assert_eq!(target["datasource"]["uid"], "${datasource}");
-            exprs.push(target["expr"].as_str().unwrap().to_owned());
+            let expr = target["expr"].as_str().unwrap();
+            // The replica selector at the top applies to every query.
+            assert!(expr.contains(r#"instance=~"$instance""#), "{expr}");
+            exprs.push(expr.to_owned());
         }
     }
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no ${name} variable"))
+    };
+    assert_eq!(variable("datasource")["type"], "datasource");
+    assert_eq!(variable("datasource")["query"], "prometheus");
+    assert_eq!(variable("instance")["datasource"]["uid"], "${datasource}");
+    exprs.push(
+        variable("instance")["definition"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
     assert!(exprs.len() >= 20, "the dashboard has its queries");
     let mut used: BTreeMap<String, &str> = BTreeMap::new();
     for name in exprs.iter().flat_map(|e| metric_names(e)) {
