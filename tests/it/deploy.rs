@@ -327,7 +327,10 @@ fn dockerfile_passes_hadolint_with_only_documented_ignores() {
             }
         }
     }
-    let Some(hadolint) = common::external("METAMCP_TEST_HADOLINT", "deploy::hadolint") else {
+    let Some(hadolint) = common::external(
+        "METAMCP_TEST_HADOLINT",
+        "deploy::dockerfile_passes_hadolint_with_only_documented_ignores",
+    ) else {
         return;
     };
     let (ok, out) = run(
@@ -582,6 +585,20 @@ fn kubernetes_objects_fit_together_and_their_settings_load() {
         }
     }
     assert_eq!(used, keys, "every key of the Secret is read");
+    // The names of the original README's example, which users carry over.
+    assert_eq!(deployment["metadata"]["name"], "metamcp");
+    assert_eq!(pod_labels["app"], "metamcp");
+    assert_eq!(c["name"], "metamcp");
+    assert_eq!(secret_name, "metamcp-secrets");
+    let key_of = |var: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == var)
+            .map(|e| e["valueFrom"]["secretKeyRef"]["key"].clone())
+    };
+    assert_eq!(key_of("META_MCP_SECRET_KEY"), Some(json!("secret-key")));
     // The ConfigMaps: settings (through envFrom) and the config file.
     let configmaps = &objects["ConfigMap"];
     let by_name = |name: &str| -> &Value {
