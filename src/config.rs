@@ -1128,6 +1128,47 @@ mod tests {
     }
 
     #[test]
+    fn every_listed_variable_is_a_setting_the_parser_applies() {
+        // ENV_VARS is what the environment may set (and what the files
+        // under deploy/ are checked against): each name must reach a branch
+        // of `apply`, so a listed name the parser does not know fails here.
+        for var in ENV_VARS {
+            if *var == "META_MCP_CONFIG" {
+                // Names the file the others may come from: `load_from`
+                // reads it before applying anything.
+                let e = Settings::load_from(
+                    &env(&[("META_MCP_CONFIG", "/nonexistent/metamcp.json")]),
+                    None,
+                    &|_| None,
+                )
+                .unwrap_err();
+                assert!(e.to_string().contains("/nonexistent/metamcp.json"), "{e}");
+                continue;
+            }
+            let key = var.strip_prefix("META_MCP_").unwrap().to_ascii_lowercase();
+            let mut s = Settings::default();
+            if let Err(e) = s.apply(var, &key, "\u{1}not a value") {
+                assert!(
+                    !e.reason.starts_with("unknown setting"),
+                    "{var} is listed but not parsed: {e}"
+                );
+            }
+        }
+        let mut s = Settings::default();
+        let e = s.apply("META_MCP_NO_SUCH", "no_such", "1").unwrap_err();
+        assert!(e.reason.starts_with("unknown setting"), "{e}");
+        // The other way: names read from the environment outside the list
+        // are ignored, not applied.
+        let loaded = Settings::load_from(
+            &env(&[("META_MCP_PORTT", "1"), ("META_MCP_PORT", "9001")]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(loaded.port, 9001);
+    }
+
+    #[test]
     fn readme_documents_every_setting_and_the_ci_test_command() {
         let readme = include_str!("../README.md");
         for var in ENV_VARS {

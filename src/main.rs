@@ -68,6 +68,17 @@ enum Command {
         #[command(subcommand)]
         command: metamcp::user_cli::UserCommand,
     },
+    /// Probe a gateway's health endpoint: exit 0 when it answers 200, 1
+    /// otherwise (the container image's health check; no curl needed).
+    Health {
+        /// The gateway's base URL; default http://127.0.0.1:<META_MCP_PORT or 8000>.
+        #[arg(long)]
+        url: Option<String>,
+        /// Ask /api/v1/health/ready (the store answers, every configured
+        /// server was tried) rather than /api/v1/health/live.
+        #[arg(long)]
+        ready: bool,
+    },
     /// The embedding model of semantic search.
     Models {
         #[command(subcommand)]
@@ -124,6 +135,7 @@ fn main() -> std::process::ExitCode {
             };
             outcome(runtime.block_on(metamcp::user_cli::run(&settings, command)))
         }
+        Command::Health { url, ready } => health(url, ready),
         Command::Models {
             command: ModelsCommand::Fetch { dir, config },
         } => fetch_model(dir, config),
@@ -142,6 +154,42 @@ fn main() -> std::process::ExitCode {
                 tracing::error!("{e:#}");
             }
             outcome(result)
+        }
+    }
+}
+
+/// `metamcp health`: one GET of a probe, its answer on stdout (where a
+/// container runtime keeps it in the health log).
+fn health(url: Option<String>, ready: bool) -> std::process::ExitCode {
+    let base = url.unwrap_or_else(|| {
+        // The port the gateway in this container listens on; an unparsable
+        // one is the gateway's to reject, so fall back to the default here.
+        let port = std::env::var("META_MCP_PORT")
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .unwrap_or(8000);
+        format!("http://127.0.0.1:{port}")
+    });
+    let probe = if ready { "ready" } else { "live" };
+    let url = format!("{}/api/v1/health/{probe}", base.trim_end_matches('/'));
+    let answer = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .and_then(|client| client.get(&url).send());
+    match answer {
+        Ok(r) if r.status() == reqwest::StatusCode::OK => {
+            println!("{url}: {}", r.text().unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            let status = r.status();
+            eprintln!("{url}: {status} {}", r.text().unwrap_or_default());
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -15,6 +15,7 @@ mod cli;
 mod client_requests;
 mod conformance;
 mod core;
+mod deploy;
 mod hardening;
 mod isolation;
 mod observability;
