@@ -68,6 +68,13 @@ enum Command {
         #[command(subcommand)]
         command: metamcp::user_cli::UserCommand,
     },
+    /// Write the whole configuration (servers, tools' metadata, profiles,
+    /// users, roles, grants, API keys, tenants) into a file sealed with a
+    /// passphrase, to import into another deployment (same settings as `serve`).
+    Export(metamcp::transfer::ExportArgs),
+    /// Read a file written by `export` into this deployment's database, in
+    /// one transaction; stored credentials are sealed under this deployment's key.
+    Import(metamcp::transfer::ImportArgs),
     /// The embedding model of semantic search.
     Models {
         #[command(subcommand)]
@@ -123,6 +130,28 @@ fn main() -> std::process::ExitCode {
                 Err(code) => return code,
             };
             outcome(runtime.block_on(metamcp::user_cli::run(&settings, command)))
+        }
+        Command::Export(args) => {
+            let settings = match settings(args.config()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            outcome(runtime.block_on(metamcp::transfer::run_export(&settings, args)))
+        }
+        Command::Import(args) => {
+            let settings = match settings(args.config()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            outcome(runtime.block_on(metamcp::transfer::run_import(&settings, args)))
         }
         Command::Models {
             command: ModelsCommand::Fetch { dir, config },
