@@ -26,4 +26,5 @@ mod search;
 mod secrets;
 mod store;
 mod tenants;
+mod transfer;
 mod transports;
