@@ -498,8 +498,10 @@ async fn configuration_moves_from_sqlite_to_postgres_and_back() {
     ];
     let out = metamcp(&["import", &back_text], &sqlite_env);
     assert!(out.status.success(), "{}", stderr(&out));
-    let mut opts = Options::default();
-    opts.data_dir = Some(sqlite_dir.clone());
+    let mut opts = Options {
+        data_dir: Some(sqlite_dir.clone()),
+        ..Default::default()
+    };
     for (k, v) in &sqlite_env[1..3] {
         opts = opts.env(k, v);
     }
