@@ -244,12 +244,16 @@ fn read_value(row: &AnyRow, i: usize, kind: Column) -> Result<Value, StoreError>
 
 /// Checks that `rows` fit a known table before anything is written.
 fn check(rows: &TableRows) -> Result<&'static Table, StoreError> {
-    let table = configuration_table(&rows.table)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown table {:?}", rows.table)))?;
+    let table = configuration_table(&rows.table).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "unknown table {:?} (written by a newer metamcp?)",
+            rows.table
+        ))
+    })?;
     for column in &rows.columns {
         if !table.columns.iter().any(|(c, _)| c == column) {
             return Err(StoreError::Corrupt(format!(
-                "unknown column {:?} of table {}",
+                "unknown column {:?} of table {} (written by a newer metamcp?)",
                 column, table.name
             )));
         }

@@ -214,7 +214,14 @@ pub fn seal_secrets(contents: &mut Contents, keys: &Keyring) -> Result<(), Trans
 
 /// Writes `contents` into `store` in one transaction.
 pub async fn load(store: &Store, contents: &Contents, mode: LoadMode) -> Result<(), TransferError> {
-    match store.load_configuration(&contents.tables, mode).await? {
+    let loaded = store
+        .load_configuration(&contents.tables, mode)
+        .await
+        .map_err(|e| match e {
+            StoreError::Corrupt(why) => TransferError::Contents(why),
+            other => other.into(),
+        })?;
+    match loaded {
         Loaded::Done => Ok(()),
         Loaded::TargetNotEmpty(tables) => Err(TransferError::TargetNotEmpty(
             tables
@@ -484,6 +491,9 @@ pub async fn run_import(settings: &Settings, args: ImportArgs) -> anyhow::Result
         );
     }
     check_api_keys(&mut contents, secret.as_deref(), args.skip_api_keys)?;
+    let key_file = settings.data_dir.join(crate::secrets::KEY_FILE);
+    let generates_key =
+        backend == Backend::Sqlite && settings.encryption_key.is_none() && !key_file.exists();
     let keys = Keyring::load(
         settings.encryption_key.as_ref().map(|k| k.expose()),
         &old_keys(settings),
@@ -501,6 +511,12 @@ pub async fn run_import(settings: &Settings, args: ImportArgs) -> anyhow::Result
     let result = load(&store, &contents, mode).await;
     store.close().await;
     result?;
+    if generates_key {
+        eprintln!(
+            "META_MCP_ENCRYPTION_KEY is not set: generated the key that seals stored credentials into {}; back it up",
+            key_file.display()
+        );
+    }
     eprintln!(
         "imported {} (exported from {} by metamcp {} at {}); start the gateways to use it",
         contents.summary(),
@@ -654,6 +670,15 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("--replace"), "{err}");
         load(&target, &contents, LoadMode::Replace).await.unwrap();
+        // A table this build does not know: refused, and said why.
+        let mut newer = contents.clone();
+        newer.tables[0].table = "from_the_future".into();
+        let err = load(&target, &newer, LoadMode::Replace).await.unwrap_err();
+        assert!(err.to_string().contains("newer metamcp"), "{err}");
+        assert_eq!(
+            target.list_all_servers::<ServerSpec>().await.unwrap().len(),
+            1
+        );
     }
 
     #[tokio::test]
