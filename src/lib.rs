@@ -25,6 +25,7 @@ pub mod search;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod transfer;
 pub mod upstream;
 pub mod user_cli;
 pub mod util;

@@ -79,6 +79,13 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Write the whole configuration (servers, tools' metadata, profiles,
+    /// users, roles, grants, API keys, tenants) into a file sealed with a
+    /// passphrase, to import into another deployment (same settings as `serve`).
+    Export(metamcp::transfer::ExportArgs),
+    /// Read a file written by `export` into this deployment's database, in
+    /// one transaction; stored credentials are sealed under this deployment's key.
+    Import(metamcp::transfer::ImportArgs),
     /// The embedding model of semantic search.
     Models {
         #[command(subcommand)]
@@ -124,18 +131,22 @@ fn main() -> std::process::ExitCode {
         }
         Command::Tools { conn, command } => cli::run_tools(conn, command),
         Command::Profiles { conn, command } => cli::run_profiles(conn, command),
-        Command::User { config, command } => {
-            let settings = match settings(config.as_deref()) {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
-            outcome(runtime.block_on(metamcp::user_cli::run(&settings, command)))
-        }
+        Command::User { config, command } => offline(config.as_deref(), async |settings| {
+            metamcp::user_cli::run(settings, command).await
+        }),
         Command::Health { url, ready } => health(url, ready),
+        Command::Export(args) => {
+            let config = args.config().map(std::path::Path::to_path_buf);
+            offline(config.as_deref(), async |settings| {
+                metamcp::transfer::run_export(settings, args).await
+            })
+        }
+        Command::Import(args) => {
+            let config = args.config().map(std::path::Path::to_path_buf);
+            offline(config.as_deref(), async |settings| {
+                metamcp::transfer::run_import(settings, args).await
+            })
+        }
         Command::Models {
             command: ModelsCommand::Fetch { dir, config },
         } => fetch_model(dir, config),
@@ -272,6 +283,23 @@ fn runtime(
         eprintln!("metamcp: cannot start the runtime: {e}");
         std::process::ExitCode::FAILURE
     })
+}
+
+/// Runs a command that works on the deployment's settings and database
+/// directly (no running gateway), on a single-threaded runtime.
+fn offline(
+    config: Option<&std::path::Path>,
+    command: impl AsyncFnOnce(&Settings) -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    let settings = match settings(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    outcome(runtime.block_on(command(&settings)))
 }
 
 /// The exit status of a command's result, printing the error chain.

@@ -9,6 +9,7 @@ use std::{borrow::Cow, path::Path, str::FromStr, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
 mod identity;
+pub mod snapshot;
 
 pub use identity::{ApiKeyRow, GrantRow, RefreshRow, RoleRow, UserRow};
 

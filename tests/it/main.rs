@@ -27,4 +27,5 @@ mod search;
 mod secrets;
 mod store;
 mod tenants;
+mod transfer;
 mod transports;
