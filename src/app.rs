@@ -76,6 +76,15 @@ impl AppState {
 }
 
 impl AppState {
+    /// A fingerprint of `tenant`'s tools (definitions, state, servers), the
+    /// same on every replica with the same catalog; 0 before the first build.
+    pub fn tools_fingerprint(&self, tenant: &str) -> u64 {
+        self.list_fingerprints
+            .lock()
+            .get(tenant)
+            .map_or(0, |lists| lists[0])
+    }
+
     /// Rebuilds `tenant`'s catalog now (after a change made through the
     /// API, so the caller's next read sees it).
     pub async fn refresh_catalog(&self, tenant: &str) -> Result<(), StoreError> {
@@ -227,8 +236,13 @@ impl App {
                 settings.cache_max_size,
                 settings.cache_ttl,
             ),
-            cursors: Default::default(),
-            request_states: Default::default(),
+            cursors: crate::mcp::cursor::CursorSealer::new(crate::mcp::cursor::derive_key(
+                &secret,
+                "mcp cursors v1",
+            )),
+            request_states: crate::mcp::request_state::StateSealer::new(
+                crate::mcp::cursor::derive_key(&secret, "mcp request states v1"),
+            ),
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
             identity,

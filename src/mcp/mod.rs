@@ -586,14 +586,21 @@ impl ServerHandler for Gateway {
         let ready = self.state.upstreams.ready_names(&principal.tenant_id);
         let mut ready_names: Vec<&str> = ready.iter().map(String::as_str).collect();
         ready_names.sort_unstable();
-        // The list is cached per catalog generation, readiness, profile and
-        // authorization context.
-        let key = format!(
-            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-            self.state.pipeline.cache.generation(),
+        // What the list depends on besides the catalog: readiness, profile
+        // and authorization context.
+        let view = format!(
+            "{}\u{1f}{}\u{1f}{}",
             ready_names.join(","),
             self.profile.as_deref().unwrap_or_default(),
             crate::cache::context_key(&principal)
+        );
+        // This process caches the list per catalog generation; cursors are
+        // bound to the catalog's content instead, which every replica with
+        // the same catalog agrees on, so the next page may come from any.
+        let key = format!("{}\u{1f}{view}", self.state.pipeline.cache.generation());
+        let scope = format!(
+            "{:x}\u{1f}{view}",
+            self.state.tools_fingerprint(&principal.tenant_id)
         );
         let lists = crate::metrics::CacheLabels {
             cache: "tool_lists",
@@ -605,7 +612,7 @@ impl ServerHandler for Gateway {
                 .cache_hits
                 .get_or_create(&lists)
                 .inc();
-            let (page, next) = self.page("tools", &key, &tools, request.as_ref())?;
+            let (page, next) = self.page("tools", &scope, &tools, request.as_ref())?;
             let mut result = ListToolsResult::with_all_items(page);
             result.next_cursor = next;
             return Ok(result);
@@ -641,7 +648,7 @@ impl ServerHandler for Gateway {
                 .map(|t| t.definition.clone())
                 .collect(),
         };
-        let (page, next) = self.page("tools", &key, &tools, request.as_ref())?;
+        let (page, next) = self.page("tools", &scope, &tools, request.as_ref())?;
         self.state.tool_lists.put(key, Arc::new(tools));
         let mut result = ListToolsResult::with_all_items(page);
         result.next_cursor = next;
@@ -982,9 +989,9 @@ impl Gateway {
     }
 
     /// One page of `items`, from the request's cursor, with the cursor of
-    /// the next page. `scope` holds everything the list depends on (catalog
-    /// generation, readiness, profile, authorization context), so a cursor
-    /// is only good for the list it was issued for.
+    /// the next page. `scope` holds everything the list depends on (the
+    /// catalog's content, readiness, profile, authorization context), so a
+    /// cursor is only good for the list it was issued for.
     fn page<T: Clone>(
         &self,
         list: &str,

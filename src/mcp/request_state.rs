@@ -56,16 +56,22 @@ pub enum Refused {
     Expired,
 }
 
-/// Seals and opens request states with a key of this process.
+/// Seals and opens request states. The key derives from the deployment's
+/// secret key (`cursor::derive_key`), so a client's retry may reach any
+/// replica: the state carries everything the retry needs.
 pub struct StateSealer {
     key: [u8; 32],
 }
 
+impl StateSealer {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self { key }
+    }
+}
+
 impl Default for StateSealer {
+    /// A random key: states open only in this process (tests).
     fn default() -> Self {
-        // A random key per process, as for cursors: a state is good on the
-        // replica that issued it (a parked multi-round-trip call needs
-        // load-balancer affinity anyway, see DESIGN.md).
         Self {
             key: super::cursor::process_key(),
         }
