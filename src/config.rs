@@ -1088,6 +1088,38 @@ mod tests {
     }
 
     #[test]
+    fn redis_prefix_and_session_idle_are_checked() {
+        let s = Settings::load_from(&env(&[]), None, &|_| None).unwrap();
+        assert_eq!(
+            (s.redis_prefix.as_str(), s.session_idle),
+            ("metamcp:", Duration::from_secs(300))
+        );
+        let s = Settings::load_from(
+            &env(&[
+                ("META_MCP_REDIS_PREFIX", "prod-eu:metamcp:"),
+                ("META_MCP_SESSION_IDLE_SECS", "90"),
+            ]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.redis_prefix.as_str(), s.session_idle),
+            ("prod-eu:metamcp:", Duration::from_secs(90))
+        );
+        for (name, bad) in [
+            ("META_MCP_REDIS_PREFIX", ""),
+            ("META_MCP_REDIS_PREFIX", "has space"),
+            ("META_MCP_REDIS_PREFIX", "glob*"),
+            ("META_MCP_SESSION_IDLE_SECS", "0"),
+            ("META_MCP_SESSION_IDLE_SECS", "soon"),
+        ] {
+            let e = Settings::load_from(&env(&[(name, bad)]), None, &|_| None).unwrap_err();
+            assert_eq!(e.name, name, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn cors_is_closed_by_default_and_refuses_any_origin_with_credentials() {
         let s = Settings::load_from(&env(&[]), None, &|_| None).unwrap();
         assert!(s.cors_origins.is_empty());

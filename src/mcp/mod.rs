@@ -974,16 +974,17 @@ impl Gateway {
         };
         let principal = principal(context);
         if let Some(level) = relays.level {
-            self.session
-                .set_level(&self.state.upstreams.log_levels(&principal.tenant_id), level);
+            self.session.set_level(
+                &self.state.upstreams.log_levels(&principal.tenant_id),
+                level,
+            );
         }
         if relays.subscriptions.is_empty() {
             return;
         }
         let (gateway, peer) = (self.clone(), context.peer.clone());
         tokio::spawn(async move {
-            let sink: Arc<dyn crate::upstream::UpdateSink> =
-                Arc::new(relays::SessionUpdates(peer));
+            let sink: Arc<dyn crate::upstream::UpdateSink> = Arc::new(relays::SessionUpdates(peer));
             for uri in relays.subscriptions {
                 // Checked again: the grants may have changed since.
                 let snapshot = gateway.state.catalog.snapshot(&principal.tenant_id);

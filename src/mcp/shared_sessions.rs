@@ -171,7 +171,10 @@ impl SharedSessions {
     }
 
     /// Runs `pipe`, noting whether Redis answered.
-    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, SharedError> {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, SharedError> {
         let mut conn = self.redis.clone();
         self.noted(pipe.query_async::<T>(&mut conn).await)
     }
@@ -181,7 +184,9 @@ impl SharedSessions {
         match result {
             Ok(v) => {
                 if !self.up.swap(true, Ordering::AcqRel) {
-                    tracing::info!("Redis is reachable again: MCP sessions are shared between replicas");
+                    tracing::info!(
+                        "Redis is reachable again: MCP sessions are shared between replicas"
+                    );
                 }
                 Ok(v)
             }
@@ -491,7 +496,10 @@ mod tests {
         let shared = store(&url, Duration::from_secs(30));
         let (alice, bob) = (principal("default", "alice"), principal("default", "bob"));
         let state = SessionState::new(init_params());
-        assert_eq!(shared.check("s1", &alice).await.unwrap(), Presented::Unknown);
+        assert_eq!(
+            shared.check("s1", &alice).await.unwrap(),
+            Presented::Unknown
+        );
         shared.store("s1", &state).await.unwrap();
         assert!(
             shared.load("s1").await.unwrap().is_none(),
@@ -500,8 +508,14 @@ mod tests {
         shared.bind("s1", &alice).await.unwrap();
         // A second bind never takes the session over.
         shared.bind("s1", &bob).await.unwrap();
-        assert_eq!(shared.check("s1", &alice).await.unwrap(), Presented::ByOwner(None));
-        assert_eq!(shared.check("s1", &bob).await.unwrap(), Presented::ByStranger);
+        assert_eq!(
+            shared.check("s1", &alice).await.unwrap(),
+            Presented::ByOwner(None)
+        );
+        assert_eq!(
+            shared.check("s1", &bob).await.unwrap(),
+            Presented::ByStranger
+        );
         assert_eq!(
             shared
                 .check("s1", &principal("other", "alice"))
@@ -518,7 +532,10 @@ mod tests {
         shared.set_level("s1", LoggingLevel::Debug).await.unwrap();
         shared.set_subscribed("s1", "test://a", true).await.unwrap();
         shared.set_subscribed("s1", "test://b", true).await.unwrap();
-        shared.set_subscribed("s1", "test://a", false).await.unwrap();
+        shared
+            .set_subscribed("s1", "test://a", false)
+            .await
+            .unwrap();
         assert_eq!(
             shared.relays("s1").await.unwrap(),
             Relays {
@@ -533,11 +550,17 @@ mod tests {
         );
 
         shared.delete("s1").await.unwrap();
-        assert_eq!(shared.check("s1", &alice).await.unwrap(), Presented::Unknown);
+        assert_eq!(
+            shared.check("s1", &alice).await.unwrap(),
+            Presented::Unknown
+        );
         assert!(shared.load("s1").await.unwrap().is_none());
         // Relay state written after the end brings nothing back.
         shared.set_level("s1", LoggingLevel::Error).await.unwrap();
-        assert_eq!(shared.check("s1", &alice).await.unwrap(), Presented::Unknown);
+        assert_eq!(
+            shared.check("s1", &alice).await.unwrap(),
+            Presented::Unknown
+        );
         assert!(shared.load("s1").await.unwrap().is_none());
     }
 
@@ -579,7 +602,10 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never expired");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(shared.check("s2", &alice).await.unwrap(), Presented::Unknown);
+        assert_eq!(
+            shared.check("s2", &alice).await.unwrap(),
+            Presented::Unknown
+        );
         assert!(shared.load("s2").await.unwrap().is_none());
     }
 }

@@ -158,22 +158,23 @@ impl Cluster {
             .map(|g| format!("--- replica {}:\n{}", g.port, g.log_text()))
             .collect()
     }
+}
 
-    /// Removes what the replicas left in Redis under their prefix.
-    async fn clean_redis(&self) {
-        let Ok(client) = redis::Client::open(self.redis_url.as_str()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+impl Drop for Cluster {
+    /// Removes what the replicas left in Redis under their prefix (records
+    /// expire anyway; a failed test leaves none behind either).
+    fn drop(&mut self) {
+        let Ok(mut conn) =
+            redis::Client::open(self.redis_url.as_str()).and_then(|c| c.get_connection())
+        else {
             return;
         };
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.prefix))
-            .query_async(&mut conn)
-            .await
+            .query(&mut conn)
             .unwrap_or_default();
         if !keys.is_empty() {
-            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
         }
     }
 }
@@ -297,7 +298,12 @@ async fn the_python_sdk_lists_and_calls_through_a_round_robin_over_three_replica
             common::python_client_with(&python, Some(&auth), &args)
         })
     };
-    let base = vec!["--url".to_owned(), url.clone(), "--mode".into(), "legacy".into()];
+    let base = vec![
+        "--url".to_owned(),
+        url.clone(),
+        "--mode".into(),
+        "legacy".into(),
+    ];
 
     let mut list = base.clone();
     list.push("list-tools".into());
@@ -349,7 +355,6 @@ async fn the_python_sdk_lists_and_calls_through_a_round_robin_over_three_replica
             "session {session} stayed on one replica: {seen:?}"
         );
     }
-    cluster.clean_redis().await;
 }
 
 /// One legacy session spoken in raw HTTP, each request sent to the replica
@@ -417,7 +422,12 @@ impl RawSession {
     /// The texts of a tool call's result.
     async fn call(&mut self, gw: &Gateway, token: &str, tool: &str) -> Vec<String> {
         let answer = self
-            .request(gw, token, "tools/call", json!({"name": tool, "arguments": {}}))
+            .request(
+                gw,
+                token,
+                "tools/call",
+                json!({"name": tool, "arguments": {}}),
+            )
             .await;
         texts(&answer["result"])
     }
@@ -541,5 +551,4 @@ async fn a_session_moves_between_replicas_with_its_owner_level_and_subscriptions
     }
     // The other sessions live on.
     assert_eq!(t.list_status(one, &admin).await, 200);
-    cluster.clean_redis().await;
 }
