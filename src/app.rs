@@ -241,7 +241,7 @@ impl App {
                 settings.cache_ttl,
             ),
             cursors: Default::default(),
-            request_states: Default::default(),
+            request_states: crate::mcp::request_state::StateSealer::from_secret(&secret),
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
             identity,

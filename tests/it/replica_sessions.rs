@@ -118,8 +118,12 @@ impl Cluster {
         // The same config file on each: the fixture over stdio, speaking
         // the legacy revisions (so `logging/setLevel` reaches it and its
         // `log_level` tool tells which level the replica asked for).
-        let config = json!({"mcpServers": {"fx": {
-            "command": fixture_bin(), "args": ["--legacy", "--name", m]}}});
+        // And the conformance fixture, a 2026-07-28 upstream that asks for
+        // input with `input_required` results.
+        let config = json!({"mcpServers": {
+            "fx": {"command": fixture_bin(), "args": ["--legacy", "--name", m]},
+            "cf": {"command": fixture_bin(), "args": ["--conformance", "--name", m]},
+        }});
         let secret = format!("replica-secret-{}", uuid::Uuid::new_v4().simple());
         let mut replicas = Vec::new();
         // One after the other: the first creates the schema and the admin.
@@ -141,6 +145,7 @@ impl Cluster {
             )
             .await;
             gw.wait_server("fx", "ready").await;
+            gw.wait_server("cf", "ready").await;
             replicas.push(gw);
         }
         Cluster {
@@ -551,4 +556,65 @@ async fn a_session_moves_between_replicas_with_its_owner_level_and_subscriptions
     }
     // The other sessions live on.
     assert_eq!(t.list_status(one, &admin).await, 200);
+}
+
+/// One 2026-07-28 request to a replica; its JSON-RPC answer.
+async fn modern(gw: &Gateway, token: &str, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+    });
+    let mut request = client_with(token)
+        .post(gw.mcp_url())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = params["name"].as_str() {
+        request = request.header("mcp-name", name);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    response_of(request.json(&body).send().await.expect("MCP request")).await
+}
+
+#[tokio::test]
+async fn a_multi_round_trip_retry_is_accepted_by_another_replica() {
+    let test = "a_multi_round_trip_retry_is_accepted_by_another_replica";
+    let Some((postgres, redis_url)) = backing_services(test) else {
+        return;
+    };
+    let cluster = Cluster::start(&postgres, &redis_url, "replica-mrtr").await;
+    let [one, two, _] = &cluster.replicas[..] else {
+        unreachable!()
+    };
+    let tool = "cf__test_input_required_result_request_state";
+    let first = modern(
+        one,
+        &one.token,
+        "tools/call",
+        json!({"name": tool, "arguments": {}}),
+    )
+    .await;
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    let sealed = first["result"]["requestState"]
+        .as_str()
+        .expect("requestState")
+        .to_owned();
+    // The retry reaches replica 2, whose own connection to the upstream
+    // gets the upstream's state back, unsealed.
+    let answer = modern(
+        two,
+        &one.token,
+        "tools/call",
+        json!({"name": tool, "arguments": {}, "requestState": sealed,
+               "inputResponses": {"confirm": {"action": "accept", "content": {"ok": true}}}}),
+    )
+    .await;
+    assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "state-ok",
+        "{answer}\n{}",
+        cluster.logs()
+    );
 }
