@@ -4,10 +4,12 @@
 //! One Redis hash per session, `<prefix>mcp-session:<id>`, holds what a
 //! replica that never saw the session needs to serve it:
 //!
-//! - `owner`: the principal that opened it (tenant and user). A request
-//!   presenting the id under another principal, on any replica, answers 404
-//!   like an unknown session (what one process did before: nothing about
-//!   another's session is revealed);
+//! - `owner`: the principal that opened it (tenant and user) and the
+//!   endpoint (`/mcp`, `/mcp/{profile}`, `/mcp/discovery`). A request
+//!   presenting the id under another principal, or at another endpoint, on
+//!   any replica, answers 404 like an unknown session (as in one process,
+//!   where each endpoint has its own sessions: nothing about another's
+//!   session is revealed);
 //! - `init`: the client's `initialize` parameters (rmcp's [`SessionState`]),
 //!   which rmcp replays to rebuild the session in a replica that does not
 //!   hold it (`StreamableHttpServerConfig::session_store`);
@@ -129,9 +131,12 @@ impl Record {
     }
 }
 
-/// What a session belongs to: tenant and user.
-fn owner_of(principal: &Principal) -> String {
-    format!("{}\u{1f}{}", principal.tenant_id, principal.user_id)
+/// What a session belongs to: tenant, user, and the endpoint it serves.
+fn owner_of(principal: &Principal, endpoint: &str) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{endpoint}",
+        principal.tenant_id, principal.user_id
+    )
 }
 
 /// The shared session records in Redis.
@@ -202,9 +207,14 @@ impl SharedSessions {
         }
     }
 
-    /// Who presents session `id`, refreshing the record's lifetime (every
-    /// request that names the session is a use of it).
-    pub async fn check(&self, id: &str, principal: &Principal) -> Result<Presented, SharedError> {
+    /// Who presents session `id` at `endpoint`, refreshing the record's
+    /// lifetime (every request that names the session is a use of it).
+    pub async fn check(
+        &self,
+        id: &str,
+        principal: &Principal,
+        endpoint: &str,
+    ) -> Result<Presented, SharedError> {
         let key = self.key(id);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -219,19 +229,25 @@ impl SharedSessions {
         let ((owner, level),): ((Option<String>, Option<String>),) = self.run(&pipe).await?;
         Ok(match owner {
             None => Presented::Unknown,
-            Some(owner) if owner == owner_of(principal) => {
+            Some(owner) if owner == owner_of(principal, endpoint) => {
                 Presented::ByOwner(level.and_then(|l| serde_json::from_str(&l).ok()))
             }
             Some(_) => Presented::ByStranger,
         })
     }
 
-    /// Records who opened session `id` (never replaces an owner).
-    pub async fn bind(&self, id: &str, principal: &Principal) -> Result<(), SharedError> {
+    /// Records who opened session `id`, at which endpoint (never replaces
+    /// an owner).
+    pub async fn bind(
+        &self,
+        id: &str,
+        principal: &Principal,
+        endpoint: &str,
+    ) -> Result<(), SharedError> {
         let key = self.key(id);
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset_nx(&key, OWNER, owner_of(principal))
+            .hset_nx(&key, OWNER, owner_of(principal, endpoint))
             .ignore()
             .cmd("PEXPIRE")
             .arg(&key)
@@ -334,6 +350,7 @@ where
     let Some(principal) = request.extensions().get::<Principal>().cloned() else {
         return serve(request).await;
     };
+    let endpoint = request.uri().path().to_owned();
     let named = request
         .headers()
         .get(SESSION_HEADER)
@@ -345,14 +362,14 @@ where
             .headers()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
-            && let Err(error) = shared.bind(created, &principal).await
+            && let Err(error) = shared.bind(created, &principal, &endpoint).await
         {
             // The session still works on this replica.
             tracing::warn!(%error, "a new MCP session could not be shared with the other replicas");
         }
         return response;
     };
-    match shared.check(&id, &principal).await {
+    match shared.check(&id, &principal, &endpoint).await {
         Ok(Presented::ByOwner(level)) => {
             let mut request = request;
             if let Some(level) = level {
@@ -459,8 +476,17 @@ mod tests {
         a.user_id = Arc::from("u1");
         let mut b = a.clone();
         b.tenant_id = Arc::from("t2");
-        assert_eq!(owner_of(&a), "t1\u{1f}u1");
-        assert_ne!(owner_of(&a), owner_of(&b), "same user id, other tenant");
+        assert_eq!(owner_of(&a, "/mcp"), "t1\u{1f}u1\u{1f}/mcp");
+        assert_ne!(
+            owner_of(&a, "/mcp"),
+            owner_of(&b, "/mcp"),
+            "same user id, other tenant"
+        );
+        assert_ne!(
+            owner_of(&a, "/mcp"),
+            owner_of(&a, "/mcp/p1"),
+            "same principal, another endpoint"
+        );
     }
 
     /// A real Redis (METAMCP_TEST_REDIS_URL), or `None` outside CI.
@@ -497,7 +523,7 @@ mod tests {
         let (alice, bob) = (principal("default", "alice"), principal("default", "bob"));
         let state = SessionState::new(init_params());
         assert_eq!(
-            shared.check("s1", &alice).await.unwrap(),
+            shared.check("s1", &alice, "/mcp").await.unwrap(),
             Presented::Unknown
         );
         shared.store("s1", &state).await.unwrap();
@@ -505,23 +531,28 @@ mod tests {
             shared.load("s1").await.unwrap().is_none(),
             "not restorable before its owner is known"
         );
-        shared.bind("s1", &alice).await.unwrap();
+        shared.bind("s1", &alice, "/mcp").await.unwrap();
         // A second bind never takes the session over.
-        shared.bind("s1", &bob).await.unwrap();
+        shared.bind("s1", &bob, "/mcp").await.unwrap();
         assert_eq!(
-            shared.check("s1", &alice).await.unwrap(),
+            shared.check("s1", &alice, "/mcp").await.unwrap(),
             Presented::ByOwner(None)
         );
         assert_eq!(
-            shared.check("s1", &bob).await.unwrap(),
+            shared.check("s1", &bob, "/mcp").await.unwrap(),
             Presented::ByStranger
         );
         assert_eq!(
             shared
-                .check("s1", &principal("other", "alice"))
+                .check("s1", &principal("other", "alice"), "/mcp")
                 .await
                 .unwrap(),
             Presented::ByStranger
+        );
+        assert_eq!(
+            shared.check("s1", &alice, "/mcp/p1").await.unwrap(),
+            Presented::ByStranger,
+            "a session of /mcp is not one of a profile's endpoint"
         );
         let loaded = shared.load("s1").await.unwrap().expect("restorable");
         assert_eq!(
@@ -544,21 +575,21 @@ mod tests {
             }
         );
         assert_eq!(
-            shared.check("s1", &alice).await.unwrap(),
+            shared.check("s1", &alice, "/mcp").await.unwrap(),
             Presented::ByOwner(Some(LoggingLevel::Debug)),
             "each request learns the session's level"
         );
 
         shared.delete("s1").await.unwrap();
         assert_eq!(
-            shared.check("s1", &alice).await.unwrap(),
+            shared.check("s1", &alice, "/mcp").await.unwrap(),
             Presented::Unknown
         );
         assert!(shared.load("s1").await.unwrap().is_none());
         // Relay state written after the end brings nothing back.
         shared.set_level("s1", LoggingLevel::Error).await.unwrap();
         assert_eq!(
-            shared.check("s1", &alice).await.unwrap(),
+            shared.check("s1", &alice, "/mcp").await.unwrap(),
             Presented::Unknown
         );
         assert!(shared.load("s1").await.unwrap().is_none());
@@ -569,7 +600,7 @@ mod tests {
         let Some(url) = redis_url() else { return };
         let shared = store(&url, Duration::from_millis(1500));
         let alice = principal("default", "alice");
-        shared.bind("s2", &alice).await.unwrap();
+        shared.bind("s2", &alice, "/mcp").await.unwrap();
         shared
             .store("s2", &SessionState::new(init_params()))
             .await
@@ -591,7 +622,7 @@ mod tests {
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(500)).await;
             assert_eq!(
-                shared.check("s2", &alice).await.unwrap(),
+                shared.check("s2", &alice, "/mcp").await.unwrap(),
                 Presented::ByOwner(None)
             );
             assert!(ttl(&shared).await > 1000, "refreshed on use");
@@ -603,7 +634,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(
-            shared.check("s2", &alice).await.unwrap(),
+            shared.check("s2", &alice, "/mcp").await.unwrap(),
             Presented::Unknown
         );
         assert!(shared.load("s2").await.unwrap().is_none());

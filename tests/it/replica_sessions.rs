@@ -494,6 +494,20 @@ async fn a_session_moves_between_replicas_with_its_owner_level_and_subscriptions
         404,
         "a session replica 3 never held"
     );
+    // Nor is it a session of another endpoint of the same replicas.
+    for gw in [one, two] {
+        let r = client_with(&admin)
+            .post(gw.url("/mcp/discovery"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &s.id)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "/mcp/discovery of replica {}", gw.port);
+    }
     // ... and its owner still has it everywhere.
     for gw in [one, two, three] {
         assert_eq!(s.list_status(gw, &admin).await, 200, "replica {}", gw.port);
