@@ -184,12 +184,15 @@ impl Drop for Cluster {
     }
 }
 
+/// (session id the request named, replica it went to), in order.
+type Seen = Arc<parking_lot::Mutex<Vec<(Option<String>, usize)>>>;
+
 /// A round-robin HTTP proxy: each request goes to the next replica in
 /// turn; bodies stream both ways. Records which replica served which
 /// session's requests.
 struct Proxy {
     url: String,
-    seen: Arc<parking_lot::Mutex<Vec<(Option<String>, usize)>>>,
+    seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -197,7 +200,7 @@ struct Backends {
     bases: Vec<String>,
     next: AtomicUsize,
     http: reqwest::Client,
-    seen: Arc<parking_lot::Mutex<Vec<(Option<String>, usize)>>>,
+    seen: Seen,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and those the client sets anew.
@@ -254,7 +257,7 @@ async fn forward(
 
 impl Proxy {
     async fn start(bases: Vec<String>) -> Proxy {
-        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = Seen::default();
         let backends = Arc::new(Backends {
             bases,
             next: AtomicUsize::new(0),
