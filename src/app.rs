@@ -42,6 +42,8 @@ pub struct AppState {
     pub profile_endpoints: crate::mcp::ProfileEndpoints,
     /// The open sessions of the legacy HTTP+SSE endpoint (`/sse`).
     pub sse_sessions: crate::mcp::sse::SseSessions,
+    /// Legacy MCP sessions shared between replicas (with Redis).
+    pub shared_sessions: Option<Arc<crate::mcp::shared_sessions::SharedSessions>>,
     /// Cancelled when the gateway is asked to stop.
     pub shutdown: CancellationToken,
     /// Cancelled once tool calls in flight have finished (or the grace
@@ -227,6 +229,17 @@ impl App {
             servers_lock: tokio::sync::Mutex::new(()),
             profile_endpoints: Default::default(),
             sse_sessions: Default::default(),
+            shared_sessions: match &settings.redis_url {
+                Some(url) => Some(Arc::new(
+                    crate::mcp::shared_sessions::SharedSessions::new(
+                        url,
+                        &settings.redis_prefix,
+                        settings.session_idle,
+                    )
+                    .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?,
+                )),
+                None => None,
+            },
             shutdown: CancellationToken::new(),
             mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
@@ -236,13 +249,8 @@ impl App {
                 settings.cache_max_size,
                 settings.cache_ttl,
             ),
-            cursors: crate::mcp::cursor::CursorSealer::new(crate::mcp::cursor::derive_key(
-                &secret,
-                "mcp cursors v1",
-            )),
-            request_states: crate::mcp::request_state::StateSealer::new(
-                crate::mcp::cursor::derive_key(&secret, "mcp request states v1"),
-            ),
+            cursors: crate::mcp::cursor::CursorSealer::from_secret(&secret),
+            request_states: crate::mcp::request_state::StateSealer::from_secret(&secret),
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
             identity,

@@ -133,6 +133,12 @@ pub struct Settings {
     pub cache_ttl: Duration,
     pub cache_max_size: u64,
     pub redis_url: Option<String>,
+    /// What every key metamcp writes to Redis starts with, so several
+    /// deployments (or tests) can share one Redis.
+    pub redis_prefix: String,
+    /// How long a legacy MCP session lives unused (in this process, and in
+    /// Redis when sessions are shared between replicas).
+    pub session_idle: Duration,
     /// Serve Prometheus metrics at `/metrics`.
     pub metrics_enabled: bool,
     /// Tools per page of an MCP `tools/list` answer.
@@ -289,6 +295,9 @@ impl Default for Settings {
             cache_ttl: Duration::from_secs(300),
             cache_max_size: 1000,
             redis_url: None,
+            redis_prefix: "metamcp:".into(),
+            // rmcp's own default for its in-memory sessions.
+            session_idle: Duration::from_secs(300),
             metrics_enabled: true,
             page_size: 1000,
             oauth_issuers: Vec::new(),
@@ -347,6 +356,8 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_CACHE_TTL",
     "META_MCP_CACHE_MAX_SIZE",
     "META_MCP_REDIS_URL",
+    "META_MCP_REDIS_PREFIX",
+    "META_MCP_SESSION_IDLE_SECS",
     "META_MCP_METRICS_ENABLED",
     "META_MCP_PAGE_SIZE",
     "META_MCP_OUTBOUND_ALLOW_LOOPBACK",
@@ -679,6 +690,21 @@ impl Settings {
                 redis::Client::open(url).map_err(|e| err(format!("not a valid Redis URL: {e}")))?;
                 self.redis_url = Some(url.to_owned());
             }
+            "redis_prefix" => {
+                let prefix = value.trim();
+                if prefix.is_empty()
+                    || prefix.len() > 64
+                    || !prefix
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.'))
+                {
+                    return Err(err(format!(
+                        "expected 1 to 64 of the characters A-Z a-z 0-9 : _ - . (like metamcp:), got {value:?}"
+                    )));
+                }
+                self.redis_prefix = prefix.to_owned();
+            }
+            "session_idle_secs" => self.session_idle = secs(value)?,
             "config_watch_secs" => {
                 self.config_watch = if value.trim() == "0" {
                     None
@@ -1059,6 +1085,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(missing.contains("NOPE"), "{missing}");
+    }
+
+    #[test]
+    fn redis_prefix_and_session_idle_are_checked() {
+        let s = Settings::load_from(&env(&[]), None, &|_| None).unwrap();
+        assert_eq!(
+            (s.redis_prefix.as_str(), s.session_idle),
+            ("metamcp:", Duration::from_secs(300))
+        );
+        let s = Settings::load_from(
+            &env(&[
+                ("META_MCP_REDIS_PREFIX", "prod-eu:metamcp:"),
+                ("META_MCP_SESSION_IDLE_SECS", "90"),
+            ]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.redis_prefix.as_str(), s.session_idle),
+            ("prod-eu:metamcp:", Duration::from_secs(90))
+        );
+        for (name, bad) in [
+            ("META_MCP_REDIS_PREFIX", ""),
+            ("META_MCP_REDIS_PREFIX", "has space"),
+            ("META_MCP_REDIS_PREFIX", "glob*"),
+            ("META_MCP_SESSION_IDLE_SECS", "0"),
+            ("META_MCP_SESSION_IDLE_SECS", "soon"),
+        ] {
+            let e = Settings::load_from(&env(&[(name, bad)]), None, &|_| None).unwrap_err();
+            assert_eq!(e.name, name, "{bad:?}");
+        }
     }
 
     #[test]

@@ -21,8 +21,12 @@ pub struct CursorSealer {
 }
 
 impl CursorSealer {
-    pub fn new(key: [u8; 32]) -> Self {
-        Self { key }
+    /// A key derived from the deployment's secret key: every replica opens
+    /// the cursors of every other.
+    pub fn from_secret(secret: &[u8]) -> Self {
+        Self {
+            key: derive_key(secret, "mcp cursors v1"),
+        }
     }
 }
 
@@ -135,13 +139,15 @@ mod tests {
 
     #[test]
     fn replicas_sharing_the_secret_key_open_each_others_cursors() {
-        let one = CursorSealer::new(derive_key(b"a shared secret key", "cursors"));
-        let two = CursorSealer::new(derive_key(b"a shared secret key", "cursors"));
+        let one = CursorSealer::from_secret(b"a shared secret key");
+        let two = CursorSealer::from_secret(b"a shared secret key");
         let c = one.seal("tools:1:alice", 500);
         assert_eq!(two.open("tools:1:alice", &c), Ok(500));
-        let other = CursorSealer::new(derive_key(b"another secret key", "cursors"));
+        let other = CursorSealer::from_secret(b"another secret key");
         assert!(other.open("tools:1:alice", &c).is_err());
-        let other_purpose = CursorSealer::new(derive_key(b"a shared secret key", "states"));
+        let other_purpose = CursorSealer {
+            key: derive_key(b"a shared secret key", "mcp request states v1"),
+        };
         assert!(other_purpose.open("tools:1:alice", &c).is_err());
     }
 }

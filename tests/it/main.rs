@@ -22,6 +22,7 @@ mod observability;
 mod oidc;
 mod peers;
 mod relays;
+mod replica_sessions;
 mod resilience;
 mod search;
 mod secrets;
