@@ -68,6 +68,14 @@ enum Command {
         #[command(subcommand)]
         command: metamcp::user_cli::UserCommand,
     },
+    /// The audit trail, read from the gateway's database (same settings
+    /// as `serve`): verify its chains, export its records.
+    Audit {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: metamcp::audit::cli::AuditCommand,
+    },
     /// The embedding model of semantic search.
     Models {
         #[command(subcommand)]
@@ -124,6 +132,7 @@ fn main() -> std::process::ExitCode {
             };
             outcome(runtime.block_on(metamcp::user_cli::run(&settings, command)))
         }
+        Command::Audit { config, command } => audit(config, command),
         Command::Models {
             command: ModelsCommand::Fetch { dir, config },
         } => fetch_model(dir, config),
@@ -142,6 +151,29 @@ fn main() -> std::process::ExitCode {
                 tracing::error!("{e:#}");
             }
             outcome(result)
+        }
+    }
+}
+
+/// `metamcp audit ...`: exit 1 when verification finds a break.
+fn audit(
+    config: Option<PathBuf>,
+    command: metamcp::audit::cli::AuditCommand,
+) -> std::process::ExitCode {
+    let settings = match settings(config.as_deref()) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(metamcp::audit::cli::run(&settings, command)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("metamcp: {e:#}");
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -68,6 +68,7 @@ pub fn required_permission(method: &Method, path: &str) -> Option<Permission> {
         "health" => Permission::ServersRead,
         "users" | "roles" | "grants" => Permission::UsersAdmin,
         "tenants" => Permission::PlatformAdmin,
+        "audit" => Permission::AuditRead,
         _ => return None,
     })
 }
@@ -317,7 +318,11 @@ pub async fn authenticate(
     if let Some(needed) = required_permission(request.method(), &path)
         && !principal.has(needed)
     {
-        return forbidden(needed).into_response();
+        // The principal rides on the response for the audit trail, which
+        // records refused changes too.
+        let mut response = forbidden(needed).into_response();
+        response.extensions_mut().insert(principal);
+        return response;
     }
     if mcp {
         if !principal.has(Permission::ToolsRead) {
@@ -347,8 +352,10 @@ pub async fn authenticate(
         }
         return response;
     }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    request.extensions_mut().insert(principal.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(principal);
+    response
 }
 
 /// The client's address, when the listener recorded it.
