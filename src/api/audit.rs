@@ -25,7 +25,11 @@ use super::error::{Problem, Result};
 use crate::{
     app::AppState,
     audit::{self, principal_fields},
-    auth::{DEFAULT_TENANT, Principal, http::forbidden, rbac::Permission},
+    auth::{
+        DEFAULT_TENANT, Principal,
+        http::{Refused, forbidden},
+        rbac::Permission,
+    },
     store::{AuditFilter, AuditRow},
 };
 
@@ -295,12 +299,17 @@ fn recorded_kind(method: &Method, route: &str) -> Option<&'static str> {
         return None;
     }
     match route {
-        "/api/v1/tools/{name}/execute" | "/api/v1/auth/login" | "/api/v1/auth/refresh" => None,
+        // Recorded here only when the authentication layer refused it
+        // (see `record_changes`).
+        EXECUTE_ROUTE => Some("tool_call"),
+        "/api/v1/auth/login" | "/api/v1/auth/refresh" => None,
         "/api/v1/auth/logout" => Some("auth"),
         r if r.starts_with("/api/v1/") => Some("admin"),
         _ => None,
     }
 }
+
+const EXECUTE_ROUTE: &str = "/api/v1/tools/{name}/execute";
 
 /// The values of the route's parameters in `path`, joined by `/`.
 fn path_target(route: &str, path: &str) -> Option<String> {
@@ -413,15 +422,28 @@ pub async fn record_changes(
     let Some(principal) = response.extensions().get::<Principal>().cloned() else {
         return response;
     };
+    let refused = response.extensions().get::<Refused>().copied();
+    // An execution the pipeline saw is recorded by the pipeline; one the
+    // authentication layer refused never reached it.
+    if kind == "tool_call" && refused.is_none() {
+        return response;
+    }
     let status = response.status();
     let (response, created) = if status == StatusCode::CREATED && target.is_none() {
         created_target(response).await
     } else {
         (response, None)
     };
+    let tool = (kind == "tool_call").then(|| target.clone()).flatten();
     let row = AuditRow {
         kind: kind.into(),
-        action: format!("{method} {route}"),
+        action: if kind == "tool_call" {
+            "tools/call".into()
+        } else {
+            format!("{method} {route}")
+        },
+        tool: tool.as_deref().map(audit::field),
+        detail: refused.map(|_| "forbidden".to_owned()),
         target: target.or(created).map(|t| audit::field(&t)),
         outcome: outcome_of(status).into(),
         status: Some(i64::from(status.as_u16())),
@@ -491,7 +513,7 @@ mod tests {
         );
         assert_eq!(
             recorded_kind(&Method::POST, "/api/v1/tools/{name}/execute"),
-            None
+            Some("tool_call")
         );
         assert_eq!(recorded_kind(&Method::POST, "/mcp"), None);
     }

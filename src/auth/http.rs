@@ -73,6 +73,11 @@ pub fn required_permission(method: &Method, path: &str) -> Option<Permission> {
     })
 }
 
+/// Marks a response as this layer's refusal for a missing permission (the
+/// handler never ran), for the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused(pub Permission);
+
 /// The scopes an MCP client needs, as advertised in challenges.
 pub const MCP_SCOPES: &str = "tools:read tools:execute";
 
@@ -322,6 +327,7 @@ pub async fn authenticate(
         // records refused changes too.
         let mut response = forbidden(needed).into_response();
         response.extensions_mut().insert(principal);
+        response.extensions_mut().insert(Refused(needed));
         return response;
     }
     if mcp {
@@ -445,6 +451,10 @@ mod tests {
             Some(Permission::PlatformAdmin)
         );
         assert_eq!(need(Method::GET, "/api/v1/auth/me"), None);
+        assert_eq!(
+            need(Method::GET, "/api/v1/audit"),
+            Some(Permission::AuditRead)
+        );
         assert!(is_public("/api/v1/health/live") && !is_public("/api/v1/health/detailed"));
     }
 }
