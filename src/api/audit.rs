@@ -364,10 +364,7 @@ async fn created_target(response: Response) -> (Response, Option<String>) {
     }
     let (parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_CREATED_BODY).await else {
-        return (
-            Response::from_parts(parts, Body::empty()),
-            None,
-        );
+        return (Response::from_parts(parts, Body::empty()), None);
     };
     let target = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| {
         ["name", "username", "id"]
@@ -489,7 +486,11 @@ mod tests {
             Some("remote")
         );
         assert_eq!(
-            path_target("/api/v1/tools/{name}/approve", "/api/v1/tools/a%20b/approve").as_deref(),
+            path_target(
+                "/api/v1/tools/{name}/approve",
+                "/api/v1/tools/a%20b/approve"
+            )
+            .as_deref(),
             Some("a b")
         );
         assert_eq!(path_target("/api/v1/servers", "/api/v1/servers"), None);

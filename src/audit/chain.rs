@@ -262,7 +262,10 @@ impl std::fmt::Display for Break {
                 write!(f, "record seq {seq} (id {id}) repeats a seq: inserted")
             }
             Break::BeyondHead { seq, id } => {
-                write!(f, "record seq {seq} (id {id}) lies beyond the chain's head: inserted")
+                write!(
+                    f,
+                    "record seq {seq} (id {id}) lies beyond the chain's head: inserted"
+                )
             }
             Break::NoHead => write!(f, "the chain has no head row (removed or forged chain)"),
             Break::ForgedHead { seq } => {
@@ -467,10 +470,16 @@ mod tests {
     fn an_intact_chain_verifies() {
         let k = keys();
         let (rows, head) = chain(&k, 10);
-        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
         let report = verify(&k, &rows, Some(&head));
         assert_eq!(report.breaks, []);
-        assert_eq!((report.records, report.last_seq, report.head_seq), (10, 10, Some(10)));
+        assert_eq!(
+            (report.records, report.last_seq, report.head_seq),
+            (10, 10, Some(10))
+        );
         // An empty chain with its genesis head is whole too.
         assert_eq!(verify(&k, &[], Some(&k.genesis("main"))).breaks, []);
     }
@@ -493,7 +502,10 @@ mod tests {
         rows[1].status = Some(200);
         assert_eq!(
             verify(&k, &rows, Some(&head)).breaks,
-            [Break::Changed { seq: 2, id: "id-0002".into() }]
+            [Break::Changed {
+                seq: 2,
+                id: "id-0002".into()
+            }]
         );
         // So does moving a record to another place in the chain.
         let (mut rows, head) = chain(&k, 4);
@@ -600,7 +612,10 @@ mod tests {
         }
         let report = v.finish();
         assert!(
-            matches!(report.breaks.as_slice(), [Break::HeadMismatch { seq: 6, .. }]),
+            matches!(
+                report.breaks.as_slice(),
+                [Break::HeadMismatch { seq: 6, .. }]
+            ),
             "{:?}",
             report.breaks
         );

@@ -60,12 +60,14 @@ pub fn keys_for(settings: &Settings) -> anyhow::Result<AuditKeys> {
     let backend = crate::store::validate_database_url(&settings.database_url)
         .map_err(|e| anyhow::anyhow!("META_MCP_DATABASE_URL: {e}"))?;
     let generated = settings.data_dir.join("secret.key");
-    if settings.auth.secret_key.is_none() && (backend == Backend::Postgres || !generated.exists())
-    {
+    if settings.auth.secret_key.is_none() && (backend == Backend::Postgres || !generated.exists()) {
         anyhow::bail!(
             "no audit key: set META_MCP_AUDIT_KEY or META_MCP_SECRET_KEY as the gateway has it{}",
             if backend == Backend::Sqlite {
-                format!(" (or point META_MCP_DATA_DIR at the folder with its secret.key; {} does not exist)", generated.display())
+                format!(
+                    " (or point META_MCP_DATA_DIR at the folder with its secret.key; {} does not exist)",
+                    generated.display()
+                )
             } else {
                 String::new()
             }
@@ -105,11 +107,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> anyhow::Result<b
             let ok = reports.iter().all(|r| r.breaks.is_empty());
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({"ok": ok, "chains": reports})
-                )?;
+                writeln!(out, "{}", serde_json::json!({"ok": ok, "chains": reports}))?;
             } else {
                 for r in &reports {
                     if r.breaks.is_empty() {
@@ -131,7 +129,11 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> anyhow::Result<b
                 writeln!(
                     out,
                     "{}: {total} records in {} chains",
-                    if ok { "audit trail intact" } else { "AUDIT TRAIL BROKEN" },
+                    if ok {
+                        "audit trail intact"
+                    } else {
+                        "AUDIT TRAIL BROKEN"
+                    },
                     reports.len()
                 )?;
             }

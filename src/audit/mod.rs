@@ -91,9 +91,7 @@ impl AuditSettings {
             "arguments" => self.arguments = bool_of(value)?,
             "key" => {
                 if value.trim().len() < 32 {
-                    return Err(
-                        "needs at least 32 bytes (e.g. `openssl rand -base64 48`)".into(),
-                    );
+                    return Err("needs at least 32 bytes (e.g. `openssl rand -base64 48`)".into());
                 }
                 self.key = Some(Secret(value.trim().to_owned()));
             }
@@ -181,7 +179,9 @@ pub fn parse_time(value: &str) -> Option<String> {
     let parsed = time::OffsetDateTime::parse(value, &Rfc3339)
         .or_else(|_| time::OffsetDateTime::parse(&format!("{value}T00:00:00Z"), &Rfc3339))
         .ok()?;
-    (0..=9999).contains(&parsed.year()).then(|| format_time(parsed))
+    (0..=9999)
+        .contains(&parsed.year())
+        .then(|| format_time(parsed))
 }
 
 /// The tool-call fields captured when a call starts.
@@ -213,9 +213,7 @@ pub fn call_outcome(result: &Result<Called, CallError>) -> (&'static str, Option
                 UpstreamError::InputRequired { .. } => ("input_required", None),
                 UpstreamError::Unavailable { .. } => ("upstream_error", Some("unavailable")),
                 UpstreamError::Timeout { .. } => ("upstream_error", Some("timeout")),
-                UpstreamError::ConnectionLost { .. } => {
-                    ("upstream_error", Some("connection_lost"))
-                }
+                UpstreamError::ConnectionLost { .. } => ("upstream_error", Some("connection_lost")),
                 UpstreamError::Protocol { .. } => ("upstream_error", Some("protocol")),
                 UpstreamError::Rpc { .. } => ("upstream_error", Some("rpc_error")),
                 UpstreamError::Exhausted { .. } => ("rejected", Some("concurrency_exhausted")),
@@ -341,11 +339,13 @@ impl AuditLog {
         self.inner.tx.as_ref()?;
         let (args_hash, args) = match arguments {
             Some(a) => {
-                let canonical =
-                    crate::catalog::pins::canonical_json(&serde_json::Value::Object(a.clone()))
-                        .to_string();
+                let mut canonical = String::new();
+                canonical_object(a, &mut canonical);
                 let hash = self.inner.keys.arguments_hash(&canonical);
-                (Some(hash), self.inner.arguments.then(|| field_unbounded(&canonical)))
+                (
+                    Some(hash),
+                    self.inner.arguments.then(|| field_unbounded(&canonical)),
+                )
             }
             None => (None, None),
         };
@@ -395,6 +395,41 @@ impl AuditLog {
         {
             tracing::error!(error = %e, "audit writer ended abnormally");
         }
+    }
+}
+
+/// Writes `object` as compact JSON with its keys sorted, recursively: the
+/// canonical form argument hashes are computed over (built in place, with
+/// no copy of the arguments on the call path).
+fn canonical_object(object: &JsonObject, out: &mut String) {
+    let mut keys: Vec<&String> = object.keys().collect();
+    keys.sort();
+    out.push('{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::String(key.clone()).to_string());
+        out.push(':');
+        canonical_value(&object[key], out);
+    }
+    out.push('}');
+}
+
+fn canonical_value(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(o) => canonical_object(o, out),
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_value(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
     }
 }
 
@@ -498,6 +533,25 @@ mod tests {
             Some("2026-11-24T00:00:00.000000Z")
         );
         assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn canonical_arguments_sort_keys_at_every_depth() {
+        let a: JsonObject =
+            serde_json::from_str(r#"{"b": [{"y": 1, "x": "\u0000"}], "a": {"d": null, "c": 1.5}}"#)
+                .unwrap();
+        let mut out = String::new();
+        canonical_object(&a, &mut out);
+        assert_eq!(
+            out,
+            r#"{"a":{"c":1.5,"d":null},"b":[{"x":"\u0000","y":1}]}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            out,
+            crate::catalog::pins::canonical_json(&v).to_string(),
+            "the catalog's canonical JSON"
+        );
     }
 
     #[test]

@@ -173,9 +173,9 @@ impl Pipeline {
     pub async fn call(&self, call: ToolCall) -> Result<Called, CallError> {
         let _running = self.in_flight.enter();
         let started = Instant::now();
-        let audit =
-            self.audit
-                .call_started(&call.principal, &call.name, call.arguments.as_ref());
+        let audit = self
+            .audit
+            .call_started(&call.principal, &call.name, call.arguments.as_ref());
         // catalog + policy: only the caller's tenant's catalog is looked
         // in; a tool the principal may not see is unknown, and so is one
         // outside the profile the call came through.

@@ -122,13 +122,23 @@ async fn every_kind_of_action_is_recorded_and_verify_names_an_edited_record_on_s
         .await;
     assert_eq!(status, 201);
     let (status, _) = gw
-        .send("PATCH", "/api/v1/tools/fx__echo", json!({"category": "demo"}))
+        .send(
+            "PATCH",
+            "/api/v1/tools/fx__echo",
+            json!({"category": "demo"}),
+        )
         .await;
     assert_eq!(status, 200);
     // Tool calls: a success, a tool error, arguments the schema refuses, an
     // unknown tool.
-    assert_eq!(gw.execute("fx__echo", json!({"message": "hi"})).await.0, 200);
-    assert_eq!(gw.execute("fx__fail", json!({"message": "no"})).await.0, 200);
+    assert_eq!(
+        gw.execute("fx__echo", json!({"message": "hi"})).await.0,
+        200
+    );
+    assert_eq!(
+        gw.execute("fx__fail", json!({"message": "no"})).await.0,
+        200
+    );
     assert_eq!(gw.execute("fx__echo", json!({"message": 5})).await.0, 422);
     assert_eq!(gw.execute("fx__nope", json!({})).await.0, 404);
     // A failed and a successful login; then the viewer, who may not call
@@ -154,18 +164,18 @@ async fn every_kind_of_action_is_recorded_and_verify_names_an_edited_record_on_s
         json!({"name": "fx__echo", "arguments": {"message": "x"}}),
     )
     .await;
-    assert!(answer.get("error").is_some() || answer["result"]["isError"] == true, "{answer}");
-    let (status, body) = gw.send_as(Some(&viewer), "GET", "/api/v1/audit", None).await;
+    assert!(
+        answer.get("error").is_some() || answer["result"]["isError"] == true,
+        "{answer}"
+    );
+    let (status, body) = gw
+        .send_as(Some(&viewer), "GET", "/api/v1/audit", None)
+        .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["permission"], "audit:read");
     // A change the viewer may not make is recorded as denied.
     let (status, _) = gw
-        .send_as(
-            Some(&viewer),
-            "DELETE",
-            "/api/v1/servers/fx",
-            None,
-        )
+        .send_as(Some(&viewer), "DELETE", "/api/v1/servers/fx", None)
         .await;
     assert_eq!(status, 403);
 
@@ -226,13 +236,93 @@ async fn every_kind_of_action_is_recorded_and_verify_names_an_edited_record_on_s
         records(&gw, "kind=tool_call&outcome=denied&actor=viewer1").await
     };
     assert_eq!(denied.len(), 2, "REST and MCP refusals: {denied:#?}");
-    assert!(denied.iter().all(|r| r["detail"] == "forbidden" && r["tool"] == "fx__echo"));
+    assert!(
+        denied
+            .iter()
+            .all(|r| r["detail"] == "forbidden" && r["tool"] == "fx__echo")
+    );
     let logins = {
-        wait_record(&gw, "kind=auth&outcome=denied", |r| r["actor_name"] == "viewer1").await;
+        wait_record(&gw, "kind=auth&outcome=denied", |r| {
+            r["actor_name"] == "viewer1"
+        })
+        .await;
         records(&gw, "kind=auth&actor=viewer1").await
     };
-    let outcomes: BTreeSet<&str> = logins.iter().filter_map(|r| r["outcome"].as_str()).collect();
-    assert_eq!(outcomes, BTreeSet::from(["denied", "success"]), "{logins:#?}");
+    let outcomes: BTreeSet<&str> = logins
+        .iter()
+        .filter_map(|r| r["outcome"].as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        BTreeSet::from(["denied", "success"]),
+        "{logins:#?}"
+    );
+
+    // Logging out is recorded too.
+    let (status, _) = gw
+        .send_as(Some(&viewer), "POST", "/api/v1/auth/logout", None)
+        .await;
+    assert_eq!(status, 204);
+    let logout = wait_record(&gw, "kind=auth&actor=viewer1", |r| {
+        r["action"] == "POST /api/v1/auth/logout"
+    })
+    .await;
+    assert_eq!(logout["outcome"], "success");
+
+    // A tenant's admin reads its own tenant's records only.
+    let (status, _) = gw
+        .post("/api/v1/tenants", json!({"id": "t2", "name": "Tenant two"}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = gw
+        .post(
+            "/api/v1/users",
+            json!({"username": "t2admin", "password": "t2-admin-password-1", "roles": ["admin"], "tenant": "t2"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let login = reqwest::Client::new()
+        .post(gw.url("/api/v1/auth/login"))
+        .json(&json!({"username": "t2admin", "password": "t2-admin-password-1", "tenant": "t2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let t2: Value = login.json().await.unwrap();
+    let t2 = t2["access_token"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let (status, body) = gw.send_as(Some(&t2), "GET", "/api/v1/audit", None).await;
+        assert_eq!(status, 200, "{body}");
+        let seen = body["records"].as_array().cloned().unwrap_or_default();
+        if !seen.is_empty() {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "t2's login never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(seen.iter().all(|r| r["tenant_id"] == "t2"), "{seen:#?}");
+    let (status, _) = gw
+        .send_as(Some(&t2), "GET", "/api/v1/audit?tenant=default", None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = gw
+        .send_as(Some(&t2), "GET", "/api/v1/audit/verify", None)
+        .await;
+    assert_eq!(status, 403, "the chains span every tenant");
+    // The platform admin sees both tenants, and may narrow to one.
+    assert!(
+        records(&gw, "")
+            .await
+            .iter()
+            .any(|r| r["tenant_id"] == "t2")
+    );
+    assert!(
+        records(&gw, "tenant=t2")
+            .await
+            .iter()
+            .all(|r| r["tenant_id"] == "t2")
+    );
 
     // Filters narrow, and never to another kind.
     for (query, field, value) in [
@@ -244,7 +334,10 @@ async fn every_kind_of_action_is_recorded_and_verify_names_an_edited_record_on_s
     ] {
         let found = records(&gw, query).await;
         assert!(!found.is_empty(), "{query}");
-        assert!(found.iter().all(|r| r[field] == value), "{query}: {found:#?}");
+        assert!(
+            found.iter().all(|r| r[field] == value),
+            "{query}: {found:#?}"
+        );
     }
     assert!(records(&gw, "since=2999-01-01").await.is_empty());
     assert!(!records(&gw, "until=2999-01-01T00:00:00Z").await.is_empty());
@@ -277,8 +370,13 @@ async fn every_kind_of_action_is_recorded_and_verify_names_an_edited_record_on_s
     assert_eq!(ids(&paged)[paged.len() - all.len()..], ids(&all)[..]);
     let (status, body) = gw.get("/api/v1/audit?limit=1").await;
     assert_eq!(status, 200);
-    let c = body["next_cursor"].as_str().expect("a next page").to_owned();
-    let (status, body) = gw.get(&format!("/api/v1/audit?limit=1&kind=admin&cursor={c}")).await;
+    let c = body["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let (status, body) = gw
+        .get(&format!("/api/v1/audit?limit=1&kind=admin&cursor={c}"))
+        .await;
     assert_eq!(status, 400, "a cursor of another listing: {body}");
     assert_eq!(body["type"], "urn:metamcp:problem:invalid-cursor");
     assert_eq!(gw.get("/api/v1/audit?cursor=forged.abc").await.0, 400);
@@ -305,7 +403,10 @@ async fn every_kind_of_action_is_recorded_and_verify_names_an_edited_record_on_s
     assert!(lines.len() >= all.len());
     let mut newest_first = ids(&lines);
     newest_first.reverse();
-    assert_eq!(newest_first[newest_first.len() - all.len()..], ids(&all)[..]);
+    assert_eq!(
+        newest_first[newest_first.len() - all.len()..],
+        ids(&all)[..]
+    );
 
     let (status, report) = gw.get("/api/v1/audit/verify").await;
     assert_eq!(status, 200);
@@ -343,7 +444,11 @@ async fn every_kind_of_action_is_recorded_and_verify_names_an_edited_record_on_s
         out.contains(&format!("record seq {seq} (id {target}) does not verify")),
         "{out}"
     );
-    assert_eq!(out.matches("does not verify").count(), 1, "only that record: {out}");
+    assert_eq!(
+        out.matches("does not verify").count(),
+        1,
+        "only that record: {out}"
+    );
     // Put back, it verifies again; removed, verify names the gap.
     sqlx::query("UPDATE audit_log SET outcome = 'denied' WHERE id = $1")
         .bind(&target)
@@ -370,7 +475,10 @@ async fn every_kind_of_action_is_recorded_and_verify_names_an_edited_record_on_s
     // Without the key there is nothing to verify with: a clear error.
     let (code, _, err) = audit_cli(
         &["verify"],
-        &[("META_MCP_DATA_DIR", gw.data_dir.join("elsewhere").display().to_string())],
+        &[(
+            "META_MCP_DATA_DIR",
+            gw.data_dir.join("elsewhere").display().to_string(),
+        )],
     );
     assert_eq!(code, 2);
     assert!(err.contains("META_MCP_AUDIT_KEY"), "{err}");
@@ -425,7 +533,10 @@ async fn the_drop_policy_counts_what_a_stalled_writer_could_not_take() {
     // on its next batch, the one-record queue fills, and the rest drop.
     let db = sqlite(&gw.data_dir.join("metamcp.db")).await;
     let mut lock = db.acquire().await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut *lock).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
     const CALLS: usize = 12;
     for i in 0..CALLS {
         let started = Instant::now();
@@ -459,7 +570,11 @@ async fn the_drop_policy_counts_what_a_stalled_writer_could_not_take() {
     loop {
         let calls = records(&gw, "kind=tool_call").await.len();
         if calls as f64 + dropped >= CALLS as f64 {
-            assert_eq!(calls as f64 + dropped, CALLS as f64, "kept + dropped = made");
+            assert_eq!(
+                calls as f64 + dropped,
+                CALLS as f64,
+                "kept + dropped = made"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "kept records never written");
@@ -467,7 +582,10 @@ async fn the_drop_policy_counts_what_a_stalled_writer_could_not_take() {
     }
     assert!(metric(&gw, "metamcp_audit_records_total").await >= 2.0);
     let (_, report) = gw.get("/api/v1/audit/verify").await;
-    assert_eq!(report["ok"], true, "dropped records leave no hole: {report:#}");
+    assert_eq!(
+        report["ok"], true,
+        "dropped records leave no hole: {report:#}"
+    );
 }
 
 /// A fresh database on the test PostgreSQL server, dropped when this goes.
@@ -481,7 +599,9 @@ impl TempDatabase {
     async fn create(base: &str) -> Self {
         sqlx::any::install_default_drivers();
         let name = format!("metamcp_audit_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::AnyPool::connect(base).await.expect("connect to PostgreSQL");
+        let admin = sqlx::AnyPool::connect(base)
+            .await
+            .expect("connect to PostgreSQL");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await
@@ -578,7 +698,12 @@ async fn replicas_on_postgresql_chain_in_turn_and_verify_names_an_edited_record(
     let b = Gateway::start(replica(Some("replica-b"))).await;
     b.wait_server("fx", "ready").await;
     for i in 0..3 {
-        assert_eq!(b.execute("fx__fail", json!({"message": format!("f{i}")})).await.0, 200);
+        assert_eq!(
+            b.execute("fx__fail", json!({"message": format!("f{i}")}))
+                .await
+                .0,
+            200
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let all = loop {
@@ -586,7 +711,11 @@ async fn replicas_on_postgresql_chain_in_turn_and_verify_names_an_edited_record(
         if all.len() >= 2 * CALLS + 3 {
             break all;
         }
-        assert!(Instant::now() < deadline, "only {} tool calls recorded", all.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} tool calls recorded",
+            all.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let chains: BTreeSet<&str> = all.iter().filter_map(|r| r["chain_id"].as_str()).collect();
@@ -599,14 +728,20 @@ async fn replicas_on_postgresql_chain_in_turn_and_verify_names_an_edited_record(
     let env: Vec<(&str, String)> = settings.to_vec();
     let (code, out, err) = audit_cli(&["verify"], &env);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("chain main:") && out.contains("chain replica-b:"), "{out}");
+    assert!(
+        out.contains("chain main:") && out.contains("chain replica-b:"),
+        "{out}"
+    );
 
     // One record of the shared chain edited in the database.
     let target = all
         .iter()
         .find(|r| r["chain_id"] == "main")
         .expect("a record of the shared chain");
-    let (id, seq) = (target["id"].as_str().unwrap(), target["seq"].as_i64().unwrap());
+    let (id, seq) = (
+        target["id"].as_str().unwrap(),
+        target["seq"].as_i64().unwrap(),
+    );
     let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
     let done = sqlx::query("UPDATE audit_log SET actor_name = 'someone-else' WHERE id = $1")
         .bind(id)
