@@ -414,8 +414,21 @@ async fn every_kind_of_action_is_recorded_and_verify_names_an_edited_record_on_s
 
     // Stopping writes whatever is queued; the chain verifies offline, also
     // against the heads the gateway logged.
+    let calls_before = records(&gw, "kind=tool_call").await.len();
+    assert_eq!(
+        gw.execute("fx__echo", json!({"message": "last"})).await.0,
+        200
+    );
     assert!(gw.stop().is_some_and(|s| s.success()));
     let env = [("META_MCP_DATA_DIR", gw.data_dir.display().to_string())];
+    let (code, out, err) = audit_cli(&["export", "--kind", "tool_call"], &env);
+    assert_eq!(code, 0, "{err}");
+    let exported: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(exported.len(), calls_before + 1, "the last call is written");
+    assert!(exported.iter().all(|r| r["kind"] == "tool_call"));
     let (code, out, err) = audit_cli(&["verify"], &env);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("audit trail intact"), "{out}");
@@ -586,6 +599,78 @@ async fn the_drop_policy_counts_what_a_stalled_writer_could_not_take() {
         report["ok"], true,
         "dropped records leave no hole: {report:#}"
     );
+}
+
+#[tokio::test]
+async fn the_block_policy_holds_a_call_until_its_record_has_room() {
+    let m = marker("audit-block");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .env("META_MCP_AUDIT_QUEUE_FULL", "block")
+            .env("META_MCP_AUDIT_QUEUE_SIZE", "1")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    let (_, login) = gw.login("admin", ADMIN_PASSWORD).await;
+    let admin = client_with(login["access_token"].as_str().unwrap());
+    let call = |i: usize| {
+        let admin = admin.clone();
+        let url = gw.url("/api/v1/tools/fx__echo/execute");
+        async move {
+            admin
+                .post(url)
+                .json(&json!({"arguments": {"message": format!("b{i}")}}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let db = sqlite(&gw.data_dir.join("metamcp.db")).await;
+    let mut lock = db.acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // The first record goes to the stalled writer, the second fills the
+    // queue (depth 1): those calls return.
+    assert_eq!(call(0).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if call(1).await == 200 && metric(&gw, "metamcp_audit_queue_depth").await >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue never filled");
+    }
+    // The next call has nowhere to put its record: it waits.
+    let blocked = tokio::spawn(call(2));
+    let waited = tokio::time::timeout(Duration::from_secs(2), async {
+        while !blocked.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_err(),
+        "a call returned although its record had no room"
+    );
+    sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
+    drop(lock);
+    db.close().await;
+    assert_eq!(
+        blocked.await.unwrap(),
+        200,
+        "released once the writer moves"
+    );
+    assert_eq!(metric(&gw, "metamcp_audit_queue_dropped_total").await, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while records(&gw, "kind=tool_call").await.len() < 3 {
+        assert!(Instant::now() < deadline, "blocked records never written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A fresh database on the test PostgreSQL server, dropped when this goes.
