@@ -56,6 +56,9 @@ pub struct AuditFilter {
     pub until: String,
 }
 
+/// Rows per INSERT statement of a batch.
+const ROWS_PER_INSERT: usize = 64;
+
 const COLUMNS: &str = "id, chain_id, seq, ts, kind, tenant_id, actor_id, actor_name, auth_method, action, target, \
      server, tool, outcome, status, duration_us, args_hash, args, detail, request_id, mac";
 
@@ -129,34 +132,46 @@ impl Store {
             head_mac: row.try_get(2)?,
         };
         let (rows, new_head) = seal(&head);
-        for r in &rows {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
-            )))
-            .bind(&r.id)
-            .bind(&r.chain_id)
-            .bind(r.seq)
-            .bind(&r.ts)
-            .bind(&r.kind)
-            .bind(&r.tenant_id)
-            .bind(&r.actor_id)
-            .bind(&r.actor_name)
-            .bind(&r.auth_method)
-            .bind(&r.action)
-            .bind(&r.target)
-            .bind(&r.server)
-            .bind(&r.tool)
-            .bind(&r.outcome)
-            .bind(r.status)
-            .bind(r.duration_us)
-            .bind(&r.args_hash)
-            .bind(&r.args)
-            .bind(&r.detail)
-            .bind(&r.request_id)
-            .bind(&r.mac)
-            .execute(&mut *tx)
-            .await?;
+        // Many rows per statement: a batch costs a few round trips, not
+        // one per record (21 parameters a row stays far below both
+        // databases' limits on parameters).
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let placeholders: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=21).map(|c| format!("${}", i * 21 + c)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit_log ({COLUMNS}) VALUES {}",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                query = query
+                    .bind(&r.id)
+                    .bind(&r.chain_id)
+                    .bind(r.seq)
+                    .bind(&r.ts)
+                    .bind(&r.kind)
+                    .bind(&r.tenant_id)
+                    .bind(&r.actor_id)
+                    .bind(&r.actor_name)
+                    .bind(&r.auth_method)
+                    .bind(&r.action)
+                    .bind(&r.target)
+                    .bind(&r.server)
+                    .bind(&r.tool)
+                    .bind(&r.outcome)
+                    .bind(r.status)
+                    .bind(r.duration_us)
+                    .bind(&r.args_hash)
+                    .bind(&r.args)
+                    .bind(&r.detail)
+                    .bind(&r.request_id)
+                    .bind(&r.mac);
+            }
+            query.execute(&mut *tx).await?;
         }
         sqlx::query(
             "UPDATE audit_chains SET seq = $1, mac = $2, head_mac = $3, updated_at = $4 WHERE chain_id = $5",
