@@ -185,14 +185,49 @@ pub fn parse_time(value: &str) -> Option<String> {
 }
 
 /// The tool-call fields captured when a call starts.
+/// A call dropped before it finished (its caller went away, or it was
+/// cancelled) is still recorded, as `cancelled`, when this goes.
 pub struct CallStart {
-    row: AuditRow,
+    /// Taken when the call's end is recorded.
+    row: Option<AuditRow>,
     started: std::time::Instant,
+    log: AuditLog,
+}
+
+impl CallStart {
+    fn finish(&mut self, outcome: &str, detail: Option<&str>) -> Option<AuditRow> {
+        let mut row = self.row.take()?;
+        row.target = row.tool.clone();
+        row.outcome = outcome.into();
+        row.detail = detail.map(str::to_owned);
+        row.duration_us = Some(self.started.elapsed().as_micros().min(i64::MAX as u128) as i64);
+        Some(row)
+    }
+}
+
+impl Drop for CallStart {
+    fn drop(&mut self) {
+        // No waiting in a destructor: whatever the policy, a full queue
+        // drops (and counts) this one.
+        let Some(row) = self.finish("cancelled", None) else {
+            return;
+        };
+        let Some(tx) = &self.log.inner.tx else { return };
+        let queued = tx.try_send(row).is_ok();
+        self.log
+            .inner
+            .metrics
+            .audit_queue_depth
+            .set((tx.max_capacity() - tx.capacity()) as i64);
+        if !queued {
+            self.log.dropped();
+        }
+    }
 }
 
 /// Why a tool call ended as it did: (outcome, detail). Outcomes are those of
-/// `metamcp_tool_calls_total` plus `denied` (policy refused the caller) and
-/// `input_required`; the detail names the error's kind, never its message
+/// `metamcp_tool_calls_total` plus `denied` (policy refused the caller),
+/// `input_required` and (see [`CallStart`]) `cancelled`; the detail names the error's kind, never its message
 /// (which may quote the arguments).
 pub fn call_outcome(result: &Result<Called, CallError>) -> (&'static str, Option<&'static str>) {
     match result {
@@ -350,7 +385,8 @@ impl AuditLog {
             None => (None, None),
         };
         Some(CallStart {
-            row: AuditRow {
+            log: self.clone(),
+            row: Some(AuditRow {
                 ts: timestamp(),
                 kind: "tool_call".into(),
                 action: "tools/call".into(),
@@ -358,7 +394,7 @@ impl AuditLog {
                 args_hash,
                 args,
                 ..principal_fields(principal)
-            },
+            }),
             started: std::time::Instant::now(),
         })
     }
@@ -371,19 +407,15 @@ impl AuditLog {
         resolved: Option<(&str, Option<&str>)>,
         result: &Result<Called, CallError>,
     ) {
-        let Some(CallStart { mut row, started }) = start else {
-            return;
-        };
-        let (outcome, detail) = call_outcome(result);
-        if let Some((tool, server)) = resolved {
+        let Some(mut start) = start else { return };
+        if let (Some(row), Some((tool, server))) = (start.row.as_mut(), resolved) {
             row.tool = Some(field(tool));
             row.server = server.map(field);
         }
-        row.target = row.tool.clone();
-        row.outcome = outcome.into();
-        row.detail = detail.map(str::to_owned);
-        row.duration_us = Some(started.elapsed().as_micros().min(i64::MAX as u128) as i64);
-        self.record(row).await;
+        let (outcome, detail) = call_outcome(result);
+        if let Some(row) = start.finish(outcome, detail) {
+            self.record(row).await;
+        }
     }
 
     /// Stops the writer after it has written everything queued.

@@ -602,6 +602,26 @@ async fn the_drop_policy_counts_what_a_stalled_writer_could_not_take() {
 }
 
 #[tokio::test]
+async fn a_call_whose_caller_goes_away_is_recorded_as_cancelled() {
+    let (gw, _m) = common::gateway_with_fixture("audit-cancel").await;
+    // The client gives up long before the tool would answer.
+    let gone = gw
+        .client()
+        .post(gw.url("/api/v1/tools/fx__slow/execute"))
+        .timeout(Duration::from_millis(500))
+        .json(&json!({"arguments": {"ms": 20_000}}))
+        .send()
+        .await;
+    assert!(gone.is_err_and(|e| e.is_timeout()));
+    let r = wait_record(&gw, "kind=tool_call&tool=fx__slow", |_| true).await;
+    assert_eq!(r["outcome"], "cancelled", "{r}");
+    assert!(
+        r["duration_us"].as_i64().is_some_and(|d| d < 20_000_000),
+        "{r}"
+    );
+}
+
+#[tokio::test]
 async fn the_block_policy_holds_a_call_until_its_record_has_room() {
     let m = marker("audit-block");
     let gw = Gateway::start(
