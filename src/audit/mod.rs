@@ -296,6 +296,7 @@ impl AuditLog {
                 rx,
                 metrics: metrics.clone(),
                 stop: stop.clone(),
+                head_reported: Default::default(),
             }));
             (Some(tx), Some(handle))
         } else {

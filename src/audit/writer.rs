@@ -30,6 +30,9 @@ pub(super) struct Writer {
     pub rx: mpsc::Receiver<AuditRow>,
     pub metrics: Arc<Metrics>,
     pub stop: CancellationToken,
+    /// Whether a head that does not verify was reported already (once per
+    /// process: after a change of key, every batch would say it again).
+    pub head_reported: std::sync::atomic::AtomicBool,
 }
 
 pub(super) async fn run(mut w: Writer) {
@@ -108,9 +111,13 @@ async fn write(
         let sealed = w
             .store
             .audit_append(genesis, |head| {
-                if !keys.head_is_authentic(head) {
+                if !keys.head_is_authentic(head)
+                    && !w
+                        .head_reported
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
                     // Someone edited the head: say so now; verify names it.
-                    tracing::error!(chain = %head.chain_id, seq = head.seq, "audit chain head does not verify: the audit table was tampered with");
+                    tracing::error!(chain = %head.chain_id, seq = head.seq, "audit chain head does not verify: the audit table was edited, or the audit key changed (run `metamcp audit verify`)");
                 }
                 keys.seal(head, drafts)
             })
