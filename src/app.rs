@@ -163,6 +163,12 @@ impl App {
         let secret = crate::auth::bootstrap::secret_key(&settings, store.backend())?;
         crate::auth::bootstrap::first_admin(&settings, &store).await?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let audit = crate::audit::AuditLog::start(
+            &settings.audit,
+            crate::audit::keys(&settings.audit, &secret),
+            store.clone(),
+            metrics.clone(),
+        );
         let identity = crate::auth::Identity::new(
             store.clone(),
             settings.auth.clone(),
@@ -203,6 +209,7 @@ impl App {
             guard: Arc::new(crate::guard::Guard::new(settings.rate_limits.clone())),
             in_flight: Default::default(),
             metrics: metrics.clone(),
+            audit,
             cache: Arc::new(
                 crate::cache::ResultCache::new(
                     settings.cache_max_size,
@@ -388,6 +395,10 @@ impl App {
                 state.clone(),
                 crate::auth::http::authenticate,
             ))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::api::audit::record_changes,
+            ))
             .layer(middleware::from_fn_with_state(state.clone(), count_http))
             .with_state(state.clone())
             .layer(DefaultBodyLimit::max(settings.max_body_bytes))
@@ -466,6 +477,8 @@ impl App {
         }
         tracing::info!("stopping upstreams");
         state.upstreams.shutdown().await;
+        // After the last call and change: everything queued is written.
+        state.pipeline.audit.shutdown().await;
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())

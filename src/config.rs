@@ -164,6 +164,8 @@ pub struct Settings {
     pub embedding_url: Option<String>,
     pub embedding_model: Option<String>,
     pub embedding_api_key: Option<Secret>,
+    /// The audit trail (`META_MCP_AUDIT_*`).
+    pub audit: crate::audit::AuditSettings,
 }
 
 /// Which embedder semantic search uses.
@@ -315,6 +317,7 @@ impl Default for Settings {
             embedding_url: None,
             embedding_model: None,
             embedding_api_key: None,
+            audit: Default::default(),
         }
     }
 }
@@ -384,6 +387,12 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_EMBEDDING_URL",
     "META_MCP_EMBEDDING_MODEL",
     "META_MCP_EMBEDDING_API_KEY",
+    "META_MCP_AUDIT_ENABLED",
+    "META_MCP_AUDIT_KEY",
+    "META_MCP_AUDIT_QUEUE_SIZE",
+    "META_MCP_AUDIT_QUEUE_FULL",
+    "META_MCP_AUDIT_ARGUMENTS",
+    "META_MCP_AUDIT_CHAIN_ID",
 ];
 
 impl Settings {
@@ -837,6 +846,9 @@ impl Settings {
                 self.embedding_model = Some(model.to_owned());
             }
             "embedding_api_key" => self.embedding_api_key = Some(Secret(value.trim().to_owned())),
+            audit if let Some(rest) = audit.strip_prefix("audit_") => {
+                self.audit.apply(rest, value).map_err(err)?
+            }
             other => return Err(err(format!("unknown setting {other:?}"))),
         }
         Ok(())

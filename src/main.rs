@@ -86,6 +86,14 @@ enum Command {
     /// Read a file written by `export` into this deployment's database, in
     /// one transaction; stored credentials are sealed under this deployment's key.
     Import(metamcp::transfer::ImportArgs),
+    /// The audit trail, read from the gateway's database (same settings
+    /// as `serve`): verify its chains, export its records.
+    Audit {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: metamcp::audit::cli::AuditCommand,
+    },
     /// The embedding model of semantic search.
     Models {
         #[command(subcommand)]
@@ -147,6 +155,7 @@ fn main() -> std::process::ExitCode {
                 metamcp::transfer::run_import(settings, args).await
             })
         }
+        Command::Audit { config, command } => audit(config, command),
         Command::Models {
             command: ModelsCommand::Fetch { dir, config },
         } => fetch_model(dir, config),
@@ -201,6 +210,25 @@ fn health(url: Option<String>, ready: bool) -> std::process::ExitCode {
         Err(e) => {
             eprintln!("{url}: {e}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `metamcp audit ...`: exit 1 when verification finds a break, 2 when it
+/// cannot run.
+fn audit(
+    config: Option<PathBuf>,
+    command: metamcp::audit::cli::AuditCommand,
+) -> std::process::ExitCode {
+    match offline_run(config.as_deref(), async |settings| {
+        metamcp::audit::cli::run(settings, command).await
+    }) {
+        Err(code) => code,
+        Ok(Ok(true)) => std::process::ExitCode::SUCCESS,
+        Ok(Ok(false)) => std::process::ExitCode::FAILURE,
+        Ok(Err(e)) => {
+            eprintln!("metamcp: {e:#}");
+            std::process::ExitCode::from(2)
         }
     }
 }
@@ -291,15 +319,21 @@ fn offline(
     config: Option<&std::path::Path>,
     command: impl AsyncFnOnce(&Settings) -> anyhow::Result<()>,
 ) -> std::process::ExitCode {
-    let settings = match settings(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    outcome(runtime.block_on(command(&settings)))
+    match offline_run(config, command) {
+        Ok(result) => outcome(result),
+        Err(code) => code,
+    }
+}
+
+/// The result of such a command, or the exit status of why it could not run
+/// (bad settings, no runtime).
+fn offline_run<T>(
+    config: Option<&std::path::Path>,
+    command: impl AsyncFnOnce(&Settings) -> anyhow::Result<T>,
+) -> Result<anyhow::Result<T>, std::process::ExitCode> {
+    let settings = settings(config)?;
+    let runtime = runtime(&mut tokio::runtime::Builder::new_current_thread())?;
+    Ok(runtime.block_on(command(&settings)))
 }
 
 /// The exit status of a command's result, printing the error chain.

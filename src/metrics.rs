@@ -111,6 +111,13 @@ pub struct Metrics {
     pub search_requests: Family<SearchLabels, Counter>,
     pub search_duration: Family<SearchLabels, Histogram, fn() -> Histogram>,
     pub auth_events: Family<AuthLabels, Counter>,
+    /// Audit records queued for the writer now.
+    pub audit_queue_depth: Gauge,
+    /// Audit records dropped (queue full under the `drop` policy, or not
+    /// writable at shutdown).
+    pub audit_dropped: Counter,
+    /// Audit records written.
+    pub audit_records: Counter,
 }
 
 impl Default for Metrics {
@@ -143,6 +150,9 @@ impl Metrics {
             search_requests: Family::default(),
             search_duration: Family::new_with_constructor(latency_histogram),
             auth_events: Family::default(),
+            audit_queue_depth: Gauge::default(),
+            audit_dropped: Counter::default(),
+            audit_records: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -215,6 +225,21 @@ impl Metrics {
             "auth_events",
             "Identity events: logins, failures, refreshes, revocations, rejected credentials",
             m.auth_events.clone(),
+        );
+        registry.register(
+            "audit_queue_depth",
+            "Audit records waiting for the writer",
+            m.audit_queue_depth.clone(),
+        );
+        registry.register(
+            "audit_queue_dropped",
+            "Audit records dropped: queue full under the drop policy, or not writable at shutdown",
+            m.audit_dropped.clone(),
+        );
+        registry.register(
+            "audit_records",
+            "Audit records written",
+            m.audit_records.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build

@@ -108,7 +108,7 @@ async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response> {
     let tenant = body.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
-    let (tokens, user) = state
+    let result = state
         .identity
         .login(
             tenant,
@@ -116,8 +116,19 @@ async fn login(
             &body.password,
             crate::auth::http::client_ip(&extensions),
         )
-        .await
-        .map_err(login_problem)?;
+        .await;
+    // Attempts that reached the password check go to the audit trail
+    // (throttled ones did not: they would let anyone flood it).
+    match &result {
+        Ok((_, user)) => {
+            super::audit::record_login(&state, tenant, &body.username, Some(&user.id), true).await
+        }
+        Err(LoginError::BadCredentials) => {
+            super::audit::record_login(&state, tenant, &body.username, None, false).await
+        }
+        Err(_) => {}
+    }
+    let (tokens, user) = result.map_err(login_problem)?;
     tracing::info!(user = %user.id, tenant = %user.tenant_id, "login");
     Ok(issued(&state, tokens, body.cookie))
 }

@@ -113,6 +113,8 @@ pub struct Pipeline {
     pub in_flight: Arc<InFlight>,
     pub cache: Arc<ResultCache>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Every call, whatever its outcome, is recorded here.
+    pub audit: crate::audit::AuditLog,
     pub call_timeout: Duration,
     pub max_response_bytes: usize,
 }
@@ -171,6 +173,9 @@ impl Pipeline {
     pub async fn call(&self, call: ToolCall) -> Result<Called, CallError> {
         let _running = self.in_flight.enter();
         let started = Instant::now();
+        let audit = self
+            .audit
+            .call_started(&call.principal, &call.name, call.arguments.as_ref());
         // catalog + policy: only the caller's tenant's catalog is looked
         // in; a tool the principal may not see is unknown, and so is one
         // outside the profile the call came through.
@@ -184,8 +189,12 @@ impl Pipeline {
             None => snapshot.tool(&call.name),
         }
         .filter(|t| policy::may_see(&call.principal, t))
-        .cloned()
-        .ok_or_else(|| CallError::UnknownTool(call.name.clone()))?;
+        .cloned();
+        let Some(entry) = entry else {
+            let result = Err(CallError::UnknownTool(call.name.clone()));
+            self.audit.call_finished(audit, None, &result).await;
+            return result;
+        };
         let result = self.call_entry(&entry, call).await;
         let server = entry.server().unwrap_or_default().to_owned();
         let outcome = match &result {
@@ -231,6 +240,9 @@ impl Pipeline {
             },
             duration: started.elapsed(),
         });
+        self.audit
+            .call_finished(audit, Some((&entry.public_name, entry.server())), &result)
+            .await;
         result
     }
 

@@ -8,9 +8,11 @@
 use std::{borrow::Cow, path::Path, str::FromStr, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
+mod audit;
 mod identity;
 pub mod snapshot;
 
+pub use audit::{AuditFilter, AuditRow, ChainHead};
 pub use identity::{ApiKeyRow, GrantRow, RefreshRow, RoleRow, UserRow};
 
 use sqlx::{
@@ -85,6 +87,7 @@ fn migrator() -> Migrator {
             "tool embeddings",
             include_str!("../../migrations/0004_tool_embeddings.sql"),
         ),
+        migration(5, "audit", include_str!("../../migrations/0005_audit.sql")),
     ]);
     // Advisory locking makes concurrent starts of several replicas safe.
     migrator.set_locking(true);

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod audit;
 mod auth;
 mod catalog;
 mod cli;
