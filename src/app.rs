@@ -65,6 +65,9 @@ pub struct AppState {
     list_fingerprints: parking_lot::Mutex<std::collections::HashMap<Arc<str>, [u64; 3]>>,
     /// Users, tokens, API keys, roles and grants.
     pub identity: crate::auth::Identity,
+    /// The other replicas (through Redis): changes made here are announced
+    /// on it, theirs arrive through it.
+    pub cluster: Arc<crate::cluster::Bus>,
 }
 
 impl AppState {
@@ -139,7 +142,9 @@ impl App {
         // Before the store: with PostgreSQL a missing key stops the start
         // before anything is touched.
         let secrets = Arc::new(secrets_keyring(&settings)?);
-        let store = Store::connect(&settings.database_url).await.map_err(|e| {
+        let store = Store::connect_with(&settings.database_url, settings.database_pool_size)
+            .await
+            .map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the database {}: {e}",
                 outbound::redact_url(&settings.database_url)
@@ -152,13 +157,23 @@ impl App {
         let secret = crate::auth::bootstrap::secret_key(&settings, store.backend())?;
         crate::auth::bootstrap::first_admin(&settings, &store).await?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let cluster = Arc::new(
+            crate::cluster::Bus::new(
+                settings.redis_url.as_deref(),
+                &settings.redis_prefix,
+                store.backend(),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?,
+        );
         let identity = crate::auth::Identity::new(
             store.clone(),
             settings.auth.clone(),
             &secret,
             metrics.clone(),
         )
-        .await?;
+        .await?
+        .with_cluster(cluster.clone());
         let events = EventBus::default();
         let http = outbound::client(&settings.outbound);
         let upstreams = Arc::new(UpstreamManager::new(
@@ -189,7 +204,9 @@ impl App {
             events: events.clone(),
             http,
             outbound: outbound_policy.clone(),
-            guard: Arc::new(crate::guard::Guard::new(settings.rate_limits.clone())),
+            guard: Arc::new(
+                crate::guard::Guard::new(settings.rate_limits.clone()).with_cluster(cluster.clone()),
+            ),
             in_flight: Default::default(),
             metrics: metrics.clone(),
             cache: Arc::new(
@@ -232,6 +249,7 @@ impl App {
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
             identity,
+            cluster,
         });
 
         // Rebuild the catalog whenever something it is made of changes: at
@@ -290,6 +308,7 @@ impl App {
             }
         }
         state.refresh_all_catalogs().await?;
+        crate::cluster::spawn(state.clone());
         if let (Some(path), Some(every)) = (&settings.config_file, settings.config_watch) {
             crate::live_config::spawn(state.clone(), path.clone(), every);
         }

@@ -93,6 +93,9 @@ pub struct Settings {
     pub port: u16,
     pub debug: bool,
     pub database_url: String,
+    /// Connections of the database pool at most (`None`: the store's
+    /// default for its backend).
+    pub database_pool_size: Option<u32>,
     pub logging_level: String,
     pub log_format: LogFormat,
     pub data_dir: PathBuf,
@@ -133,6 +136,9 @@ pub struct Settings {
     pub cache_ttl: Duration,
     pub cache_max_size: u64,
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel of this deployment, so
+    /// deployments (and test runs) sharing one Redis never meet.
+    pub redis_prefix: String,
     /// Serve Prometheus metrics at `/metrics`.
     pub metrics_enabled: bool,
     /// Tools per page of an MCP `tools/list` answer.
@@ -254,6 +260,7 @@ impl Default for Settings {
             port: 8000,
             debug: false,
             database_url: String::new(),
+            database_pool_size: None,
             logging_level: "info".into(),
             log_format: LogFormat::Pretty,
             data_dir: PathBuf::from("./data"),
@@ -289,6 +296,7 @@ impl Default for Settings {
             cache_ttl: Duration::from_secs(300),
             cache_max_size: 1000,
             redis_url: None,
+            redis_prefix: "metamcp".into(),
             metrics_enabled: true,
             page_size: 1000,
             oauth_issuers: Vec::new(),
@@ -317,6 +325,7 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_PORT",
     "META_MCP_DEBUG",
     "META_MCP_DATABASE_URL",
+    "META_MCP_DATABASE_POOL_SIZE",
     "META_MCP_LOGGING_LEVEL",
     "META_MCP_LOG_FORMAT",
     "META_MCP_DATA_DIR",
@@ -347,6 +356,7 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_CACHE_TTL",
     "META_MCP_CACHE_MAX_SIZE",
     "META_MCP_REDIS_URL",
+    "META_MCP_REDIS_PREFIX",
     "META_MCP_METRICS_ENABLED",
     "META_MCP_PAGE_SIZE",
     "META_MCP_OUTBOUND_ALLOW_LOOPBACK",
@@ -529,6 +539,16 @@ impl Settings {
             }
             "debug" => self.debug = parse_bool(value).map_err(err)?,
             "database_url" => self.database_url = value.trim().to_owned(),
+            "database_pool_size" => {
+                self.database_pool_size = Some(
+                    value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| err(format!("expected 1 to 1000, got {value:?}")))?,
+                )
+            }
             "logging_level" => {
                 let level = value.trim().to_ascii_lowercase();
                 let level = if level == "warning" {
@@ -678,6 +698,20 @@ impl Settings {
                 }
                 redis::Client::open(url).map_err(|e| err(format!("not a valid Redis URL: {e}")))?;
                 self.redis_url = Some(url.to_owned());
+            }
+            "redis_prefix" => {
+                let prefix = value.trim();
+                if prefix.is_empty()
+                    || prefix.len() > 64
+                    || !prefix
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+                {
+                    return Err(err(format!(
+                        "expected 1 to 64 letters, digits or _ - . :, got {value:?}"
+                    )));
+                }
+                self.redis_prefix = prefix.to_owned();
             }
             "config_watch_secs" => {
                 self.config_watch = if value.trim() == "0" {
@@ -1039,6 +1073,41 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.name, "META_MCP_DATABASE_URL");
+    }
+
+    #[test]
+    fn replica_settings_are_checked() {
+        let s = Settings::load_from(
+            &env(&[
+                ("META_MCP_DATABASE_POOL_SIZE", "25"),
+                ("META_MCP_REDIS_PREFIX", "acme:prod"),
+            ]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(s.database_pool_size, Some(25));
+        assert_eq!(s.redis_prefix, "acme:prod");
+        assert_eq!(
+            Settings::load_from(&env(&[]), None, &|_| None)
+                .unwrap()
+                .redis_prefix,
+            "metamcp"
+        );
+        for bad in ["0", "1001", "ten", "-1"] {
+            let e = Settings::load_from(
+                &env(&[("META_MCP_DATABASE_POOL_SIZE", bad)]),
+                None,
+                &|_| None,
+            )
+            .unwrap_err();
+            assert_eq!(e.name, "META_MCP_DATABASE_POOL_SIZE");
+        }
+        for bad in ["", "a b", "x*", &"p".repeat(65)] {
+            let e = Settings::load_from(&env(&[("META_MCP_REDIS_PREFIX", bad)]), None, &|_| None)
+                .unwrap_err();
+            assert_eq!(e.name, "META_MCP_REDIS_PREFIX", "{bad:?}");
+        }
     }
 
     #[test]

@@ -82,6 +82,12 @@ pub struct AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// `rate_limit` or `login_throttle`.
+    pub what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -111,6 +117,8 @@ pub struct Metrics {
     pub search_requests: Family<SearchLabels, Counter>,
     pub search_duration: Family<SearchLabels, Histogram, fn() -> Histogram>,
     pub auth_events: Family<AuthLabels, Counter>,
+    shared_state_fallbacks: Family<FallbackLabels, Counter>,
+    cluster_in_sync: Gauge,
 }
 
 impl Default for Metrics {
@@ -123,6 +131,18 @@ impl Metrics {
     /// Counts one identity event.
     pub fn auth(&self, event: &'static str) {
         self.auth_events.get_or_create(&AuthLabels { event }).inc();
+    }
+
+    /// Counts a decision made per replica because Redis did not answer.
+    pub fn shared_state_fallback(&self, what: &'static str) {
+        self.shared_state_fallbacks
+            .get_or_create(&FallbackLabels { what })
+            .inc();
+    }
+
+    /// Whether this replica hears the others' changes.
+    pub fn set_cluster_in_sync(&self, in_sync: bool) {
+        self.cluster_in_sync.set(i64::from(in_sync));
     }
 
     pub fn new() -> Self {
@@ -143,6 +163,8 @@ impl Metrics {
             search_requests: Family::default(),
             search_duration: Family::new_with_constructor(latency_histogram),
             auth_events: Family::default(),
+            shared_state_fallbacks: Family::default(),
+            cluster_in_sync: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -215,6 +237,16 @@ impl Metrics {
             "auth_events",
             "Identity events: logins, failures, refreshes, revocations, rejected credentials",
             m.auth_events.clone(),
+        );
+        registry.register(
+            "shared_state_fallbacks",
+            "Rate-limit and login-throttle decisions made per replica because Redis did not answer",
+            m.shared_state_fallbacks.clone(),
+        );
+        registry.register(
+            "cluster_in_sync",
+            "1 while this replica is subscribed to the other replicas' changes (with META_MCP_REDIS_URL)",
+            m.cluster_in_sync.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build

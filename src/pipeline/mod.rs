@@ -249,6 +249,7 @@ impl Pipeline {
         // guard: rate limits (breakers and concurrency apply per attempt).
         self.guard
             .admit(&call.principal, entry)
+            .await
             .map_err(|(scope, retry_after)| CallError::RateLimited { scope, retry_after })?;
         match &entry.target {
             Target::Upstream { server, original } => {
