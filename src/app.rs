@@ -108,6 +108,19 @@ impl AppState {
         Ok(())
     }
 
+    /// After tool metadata, a tool registered by hand, a profile or a pin
+    /// of `tenant` changed in the store: rebuilds its catalog here and has
+    /// every other replica rebuild theirs.
+    pub async fn catalog_edited(&self, tenant: &str) -> Result<(), StoreError> {
+        self.refresh_catalog(tenant).await?;
+        self.cluster
+            .announce(crate::cluster::Change::Catalog {
+                tenant: tenant.to_owned(),
+            })
+            .await;
+        Ok(())
+    }
+
     /// Rebuilds the catalog of every tenant that has one or may need one.
     pub async fn refresh_all_catalogs(&self) -> Result<(), StoreError> {
         let mut tenants: std::collections::BTreeSet<String> =
@@ -145,11 +158,11 @@ impl App {
         let store = Store::connect_with(&settings.database_url, settings.database_pool_size)
             .await
             .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open the database {}: {e}",
-                outbound::redact_url(&settings.database_url)
-            )
-        })?;
+                anyhow::anyhow!(
+                    "cannot open the database {}: {e}",
+                    outbound::redact_url(&settings.database_url)
+                )
+            })?;
         tracing::info!(
             database = %outbound::redact_url(&settings.database_url),
             "store ready, migrations applied"
@@ -205,7 +218,8 @@ impl App {
             http,
             outbound: outbound_policy.clone(),
             guard: Arc::new(
-                crate::guard::Guard::new(settings.rate_limits.clone()).with_cluster(cluster.clone()),
+                crate::guard::Guard::new(settings.rate_limits.clone())
+                    .with_cluster(cluster.clone()),
             ),
             in_flight: Default::default(),
             metrics: metrics.clone(),

@@ -1095,12 +1095,11 @@ mod tests {
             "metamcp"
         );
         for bad in ["0", "1001", "ten", "-1"] {
-            let e = Settings::load_from(
-                &env(&[("META_MCP_DATABASE_POOL_SIZE", bad)]),
-                None,
-                &|_| None,
-            )
-            .unwrap_err();
+            let e =
+                Settings::load_from(&env(&[("META_MCP_DATABASE_POOL_SIZE", bad)]), None, &|_| {
+                    None
+                })
+                .unwrap_err();
             assert_eq!(e.name, "META_MCP_DATABASE_POOL_SIZE");
         }
         for bad in ["", "a b", "x*", &"p".repeat(65)] {

@@ -345,9 +345,7 @@ impl Identity {
     /// every replica, before answering.
     pub async fn policy_changed(&self) -> Result<(), StoreError> {
         self.reload_policy().await?;
-        self.cluster
-            .announce(crate::cluster::Change::Policy)
-            .await;
+        self.cluster.announce(crate::cluster::Change::Policy).await;
         Ok(())
     }
 

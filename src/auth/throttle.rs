@@ -39,7 +39,7 @@ impl Default for LoginThrottle {
                 .time_to_live(WINDOW)
                 .build(),
             shared: None,
-            outage: Outage::new("login throttling"),
+            outage: Outage::new("login throttling", "login_throttle"),
         }
     }
 }
@@ -81,10 +81,7 @@ impl LoginThrottle {
     fn shared_keys(bus: &Bus, user_key: &str, client: Option<IpAddr>) -> Vec<(String, u32)> {
         let mut keys = vec![(bus.key(&format!("login:{user_key}")), PER_USER)];
         if let Some(ip) = client {
-            keys.push((
-                bus.key(&format!("login:{}", address_key(ip))),
-                PER_ADDRESS,
-            ));
+            keys.push((bus.key(&format!("login:{}", address_key(ip))), PER_ADDRESS));
         }
         keys
     }
@@ -224,7 +221,10 @@ mod tests {
             assert!(t.check("carol", Some(ip)).await.is_none());
             t.failed("carol", Some(ip)).await;
         }
-        let wait = two.check("carol", Some(ip)).await.expect("throttled on both");
+        let wait = two
+            .check("carol", Some(ip))
+            .await
+            .expect("throttled on both");
         assert!(wait > Duration::from_secs(60) && wait <= WINDOW, "{wait:?}");
         assert!(one.check("carol", Some(ip)).await.is_some());
         one.succeeded("carol").await;

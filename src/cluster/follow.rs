@@ -63,7 +63,9 @@ async fn follow(state: Arc<AppState>, client: redis::Client, slow: mpsc::Unbound
                     bus.set_in_sync(true);
                     backoff = BACKOFF_MIN;
                     if in_outage {
-                        tracing::info!("subscribed to the other replicas' changes again; state reloaded");
+                        tracing::info!(
+                            "subscribed to the other replicas' changes again; state reloaded"
+                        );
                     } else {
                         tracing::info!(replica = %bus.replica, channel = %bus.channel, "subscribed to the other replicas' changes");
                     }

@@ -92,22 +92,25 @@ impl RedisLink {
 /// first success after it logs the recovery, every decision made without
 /// Redis is counted.
 pub struct Outage {
-    /// What falls back, for the log and the metric label.
+    /// What falls back, in words for the log.
     what: &'static str,
+    /// The same as a metric label.
+    label: &'static str,
     down: AtomicBool,
 }
 
 impl Outage {
-    pub const fn new(what: &'static str) -> Self {
+    pub const fn new(what: &'static str, label: &'static str) -> Self {
         Self {
             what,
+            label,
             down: AtomicBool::new(false),
         }
     }
 
     /// A decision was made per replica because Redis did not answer.
     pub fn fell_back(&self, metrics: &crate::metrics::Metrics, error: &str) {
-        metrics.shared_state_fallback(self.what);
+        metrics.shared_state_fallback(self.label);
         if !self.down.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 what = self.what,

@@ -334,14 +334,11 @@ mod tests {
         let text = serde_json::to_string(&message).unwrap();
         let back: Message = serde_json::from_str(&text).unwrap();
         assert_eq!(back.change, message.change);
-        assert!(serde_json::from_str::<Message>(r#"{"from":"x","change":{"kind":"nope"}}"#).is_err());
-        assert!(Change::Policy.is_security());
         assert!(
-            !Change::Servers {
-                tenant: "t".into()
-            }
-            .is_security()
+            serde_json::from_str::<Message>(r#"{"from":"x","change":{"kind":"nope"}}"#).is_err()
         );
+        assert!(Change::Policy.is_security());
+        assert!(!Change::Servers { tenant: "t".into() }.is_security());
     }
 
     #[test]
@@ -349,13 +346,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         assert!(Bus::standalone(Backend::Sqlite, metrics.clone()).hears_everything());
         assert!(!Bus::standalone(Backend::Postgres, metrics.clone()).hears_everything());
-        let with_redis = Bus::new(
-            Some("redis://127.0.0.1:1"),
-            "p",
-            Backend::Postgres,
-            metrics,
-        )
-        .unwrap();
+        let with_redis =
+            Bus::new(Some("redis://127.0.0.1:1"), "p", Backend::Postgres, metrics).unwrap();
         // Not subscribed yet: not in sync.
         assert!(!with_redis.hears_everything());
         assert_eq!(with_redis.key("rl:x"), "p:rl:x");

@@ -110,7 +110,10 @@ impl Guard {
             let keyed: Vec<(String, Rate)> = limits.iter().map(|(_, l)| l.clone()).collect();
             if let Ok(verdict) = shared.check(&keyed).await {
                 return verdict.map_err(|(index, wait)| {
-                    (limits.get(index).map_or(LimitScope::Principal, |l| l.0), wait)
+                    (
+                        limits.get(index).map_or(LimitScope::Principal, |l| l.0),
+                        wait,
+                    )
                 });
             }
             // Redis did not answer: this replica's own limits apply.

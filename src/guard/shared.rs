@@ -44,7 +44,7 @@ impl SharedLimiter {
         bus.redis()?;
         Some(Self {
             bus,
-            outage: Outage::new("rate limits"),
+            outage: Outage::new("rate limits", "rate_limit"),
         })
     }
 

@@ -21,6 +21,7 @@ mod observability;
 mod oidc;
 mod peers;
 mod relays;
+mod replicas;
 mod resilience;
 mod search;
 mod secrets;
