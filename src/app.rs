@@ -229,7 +229,8 @@ impl App {
                     settings.cache_ttl,
                     settings.redis_url.as_deref(),
                 )
-                .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?
+                .with_key_prefix(&settings.redis_prefix),
             ),
             retry: settings.retry,
             call_timeout: settings.call_timeout,

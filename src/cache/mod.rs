@@ -195,6 +195,8 @@ pub struct CacheStatus {
 pub struct ResultCache {
     memory: moka::future::Cache<String, Entry>,
     redis: Option<RedisBackend>,
+    /// Start of every key: the deployment's `META_MCP_REDIS_PREFIX`.
+    key_prefix: String,
     generation: AtomicU64,
     max_ttl: Duration,
     hits: AtomicU64,
@@ -223,11 +225,18 @@ impl ResultCache {
                 .time_to_live(max_ttl)
                 .build(),
             redis,
+            key_prefix: "metamcp".into(),
             generation: AtomicU64::new(0),
             max_ttl,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
+    }
+
+    /// Keys start with `prefix` (deployments sharing a Redis never meet).
+    pub fn with_key_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.key_prefix);
+        self
     }
 
     /// The current catalog generation (bumped by every catalog change).
@@ -259,7 +268,8 @@ impl ResultCache {
         let digest = Sha256::digest(context.to_string().as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!(
-            "metamcp:result:{}:{hex}",
+            "{}:result:{}:{hex}",
+            self.key_prefix,
             self.generation.load(Ordering::Acquire)
         )
     }

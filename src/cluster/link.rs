@@ -40,13 +40,14 @@ impl RedisLink {
         &self.client
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+    /// The connection, and whether it was made just now.
+    async fn connection(&self) -> Result<(MultiplexedConnection, bool), String> {
         if let Some(conn) = self.conn.lock().clone() {
-            return Ok(conn);
+            return Ok((conn, false));
         }
         let mut last_attempt = self.connecting.lock().await;
         if let Some(conn) = self.conn.lock().clone() {
-            return Ok(conn);
+            return Ok((conn, false));
         }
         if last_attempt.is_some_and(|t| t.elapsed() < RETRY) {
             return Err("unreachable (retrying shortly)".into());
@@ -60,7 +61,7 @@ impl RedisLink {
         {
             Ok(Ok(conn)) => {
                 *self.conn.lock() = Some(conn.clone());
-                Ok(conn)
+                Ok((conn, true))
             }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("no answer".into()),
@@ -70,19 +71,35 @@ impl RedisLink {
     /// Runs one command with [`COMMAND_TIMEOUT`]; an error drops the
     /// connection so the next call makes a new one.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
-        let mut conn = self.connection().await?;
-        match tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                // A script or type error is an answer: the connection is fine.
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+        self.query_within(cmd, COMMAND_TIMEOUT).await
+    }
+
+    /// [`RedisLink::query`] with its own timeout. A connection kept from
+    /// before Redis restarted fails on first use: that one failure is
+    /// retried at once on a new connection.
+    pub async fn query_within<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+    ) -> Result<T, String> {
+        loop {
+            let (mut conn, fresh) = self.connection().await?;
+            match tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    // A script or type error is an answer: the connection is fine.
+                    if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) {
+                        return Err(e.to_string());
+                    }
                     *self.conn.lock() = None;
+                    if fresh {
+                        return Err(e.to_string());
+                    }
                 }
-                Err(e.to_string())
-            }
-            Err(_) => {
-                *self.conn.lock() = None;
-                Err("timeout".into())
+                Err(_) => {
+                    *self.conn.lock() = None;
+                    return Err("timeout".into());
+                }
             }
         }
     }

@@ -44,6 +44,12 @@ use crate::{metrics::Metrics, store::Backend};
 
 /// How long a security change waits for the other replicas' acknowledgements.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long publishing a change may take (off the hot path: a loaded
+/// Redis gets more time than a rate-limit check does).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// A change that could not be published is tried again after these
+/// delays; the database has it meanwhile.
+const REPUBLISH_DELAYS: [u64; 6] = [250, 500, 1000, 2000, 4000, 8000];
 
 /// What changed, for the other replicas to reload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +99,29 @@ struct Message {
     ack: Option<String>,
 }
 
+/// Tries a change that could not be published again, in the background:
+/// replicas whose subscription stayed up (only this replica lost Redis, or
+/// Redis was slow) would otherwise never hear it. Replicas whose
+/// subscription dropped reload everything anyway when they resubscribe.
+fn republish(redis: Arc<RedisLink>, publish: redis::Cmd) {
+    tokio::spawn(async move {
+        for delay in REPUBLISH_DELAYS {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if redis
+                .query_within::<i64>(&publish, PUBLISH_TIMEOUT)
+                .await
+                .is_ok()
+            {
+                tracing::info!("change announced to the other replicas after a retry");
+                return;
+            }
+        }
+        tracing::warn!(
+            "a change could not be announced to the other replicas; they see it when they reload (at reconnect)"
+        );
+    });
+}
+
 /// Acknowledgements received for one change.
 #[derive(Default)]
 struct AckWait {
@@ -106,7 +135,7 @@ pub struct Bus {
     replica: String,
     prefix: String,
     channel: String,
-    redis: Option<RedisLink>,
+    redis: Option<Arc<RedisLink>>,
     /// Whether other processes may share the database (PostgreSQL). With
     /// SQLite and no Redis this process is the only writer, so what it holds
     /// in memory is complete.
@@ -132,7 +161,7 @@ impl Bus {
         let redis = redis_url
             .map(|url| {
                 redis::Client::open(url)
-                    .map(RedisLink::new)
+                    .map(|client| Arc::new(RedisLink::new(client)))
                     .map_err(|e| format!("not a Redis URL: {e}"))
             })
             .transpose()?;
@@ -179,7 +208,7 @@ impl Bus {
 
     /// The Redis command connection, when Redis is configured.
     pub fn redis(&self) -> Option<&RedisLink> {
-        self.redis.as_ref()
+        self.redis.as_deref()
     }
 
     /// A Redis key of this deployment.
@@ -248,12 +277,15 @@ impl Bus {
             self.waiting.lock().insert(id.clone(), wait.clone());
             wait
         });
-        let published = redis
-            .query::<i64>(redis::cmd("PUBLISH").arg(&self.channel).arg(payload))
-            .await;
+        let publish = redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(&payload)
+            .to_owned();
+        let published = redis.query_within::<i64>(&publish, PUBLISH_TIMEOUT).await;
         match (published, wait) {
             (Err(error), _) => {
-                tracing::warn!(%error, "could not announce a change to the other replicas; they reload everything when they reconnect");
+                tracing::warn!(%error, "could not announce a change to the other replicas yet; trying again in the background");
+                republish(redis.clone(), publish);
             }
             (Ok(receivers), Some(wait)) => {
                 // PUBLISH counts every subscriber that received it: this

@@ -88,3 +88,64 @@ impl SharedLimiter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script against a real Redis: two limiters (two replicas) share
+    /// the counts, keys are independent, the wait is the in-memory
+    /// limiter's, and without Redis the caller is told to fall back.
+    #[tokio::test]
+    async fn replicas_share_one_gcra_in_redis() {
+        let Ok(url) = std::env::var("METAMCP_TEST_REDIS_URL") else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("METAMCP_TEST_REDIS_URL must be set in CI");
+            }
+            eprintln!(
+                "SKIPPED replicas_share_one_gcra_in_redis: METAMCP_TEST_REDIS_URL is not set"
+            );
+            return;
+        };
+        let prefix = format!("metamcp-test-{}", uuid::Uuid::new_v4().simple());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let limiter = |url: &str| {
+            SharedLimiter::new(Arc::new(
+                Bus::new(
+                    Some(url),
+                    &prefix,
+                    crate::store::Backend::Postgres,
+                    metrics.clone(),
+                )
+                .unwrap(),
+            ))
+            .unwrap()
+        };
+        let (one, two) = (limiter(&url), limiter(&url));
+        let rate = Rate {
+            count: 4,
+            period: Duration::from_secs(60),
+        };
+        let k = |name: &str| vec![(name.to_owned(), rate)];
+        for i in 0..4 {
+            let l = if i % 2 == 0 { &one } else { &two };
+            assert_eq!(l.check(&k("a")).await, Ok(Ok(())), "call {i}");
+        }
+        let Ok(Err((index, wait))) = two.check(&k("a")).await else {
+            panic!("the fifth call is refused");
+        };
+        assert_eq!(index, 0);
+        // One emission interval (15 s), less the little time that passed.
+        assert!(
+            wait > Duration::from_secs(14) && wait <= Duration::from_secs(15),
+            "{wait:?}"
+        );
+        assert_eq!(one.check(&k("b")).await, Ok(Ok(())), "keys are independent");
+        // The second key refuses: its index is reported, the first took one.
+        let both = vec![("c".to_owned(), rate), ("a".to_owned(), rate)];
+        assert!(matches!(one.check(&both).await, Ok(Err((1, _)))));
+
+        let dead = limiter("redis://127.0.0.1:1");
+        assert_eq!(dead.check(&k("a")).await, Err(()));
+    }
+}

@@ -218,6 +218,16 @@ async fn changes_on_one_replica_reach_every_other() {
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(me(r.node(2), &carol).await, 401, "disabled user on 3");
+
+    // Each security change above waited for the others' acknowledgements
+    // and got them all.
+    for node in &r.nodes {
+        assert!(
+            !node.log_text().contains("not every replica acknowledged"),
+            "{}",
+            node.log_text()
+        );
+    }
 }
 
 /// A rate limit of N per minute holds for the three replicas together, and
