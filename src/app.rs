@@ -67,6 +67,9 @@ pub struct AppState {
     list_fingerprints: parking_lot::Mutex<std::collections::HashMap<Arc<str>, [u64; 3]>>,
     /// Users, tokens, API keys, roles and grants.
     pub identity: crate::auth::Identity,
+    /// The other replicas (through Redis): changes made here are announced
+    /// on it, theirs arrive through it.
+    pub cluster: Arc<crate::cluster::Bus>,
 }
 
 impl AppState {
@@ -116,6 +119,19 @@ impl AppState {
         Ok(())
     }
 
+    /// After tool metadata, a tool registered by hand, a profile or a pin
+    /// of `tenant` changed in the store: rebuilds its catalog here and has
+    /// every other replica rebuild theirs.
+    pub async fn catalog_edited(&self, tenant: &str) -> Result<(), StoreError> {
+        self.refresh_catalog(tenant).await?;
+        self.cluster
+            .announce(crate::cluster::Change::Catalog {
+                tenant: tenant.to_owned(),
+            })
+            .await;
+        Ok(())
+    }
+
     /// Rebuilds the catalog of every tenant that has one or may need one.
     pub async fn refresh_all_catalogs(&self) -> Result<(), StoreError> {
         let mut tenants: std::collections::BTreeSet<String> =
@@ -150,12 +166,14 @@ impl App {
         // Before the store: with PostgreSQL a missing key stops the start
         // before anything is touched.
         let secrets = Arc::new(secrets_keyring(&settings)?);
-        let store = Store::connect(&settings.database_url).await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open the database {}: {e}",
-                outbound::redact_url(&settings.database_url)
-            )
-        })?;
+        let store = Store::connect_with(&settings.database_url, settings.database_pool_size)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the database {}: {e}",
+                    outbound::redact_url(&settings.database_url)
+                )
+            })?;
         tracing::info!(
             database = %outbound::redact_url(&settings.database_url),
             "store ready, migrations applied"
@@ -169,13 +187,23 @@ impl App {
             store.clone(),
             metrics.clone(),
         );
+        let cluster = Arc::new(
+            crate::cluster::Bus::new(
+                settings.redis_url.as_deref(),
+                &settings.redis_prefix,
+                store.backend(),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?,
+        );
         let identity = crate::auth::Identity::new(
             store.clone(),
             settings.auth.clone(),
             &secret,
             metrics.clone(),
         )
-        .await?;
+        .await?
+        .with_cluster(cluster.clone());
         let events = EventBus::default();
         let http = outbound::client(&settings.outbound);
         let upstreams = Arc::new(UpstreamManager::new(
@@ -206,7 +234,10 @@ impl App {
             events: events.clone(),
             http,
             outbound: outbound_policy.clone(),
-            guard: Arc::new(crate::guard::Guard::new(settings.rate_limits.clone())),
+            guard: Arc::new(
+                crate::guard::Guard::new(settings.rate_limits.clone())
+                    .with_cluster(cluster.clone()),
+            ),
             in_flight: Default::default(),
             metrics: metrics.clone(),
             audit,
@@ -216,7 +247,8 @@ impl App {
                     settings.cache_ttl,
                     settings.redis_url.as_deref(),
                 )
-                .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?
+                .with_key_prefix(&settings.redis_prefix),
             ),
             retry: settings.retry,
             call_timeout: settings.call_timeout,
@@ -261,6 +293,7 @@ impl App {
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
             identity,
+            cluster,
         });
 
         // Rebuild the catalog whenever something it is made of changes: at
@@ -319,6 +352,7 @@ impl App {
             }
         }
         state.refresh_all_catalogs().await?;
+        crate::cluster::spawn(state.clone());
         if let (Some(path), Some(every)) = (&settings.config_file, settings.config_watch) {
             crate::live_config::spawn(state.clone(), path.clone(), every);
         }

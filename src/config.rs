@@ -93,6 +93,9 @@ pub struct Settings {
     pub port: u16,
     pub debug: bool,
     pub database_url: String,
+    /// Connections of the database pool at most (`None`: the store's
+    /// default for its backend).
+    pub database_pool_size: Option<u32>,
     pub logging_level: String,
     pub log_format: LogFormat,
     pub data_dir: PathBuf,
@@ -133,8 +136,8 @@ pub struct Settings {
     pub cache_ttl: Duration,
     pub cache_max_size: u64,
     pub redis_url: Option<String>,
-    /// What every key metamcp writes to Redis starts with, so several
-    /// deployments (or tests) can share one Redis.
+    /// Prefix of every Redis key and channel of this deployment, so
+    /// deployments (and test runs) sharing one Redis never meet.
     pub redis_prefix: String,
     /// How long a legacy MCP session lives unused (in this process, and in
     /// Redis when sessions are shared between replicas).
@@ -262,6 +265,7 @@ impl Default for Settings {
             port: 8000,
             debug: false,
             database_url: String::new(),
+            database_pool_size: None,
             logging_level: "info".into(),
             log_format: LogFormat::Pretty,
             data_dir: PathBuf::from("./data"),
@@ -297,7 +301,7 @@ impl Default for Settings {
             cache_ttl: Duration::from_secs(300),
             cache_max_size: 1000,
             redis_url: None,
-            redis_prefix: "metamcp:".into(),
+            redis_prefix: "metamcp".into(),
             // rmcp's own default for its in-memory sessions.
             session_idle: Duration::from_secs(300),
             metrics_enabled: true,
@@ -329,6 +333,7 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_PORT",
     "META_MCP_DEBUG",
     "META_MCP_DATABASE_URL",
+    "META_MCP_DATABASE_POOL_SIZE",
     "META_MCP_LOGGING_LEVEL",
     "META_MCP_LOG_FORMAT",
     "META_MCP_DATA_DIR",
@@ -549,6 +554,16 @@ impl Settings {
             }
             "debug" => self.debug = parse_bool(value).map_err(err)?,
             "database_url" => self.database_url = value.trim().to_owned(),
+            "database_pool_size" => {
+                self.database_pool_size = Some(
+                    value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| err(format!("expected 1 to 1000, got {value:?}")))?,
+                )
+            }
             "logging_level" => {
                 let level = value.trim().to_ascii_lowercase();
                 let level = if level == "warning" {
@@ -705,10 +720,10 @@ impl Settings {
                     || prefix.len() > 64
                     || !prefix
                         .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.'))
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
                 {
                     return Err(err(format!(
-                        "expected 1 to 64 of the characters A-Z a-z 0-9 : _ - . (like metamcp:), got {value:?}"
+                        "expected 1 to 64 letters, digits or _ - . :, got {value:?}"
                     )));
                 }
                 self.redis_prefix = prefix.to_owned();
@@ -1080,6 +1095,40 @@ mod tests {
     }
 
     #[test]
+    fn replica_settings_are_checked() {
+        let s = Settings::load_from(
+            &env(&[
+                ("META_MCP_DATABASE_POOL_SIZE", "25"),
+                ("META_MCP_REDIS_PREFIX", "acme:prod"),
+            ]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(s.database_pool_size, Some(25));
+        assert_eq!(s.redis_prefix, "acme:prod");
+        assert_eq!(
+            Settings::load_from(&env(&[]), None, &|_| None)
+                .unwrap()
+                .redis_prefix,
+            "metamcp"
+        );
+        for bad in ["0", "1001", "ten", "-1"] {
+            let e =
+                Settings::load_from(&env(&[("META_MCP_DATABASE_POOL_SIZE", bad)]), None, &|_| {
+                    None
+                })
+                .unwrap_err();
+            assert_eq!(e.name, "META_MCP_DATABASE_POOL_SIZE");
+        }
+        for bad in ["", "a b", "x*", &"p".repeat(65)] {
+            let e = Settings::load_from(&env(&[("META_MCP_REDIS_PREFIX", bad)]), None, &|_| None)
+                .unwrap_err();
+            assert_eq!(e.name, "META_MCP_REDIS_PREFIX", "{bad:?}");
+        }
+    }
+
+    #[test]
     fn config_file_servers_and_env_substitution() {
         let doc = serde_json::json!({
             "mcpServers": {
@@ -1104,11 +1153,11 @@ mod tests {
         let s = Settings::load_from(&env(&[]), None, &|_| None).unwrap();
         assert_eq!(
             (s.redis_prefix.as_str(), s.session_idle),
-            ("metamcp:", Duration::from_secs(300))
+            ("metamcp", Duration::from_secs(300))
         );
         let s = Settings::load_from(
             &env(&[
-                ("META_MCP_REDIS_PREFIX", "prod-eu:metamcp:"),
+                ("META_MCP_REDIS_PREFIX", "prod-eu:metamcp"),
                 ("META_MCP_SESSION_IDLE_SECS", "90"),
             ]),
             None,
@@ -1117,7 +1166,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (s.redis_prefix.as_str(), s.session_idle),
-            ("prod-eu:metamcp:", Duration::from_secs(90))
+            ("prod-eu:metamcp", Duration::from_secs(90))
         );
         for (name, bad) in [
             ("META_MCP_REDIS_PREFIX", ""),

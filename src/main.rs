@@ -29,6 +29,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Apply the database migrations and exit (they also run at every start;
+    /// several replicas may run them at once: an advisory lock serializes them).
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Serve MCP on stdin/stdout, bridged to a running gateway (for desktop
     /// clients that start one stdio command per server).
     Stdio {
@@ -159,6 +165,17 @@ fn main() -> std::process::ExitCode {
         Command::Models {
             command: ModelsCommand::Fetch { dir, config },
         } => fetch_model(dir, config),
+        Command::Migrate { config } => {
+            let settings = match settings(config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let runtime = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            outcome(runtime.block_on(migrate(&settings)))
+        }
         Command::Serve { config } => {
             let settings = match settings(config.as_deref()) {
                 Ok(s) => s,
@@ -345,6 +362,19 @@ fn outcome(result: anyhow::Result<()>) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `metamcp migrate`: what was applied goes to stdout.
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let database = metamcp::outbound::redact_url(&settings.database_url);
+    let store =
+        metamcp::store::Store::connect_with(&settings.database_url, settings.database_pool_size)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate {database}: {e}"))?;
+    let (version, applied) = store.schema_version().await?;
+    store.close().await;
+    println!("{database}: {applied} migrations applied, schema version {version}");
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -82,6 +82,12 @@ pub struct AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// `rate_limit` or `login_throttle`.
+    pub what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -118,6 +124,8 @@ pub struct Metrics {
     pub audit_dropped: Counter,
     /// Audit records written.
     pub audit_records: Counter,
+    shared_state_fallbacks: Family<FallbackLabels, Counter>,
+    cluster_in_sync: Gauge,
 }
 
 impl Default for Metrics {
@@ -130,6 +138,18 @@ impl Metrics {
     /// Counts one identity event.
     pub fn auth(&self, event: &'static str) {
         self.auth_events.get_or_create(&AuthLabels { event }).inc();
+    }
+
+    /// Counts a decision made per replica because Redis did not answer.
+    pub fn shared_state_fallback(&self, what: &'static str) {
+        self.shared_state_fallbacks
+            .get_or_create(&FallbackLabels { what })
+            .inc();
+    }
+
+    /// Whether this replica hears the others' changes.
+    pub fn set_cluster_in_sync(&self, in_sync: bool) {
+        self.cluster_in_sync.set(i64::from(in_sync));
     }
 
     pub fn new() -> Self {
@@ -153,6 +173,8 @@ impl Metrics {
             audit_queue_depth: Gauge::default(),
             audit_dropped: Counter::default(),
             audit_records: Counter::default(),
+            shared_state_fallbacks: Family::default(),
+            cluster_in_sync: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -240,6 +262,16 @@ impl Metrics {
             "audit_records",
             "Audit records written",
             m.audit_records.clone(),
+        );
+        registry.register(
+            "shared_state_fallbacks",
+            "Rate-limit and login-throttle decisions made per replica because Redis did not answer",
+            m.shared_state_fallbacks.clone(),
+        );
+        registry.register(
+            "cluster_in_sync",
+            "1 while this replica is subscribed to the other replicas' changes (with META_MCP_REDIS_URL)",
+            m.cluster_in_sync.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build

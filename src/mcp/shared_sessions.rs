@@ -1,7 +1,7 @@
 //! Legacy MCP sessions (2025-11-25 and older, `Mcp-Session-Id`) shared
 //! between replicas through Redis, when `META_MCP_REDIS_URL` is set.
 //!
-//! One Redis hash per session, `<prefix>mcp-session:<id>`, holds what a
+//! One Redis hash per session, `<prefix>:mcp-session:<id>`, holds what a
 //! replica that never saw the session needs to serve it:
 //!
 //! - `owner`: the principal that opened it (tenant and user) and the
@@ -168,7 +168,7 @@ impl SharedSessions {
     }
 
     fn key(&self, id: &str) -> String {
-        format!("{}mcp-session:{id}", self.prefix)
+        format!("{}:mcp-session:{id}", self.prefix)
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -512,7 +512,7 @@ mod tests {
     }
 
     fn store(url: &str, ttl: Duration) -> SharedSessions {
-        let prefix = format!("metamcp-test-{}:", uuid::Uuid::new_v4().simple());
+        let prefix = format!("metamcp-test-{}", uuid::Uuid::new_v4().simple());
         SharedSessions::new(url, &prefix, ttl).unwrap()
     }
 

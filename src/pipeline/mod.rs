@@ -261,6 +261,7 @@ impl Pipeline {
         // guard: rate limits (breakers and concurrency apply per attempt).
         self.guard
             .admit(&call.principal, entry)
+            .await
             .map_err(|(scope, retry_after)| CallError::RateLimited { scope, retry_after })?;
         match &entry.target {
             Target::Upstream { server, original } => {
@@ -286,7 +287,8 @@ impl Pipeline {
                     self.cache
                         .key(&call.principal, &format!("{server}/{original}"), &arguments);
                 let results = crate::metrics::CacheLabels { cache: "results" };
-                if let Some(json) = self.cache.get(&key).await
+                let (found, slot) = self.cache.lookup(&key).await;
+                if let Some(json) = found
                     && let Ok(result) = serde_json::from_str::<CallToolResult>(&json)
                 {
                     self.metrics.cache_hits.get_or_create(&results).inc();
@@ -301,7 +303,7 @@ impl Pipeline {
                 if called.result.is_error != Some(true)
                     && let Ok(json) = serde_json::to_string(&called.result)
                 {
-                    self.cache.put(key, json, ttl).await;
+                    self.cache.put(slot, json, ttl).await;
                 }
                 Ok(called)
             }

@@ -115,6 +115,14 @@ impl Store {
     /// Connects (creating the SQLite file and its directory when needed) and
     /// runs pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, None).await
+    }
+
+    /// [`Store::connect`] with a pool of at most `pool_size` connections
+    /// (`None`: 4 on SQLite, 10 on PostgreSQL). Several replicas may run
+    /// this at the same moment: migrations take an advisory lock, so each
+    /// applies once and the others wait for it.
+    pub async fn connect_with(url: &str, pool_size: Option<u32>) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = validate_database_url(url).map_err(StoreError::Corrupt)?;
         let (url, max) = match backend {
@@ -136,6 +144,7 @@ impl Store {
             }
             Backend::Postgres => (url.to_owned(), 10),
         };
+        let max = pool_size.unwrap_or(max);
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(10))
@@ -154,6 +163,16 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The highest migration applied, and how many are applied.
+    pub async fn schema_version(&self) -> Result<(i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(version), 0), COUNT(*) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
     /// Round-trips a trivial query; returns how long it took.

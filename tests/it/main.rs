@@ -24,6 +24,7 @@ mod oidc;
 mod peers;
 mod relays;
 mod replica_sessions;
+mod replicas;
 mod resilience;
 mod search;
 mod secrets;
