@@ -65,6 +65,8 @@ pub struct AppState {
     list_fingerprints: parking_lot::Mutex<std::collections::HashMap<Arc<str>, [u64; 3]>>,
     /// Users, tokens, API keys, roles and grants.
     pub identity: crate::auth::Identity,
+    /// Webhook registrations and their delivery lanes.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl AppState {
@@ -204,6 +206,14 @@ impl App {
             call_timeout: settings.call_timeout,
             max_response_bytes: settings.outbound.max_response_bytes,
         };
+        let shutdown = CancellationToken::new();
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            store.clone(),
+            secrets.clone(),
+            &settings,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let state = Arc::new(AppState {
             settings: settings.clone(),
             store,
@@ -218,7 +228,7 @@ impl App {
             servers_lock: tokio::sync::Mutex::new(()),
             profile_endpoints: Default::default(),
             sse_sessions: Default::default(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
             search: crate::search::Search::new(settings.search_provider()),
@@ -232,6 +242,7 @@ impl App {
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
             identity,
+            webhooks,
         });
 
         // Rebuild the catalog whenever something it is made of changes: at
@@ -290,6 +301,7 @@ impl App {
             }
         }
         state.refresh_all_catalogs().await?;
+        crate::webhooks::start_dispatcher(state.clone()).await;
         if let (Some(path), Some(every)) = (&settings.config_file, settings.config_watch) {
             crate::live_config::spawn(state.clone(), path.clone(), every);
         }

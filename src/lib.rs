@@ -28,3 +28,4 @@ pub mod telemetry;
 pub mod upstream;
 pub mod user_cli;
 pub mod util;
+pub mod webhooks;

@@ -82,6 +82,13 @@ pub struct AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Webhook deliveries: succeeded, failed (gave up) or dropped (queue
+    /// full).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -111,6 +118,8 @@ pub struct Metrics {
     pub search_requests: Family<SearchLabels, Counter>,
     pub search_duration: Family<SearchLabels, Histogram, fn() -> Histogram>,
     pub auth_events: Family<AuthLabels, Counter>,
+    pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+    pub webhook_attempt_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -143,6 +152,8 @@ impl Metrics {
             search_requests: Family::default(),
             search_duration: Family::new_with_constructor(latency_histogram),
             auth_events: Family::default(),
+            webhook_deliveries: Family::default(),
+            webhook_attempt_duration: latency_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -215,6 +226,16 @@ impl Metrics {
             "auth_events",
             "Identity events: logins, failures, refreshes, revocations, rejected credentials",
             m.auth_events.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by final outcome: succeeded, failed (attempts exhausted), dropped (queue full)",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_attempt_duration_seconds",
+            "Duration of webhook delivery attempts",
+            m.webhook_attempt_duration.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build

@@ -108,16 +108,30 @@ async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response> {
     let tenant = body.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
-    let (tokens, user) = state
+    let client = crate::auth::http::client_ip(&extensions);
+    let (tokens, user) = match state
         .identity
-        .login(
-            tenant,
-            &body.username,
-            &body.password,
-            crate::auth::http::client_ip(&extensions),
-        )
+        .login(tenant, &body.username, &body.password, client)
         .await
-        .map_err(login_problem)?;
+    {
+        Ok(done) => done,
+        Err(e) => {
+            // The failure that reaches the throttling limit is announced;
+            // the attempts refused after it are not (they fail as throttled).
+            if matches!(e, LoginError::BadCredentials)
+                && state.identity.login_blocked(tenant, &body.username, client)
+            {
+                state
+                    .events
+                    .publish(crate::events::Event::LoginFailedRepeatedly {
+                        tenant: Arc::from(tenant),
+                        username: body.username.clone(),
+                        client,
+                    });
+            }
+            return Err(login_problem(e));
+        }
+    };
     tracing::info!(user = %user.id, tenant = %user.tenant_id, "login");
     Ok(issued(&state, tokens, body.cookie))
 }

@@ -9,6 +9,7 @@ pub mod profiles;
 pub mod servers;
 pub mod tools;
 pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .merge(docs::router())
         .merge(auth::router())
         .merge(users::router())
+        .merge(webhooks::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

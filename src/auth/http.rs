@@ -68,6 +68,7 @@ pub fn required_permission(method: &Method, path: &str) -> Option<Permission> {
         "health" => Permission::ServersRead,
         "users" | "roles" | "grants" => Permission::UsersAdmin,
         "tenants" => Permission::PlatformAdmin,
+        "webhooks" => Permission::WebhooksManage,
         _ => return None,
     })
 }

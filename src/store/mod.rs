@@ -9,8 +9,10 @@ use std::{borrow::Cow, path::Path, str::FromStr, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
 mod identity;
+mod webhooks;
 
 pub use identity::{ApiKeyRow, GrantRow, RefreshRow, RoleRow, UserRow};
+pub use webhooks::{DeliveryRow, WebhookRow};
 
 use sqlx::{
     AnyPool, Row,
@@ -83,6 +85,13 @@ fn migrator() -> Migrator {
             4,
             "tool embeddings",
             include_str!("../../migrations/0004_tool_embeddings.sql"),
+        ),
+        // 5 and 6 belong to the audit trail and another change built
+        // alongside.
+        migration(
+            7,
+            "webhooks",
+            include_str!("../../migrations/0007_webhooks.sql"),
         ),
     ]);
     // Advisory locking makes concurrent starts of several replicas safe.
