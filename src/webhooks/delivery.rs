@@ -13,9 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{HookConfig, Job, MAX_RETRY_DELAY, check_target_resolved, signature, unix_now};
-use crate::{
-    config::WebhookSettings, metrics::Metrics, outbound::OutboundPolicy, store::Store,
-};
+use crate::{config::WebhookSettings, metrics::Metrics, outbound::OutboundPolicy, store::Store};
 
 /// What a lane needs besides its webhook.
 pub(super) struct LaneContext {
@@ -74,7 +72,12 @@ pub(super) async fn run_lane(
     }
 }
 
-async fn deliver(cx: &LaneContext, config: &ArcSwap<HookConfig>, job: Job, stop: &CancellationToken) {
+async fn deliver(
+    cx: &LaneContext,
+    config: &ArcSwap<HookConfig>,
+    job: Job,
+    stop: &CancellationToken,
+) {
     let max = cx.settings.max_attempts.max(1);
     let mut attempts: Vec<Attempt> = Vec::new();
     for n in 1..=max {
@@ -109,7 +112,11 @@ async fn deliver(cx: &LaneContext, config: &ArcSwap<HookConfig>, job: Job, stop:
             (Err(_), false) => "pending",
         };
         let log = serde_json::to_string(&attempts).unwrap_or_else(|_| "[]".into());
-        if let Err(e) = cx.store.update_delivery(&job.delivery_id, status, &log).await {
+        if let Err(e) = cx
+            .store
+            .update_delivery(&job.delivery_id, status, &log)
+            .await
+        {
             tracing::warn!(webhook = %hook.id, error = %e, "webhook delivery log not written");
         }
         if done {
@@ -132,7 +139,11 @@ async fn deliver(cx: &LaneContext, config: &ArcSwap<HookConfig>, job: Job, stop:
 
 /// One POST; `Ok(status)` for a 2xx answer, else the status (if any) and
 /// why. Errors never quote the URL (it may carry a token).
-async fn attempt(cx: &LaneContext, hook: &HookConfig, job: &Job) -> Result<u16, (Option<u16>, String)> {
+async fn attempt(
+    cx: &LaneContext,
+    hook: &HookConfig,
+    job: &Job,
+) -> Result<u16, (Option<u16>, String)> {
     // Again at every attempt: the address a name resolves to may have
     // changed since registration. The client's resolver checks the address
     // it actually connects to as well.

@@ -142,11 +142,7 @@ fn tools_of(state: &AppState, tenant: &str) -> Vec<ToolKey> {
 }
 
 async fn observe(state: &AppState, watch: &mut ToolWatch, tenant: &Arc<str>) {
-    let events = watch.observe(
-        tenant,
-        &tools_of(state, tenant),
-        &servers_of(state, tenant),
-    );
+    let events = watch.observe(tenant, &tools_of(state, tenant), &servers_of(state, tenant));
     for (kind, data) in events {
         state
             .webhooks
@@ -316,9 +312,7 @@ impl ToolWatch {
         let now = self.counted(tenant, tools);
         let before = self.known.entry(tenant.clone()).or_default();
         let mut events = Vec::new();
-        let data = |(server, tool): &(Option<String>, String), name: &String| {
-            json!({"server": server, "tool": tool, "name": name})
-        };
+        let data = |(server, tool): &(Option<String>, String), name: &String| json!({"server": server, "tool": tool, "name": name});
         for (key, name) in &now {
             let joins_silently = key.0.as_ref().is_some_and(|s| silent.contains(s));
             if !before.contains_key(key) && !joins_silently {
@@ -360,18 +354,23 @@ mod tests {
         let mut w = ToolWatch::default();
         w.start(&t, &[], &[("fs".into(), false)]);
         // Connecting: the catalog may already hold the offer; nothing yet.
-        assert!(w.observe(&t, &[tool("fs", "read")], &[("fs".into(), false)]).is_empty());
-        // Ready: the baseline, silently.
-        assert!(w.observe(&t, &[tool("fs", "read")], &[("fs".into(), true)]).is_empty());
-        // A later change is news.
-        let e = w.observe(
-            &t,
-            &[tool("fs", "write")],
-            &[("fs".into(), true)],
+        assert!(
+            w.observe(&t, &[tool("fs", "read")], &[("fs".into(), false)])
+                .is_empty()
         );
+        // Ready: the baseline, silently.
+        assert!(
+            w.observe(&t, &[tool("fs", "read")], &[("fs".into(), true)])
+                .is_empty()
+        );
+        // A later change is news.
+        let e = w.observe(&t, &[tool("fs", "write")], &[("fs".into(), true)]);
         assert_eq!(kinds(&e), ["tool.added fs__write", "tool.removed fs__read"]);
         // Down and reconnecting keeps the last offer: nothing.
-        assert!(w.observe(&t, &[tool("fs", "write")], &[("fs".into(), false)]).is_empty());
+        assert!(
+            w.observe(&t, &[tool("fs", "write")], &[("fs".into(), false)])
+                .is_empty()
+        );
     }
 
     #[test]
@@ -383,7 +382,10 @@ mod tests {
         let tools = [tool("fs", "read"), tool("git", "log")];
         assert!(w.observe(&t, &tools, &servers).is_empty());
         let servers = [("fs".to_owned(), true), ("git".to_owned(), true)];
-        assert_eq!(kinds(&w.observe(&t, &tools, &servers)), ["tool.added git__log"]);
+        assert_eq!(
+            kinds(&w.observe(&t, &tools, &servers)),
+            ["tool.added git__log"]
+        );
         // The server is deleted.
         let e = w.observe(&t, &[tool("fs", "read")], &[("fs".into(), true)]);
         assert_eq!(kinds(&e), ["tool.removed git__log"]);
@@ -440,12 +442,16 @@ mod tests {
             transition,
         };
         assert_eq!(
-            translate(&breaker(Transition::Opened), &mut up).unwrap().kind,
+            translate(&breaker(Transition::Opened), &mut up)
+                .unwrap()
+                .kind,
             "circuit.opened"
         );
         assert!(translate(&breaker(Transition::HalfOpened), &mut up).is_none());
         assert_eq!(
-            translate(&breaker(Transition::Closed), &mut up).unwrap().kind,
+            translate(&breaker(Transition::Closed), &mut up)
+                .unwrap()
+                .kind,
             "circuit.closed"
         );
         let audit = Event::AuditChainBroken {
@@ -455,6 +461,9 @@ mod tests {
             reason: "hash mismatch".into(),
         };
         let out = translate(&audit, &mut up).unwrap();
-        assert_eq!((out.kind, out.tenant.as_str()), ("audit.chain_broken", DEFAULT_TENANT));
+        assert_eq!(
+            (out.kind, out.tenant.as_str()),
+            ("audit.chain_broken", DEFAULT_TENANT)
+        );
     }
 }

@@ -405,7 +405,10 @@ impl Webhooks {
         if self.store.webhook(tenant, id).await?.is_none() {
             return Err(WebhookError::Unknown);
         }
-        let rows = self.store.list_deliveries(tenant, id, before, limit).await?;
+        let rows = self
+            .store
+            .list_deliveries(tenant, id, before, limit)
+            .await?;
         Ok(rows
             .iter()
             .map(|d| {
@@ -619,7 +622,10 @@ mod tests {
             "https://0.0.0.0/",
         ] {
             assert!(
-                matches!(check_target(&policy(), true, url), Err(WebhookError::Refused(_))),
+                matches!(
+                    check_target(&policy(), true, url),
+                    Err(WebhookError::Refused(_))
+                ),
                 "{url} should be refused"
             );
         }
@@ -658,7 +664,10 @@ mod tests {
             "https://user:pw@example.com/",
         ] {
             assert!(
-                matches!(check_target(&policy(), true, url), Err(WebhookError::Invalid(_))),
+                matches!(
+                    check_target(&policy(), true, url),
+                    Err(WebhookError::Invalid(_))
+                ),
                 "{url} should be invalid"
             );
         }

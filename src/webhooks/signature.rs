@@ -69,7 +69,9 @@ pub fn verify(
     let mut tags = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", t)) => timestamp = Some(t.parse::<i64>().map_err(|_| VerifyError::Malformed)?),
+            Some(("t", t)) => {
+                timestamp = Some(t.parse::<i64>().map_err(|_| VerifyError::Malformed)?)
+            }
             Some(("v1", tag)) => tags.push(tag),
             _ => {}
         }

@@ -27,3 +27,4 @@ mod secrets;
 mod store;
 mod tenants;
 mod transports;
+mod webhooks;
