@@ -678,3 +678,153 @@ async fn tools_added_changed_and_removed_are_announced() {
             .any(|r| r.json()["type"] == "tool.added" && r.json()["data"]["server"] == "q")
     );
 }
+
+/// The webhook rows on one store: per-tenant reads, updates, the delivery
+/// log's paging and pruning, deletion with the log.
+async fn webhook_rows(store: &metamcp::store::Store) {
+    use metamcp::store::{DeliveryRow, WebhookRow};
+    let hook = |id: &str, tenant: &str| WebhookRow {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        url: format!("enc:v1:k:{id}-url"),
+        secret: format!("enc:v1:k:{id}-secret"),
+        events: vec!["upstream.down".into(), "tool.added".into()],
+        description: Some("pager".into()),
+        enabled: true,
+        created_at: "2026-11-24T08:00:00Z".into(),
+        updated_at: "2026-11-24T08:00:00Z".into(),
+    };
+    store.insert_webhook(&hook("wh_a", "t1")).await.unwrap();
+    store.insert_webhook(&hook("wh_b", "t1")).await.unwrap();
+    store.insert_webhook(&hook("wh_c", "t2")).await.unwrap();
+    let ids = |rows: Vec<WebhookRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_webhooks("t1").await.unwrap()),
+        ["wh_a", "wh_b"]
+    );
+    assert_eq!(ids(store.all_webhooks().await.unwrap()).len(), 3);
+    assert_eq!(
+        store.webhook("t1", "wh_a").await.unwrap(),
+        Some(hook("wh_a", "t1"))
+    );
+    assert_eq!(store.webhook("t2", "wh_a").await.unwrap(), None);
+    let mut changed = hook("wh_a", "t1");
+    changed.enabled = false;
+    changed.description = None;
+    changed.events = vec!["*".into()];
+    assert!(store.update_webhook(&changed).await.unwrap());
+    assert_eq!(store.webhook("t1", "wh_a").await.unwrap(), Some(changed));
+    // Another tenant cannot update it.
+    assert!(!store.update_webhook(&hook("wh_a", "t2")).await.unwrap());
+
+    let delivery = |n: u32, hook: &str, created_unix: i64| DeliveryRow {
+        // UUIDv7-like ids sort by creation.
+        id: format!("0000000{n}-d"),
+        webhook_id: hook.into(),
+        tenant_id: "t1".into(),
+        event_id: format!("evt_{n}"),
+        event_type: "upstream.down".into(),
+        status: "pending".into(),
+        payload: "{}".into(),
+        attempts: "[]".into(),
+        created_at: "2026-11-24T08:00:00Z".into(),
+        created_unix,
+        updated_at: "2026-11-24T08:00:00Z".into(),
+    };
+    for n in 1..=5 {
+        store
+            .insert_delivery(&delivery(n, "wh_a", 1_000 + i64::from(n)))
+            .await
+            .unwrap();
+    }
+    store
+        .insert_delivery(&delivery(6, "wh_b", 1_006))
+        .await
+        .unwrap();
+    store
+        .update_delivery("00000005-d", "succeeded", r#"[{"attempt":1}]"#)
+        .await
+        .unwrap();
+    let page = store.list_deliveries("t1", "wh_a", None, 2).await.unwrap();
+    let event_ids =
+        |rows: &[DeliveryRow]| rows.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>();
+    assert_eq!(event_ids(&page), ["evt_5", "evt_4"]);
+    assert_eq!(
+        (page[0].status.as_str(), page[0].attempts.as_str()),
+        ("succeeded", r#"[{"attempt":1}]"#)
+    );
+    let next = store
+        .list_deliveries("t1", "wh_a", Some(&page[1].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&next), ["evt_3", "evt_2", "evt_1"]);
+    assert!(
+        store
+            .list_deliveries("t2", "wh_a", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Older than 1002 goes (evt_1), then all but the newest 2 per webhook.
+    assert_eq!(store.prune_deliveries(1_002, 2).await.unwrap(), 3);
+    let left = store.list_deliveries("t1", "wh_a", None, 10).await.unwrap();
+    assert_eq!(event_ids(&left), ["evt_5", "evt_4"]);
+    assert_eq!(
+        store
+            .list_deliveries("t1", "wh_b", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    assert!(!store.delete_webhook("t2", "wh_a").await.unwrap());
+    assert!(store.delete_webhook("t1", "wh_a").await.unwrap());
+    assert_eq!(store.webhook("t1", "wh_a").await.unwrap(), None);
+    assert!(
+        store
+            .list_deliveries("t1", "wh_a", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn webhook_rows_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("metamcp.db").display());
+    let store = metamcp::store::Store::connect(&url).await.unwrap();
+    webhook_rows(&store).await;
+    store.close().await;
+
+    let Ok(base) = std::env::var("METAMCP_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "METAMCP_TEST_POSTGRES_URL must be set in CI"
+        );
+        eprintln!("SKIPPED the PostgreSQL half: METAMCP_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let schema = format!("metamcp_webhooks_{}", uuid::Uuid::new_v4().simple());
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&base)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let store =
+        metamcp::store::Store::connect(&format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+            .await
+            .expect("postgres store");
+    webhook_rows(&store).await;
+    store.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
