@@ -245,6 +245,9 @@ struct ToolKey {
     name: String,
 }
 
+/// A tenant's counted tools: (server, original name) → public name.
+type ToolSet = BTreeMap<(Option<String>, String), String>;
+
 /// What the dispatcher knows of each tenant's tools.
 ///
 /// A server's tools count once it has been ready: before that its offer is
@@ -258,7 +261,7 @@ struct ToolWatch {
     boot_servers: HashSet<(Arc<str>, String)>,
     /// Servers whose tools count.
     settled: HashSet<(Arc<str>, String)>,
-    known: HashMap<Arc<str>, BTreeMap<(Option<String>, String), String>>,
+    known: HashMap<Arc<str>, ToolSet>,
 }
 
 impl ToolWatch {
@@ -276,11 +279,7 @@ impl ToolWatch {
         self.known.insert(tenant.clone(), now);
     }
 
-    fn counted(
-        &self,
-        tenant: &Arc<str>,
-        tools: &[ToolKey],
-    ) -> BTreeMap<(Option<String>, String), String> {
+    fn counted(&self, tenant: &Arc<str>, tools: &[ToolKey]) -> ToolSet {
         tools
             .iter()
             .filter(|t| match &t.server {
