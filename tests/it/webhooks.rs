@@ -828,3 +828,86 @@ async fn webhook_rows_on_sqlite_and_postgres() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn breaker_transitions_are_announced() {
+    let receiver = Receiver::start(Behavior::FailFirst(0)).await;
+    let m = marker("fx-webhook-breaker");
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"fx": fixture_stdio(&m)}}))
+            .env("META_MCP_BREAKER_FAILURE_THRESHOLD", "2")
+            .env("META_MCP_BREAKER_RECOVERY_TIMEOUT_SECS", "0.5")
+            .ready(),
+    )
+    .await;
+    gw.wait_server("fx", "ready").await;
+    subscribe(&gw, &receiver.url, &["circuit.opened", "circuit.closed"]).await;
+    for _ in 0..2 {
+        let (code, body) = gw.execute("fx__protocol_error", json!({})).await;
+        assert_eq!(code, 502, "{body}");
+    }
+    receiver
+        .wait_event("circuit.opened", |b| b["data"]["server"] == "fx")
+        .await;
+    // After the recovery timeout a trial call goes through and closes it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = gw.execute("fx__echo", json!({"message": "trial"})).await;
+        if code == 200 {
+            break;
+        }
+        assert_eq!(body["type"], "urn:metamcp:problem:circuit-open", "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never let a trial through"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver
+        .wait_event("circuit.closed", |b| b["data"]["server"] == "fx")
+        .await;
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts() {
+    let hanging = Receiver::start(Behavior::Hang).await;
+    let gw = Gateway::start(
+        Options::default()
+            .env("META_MCP_WEBHOOK_QUEUE_SIZE", "1")
+            .env("META_MCP_WEBHOOK_TIMEOUT_SECS", "120"),
+    )
+    .await;
+    let (id, _) = subscribe(&gw, &hanging.url, &["*"]).await;
+    let test = || async {
+        let (code, body) = gw
+            .post(&format!("/api/v1/webhooks/{id}/test"), json!({}))
+            .await;
+        assert_eq!(code, 202, "{body}");
+    };
+    // The first is taken from the queue and hangs in flight, the second
+    // waits in the queue, the third finds it full.
+    test().await;
+    hanging.wait_for("in flight", |_| true).await;
+    test().await;
+    test().await;
+    let log = wait_log(&gw, &id, "showing the drop", |items| {
+        items.len() == 3 && items[0]["status"] == "dropped"
+    })
+    .await;
+    assert_eq!(log[1]["status"], "pending");
+    assert_eq!(log[2]["status"], "pending");
+    let text = gw
+        .client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("metamcp_webhook_deliveries_total{outcome=\"dropped\"} 1"),
+        "{text}"
+    );
+}
