@@ -130,7 +130,7 @@ impl Store {
 
     pub async fn list_webhooks(&self, tenant: &str) -> Result<Vec<WebhookRow>, StoreError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE tenant_id = $1 ORDER BY created_at, id"
+            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE tenant_id = $1 ORDER BY id"
         )))
         .bind(tenant)
         .fetch_all(&self.pool)

@@ -687,6 +687,49 @@ mod tests {
     }
 
     #[test]
+    fn settings_are_parsed_and_bounded() {
+        use std::collections::BTreeMap;
+        let load = |pairs: &[(&str, &str)]| {
+            let env: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            crate::config::Settings::load_from(&env, None, &|_| None)
+        };
+        let s = load(&[
+            ("META_MCP_WEBHOOK_MAX_ATTEMPTS", "3"),
+            ("META_MCP_WEBHOOK_BASE_DELAY_MS", "20"),
+            ("META_MCP_WEBHOOK_TIMEOUT_SECS", "2.5"),
+            ("META_MCP_WEBHOOK_QUEUE_SIZE", "7"),
+            ("META_MCP_WEBHOOK_RETENTION_DAYS", "2"),
+            ("META_MCP_WEBHOOK_KEEP_PER_WEBHOOK", "9"),
+            ("META_MCP_WEBHOOK_ALLOW_HTTP", "true"),
+        ])
+        .unwrap()
+        .webhooks;
+        assert_eq!(s.max_attempts, 3);
+        assert_eq!(s.base_delay, Duration::from_millis(20));
+        assert_eq!(s.timeout, Duration::from_millis(2500));
+        assert_eq!((s.queue_size, s.keep_per_webhook), (7, 9));
+        assert_eq!(s.retention, Duration::from_secs(2 * 86_400));
+        assert!(s.allow_http);
+        let defaults = load(&[]).unwrap().webhooks;
+        assert_eq!((defaults.max_attempts, defaults.allow_http), (5, false));
+        for (name, value) in [
+            ("META_MCP_WEBHOOK_MAX_ATTEMPTS", "0"),
+            ("META_MCP_WEBHOOK_MAX_ATTEMPTS", "21"),
+            ("META_MCP_WEBHOOK_BASE_DELAY_MS", "0"),
+            ("META_MCP_WEBHOOK_TIMEOUT_SECS", "-1"),
+            ("META_MCP_WEBHOOK_QUEUE_SIZE", "0"),
+            ("META_MCP_WEBHOOK_RETENTION_DAYS", "x"),
+            ("META_MCP_WEBHOOK_ALLOW_HTTP", "maybe"),
+        ] {
+            let err = load(&[(name, value)]).unwrap_err();
+            assert_eq!(err.name, name, "{value}");
+        }
+    }
+
+    #[test]
     fn event_lists_are_checked() {
         assert_eq!(
             check_events(&["upstream.down".into(), "upstream.down".into()]).unwrap(),
