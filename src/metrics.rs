@@ -84,7 +84,7 @@ pub struct AuthLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// Webhook deliveries: succeeded, failed (gave up) or dropped (queue
-    /// full).
+    /// full, or the webhook disabled before it went out).
     pub outcome: &'static str,
 }
 

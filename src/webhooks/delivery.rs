@@ -83,6 +83,22 @@ async fn deliver(
     for n in 1..=max {
         // The settings of now: a changed URL or secret applies to retries.
         let hook = config.load_full();
+        // Disabled meanwhile (a broken receiver, say): stop trying.
+        if !hook.enabled {
+            let log = serde_json::to_string(&attempts).unwrap_or_else(|_| "[]".into());
+            if let Err(e) = cx
+                .store
+                .update_delivery(&job.delivery_id, "dropped", &log)
+                .await
+            {
+                tracing::warn!(webhook = %hook.id, error = %e, "webhook delivery log not written");
+            }
+            cx.metrics
+                .webhook_deliveries
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome: "dropped" })
+                .inc();
+            return;
+        }
         let at = crate::util::now_rfc3339();
         let started = Instant::now();
         let result = tokio::select! {

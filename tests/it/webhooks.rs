@@ -911,3 +911,45 @@ async fn a_full_queue_drops_and_counts() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn disabling_a_webhook_stops_its_retries() {
+    let broken = Receiver::start(Behavior::FailFirst(usize::MAX)).await;
+    let gw = Gateway::start(
+        Options::default()
+            .env("META_MCP_WEBHOOK_MAX_ATTEMPTS", "20")
+            .env("META_MCP_WEBHOOK_BASE_DELAY_MS", "200"),
+    )
+    .await;
+    let (id, _) = subscribe(&gw, &broken.url, &["*"]).await;
+    let (code, _) = gw
+        .post(&format!("/api/v1/webhooks/{id}/test"), json!({}))
+        .await;
+    assert_eq!(code, 202);
+    wait_log(&gw, &id, "showing a failed attempt", |items| {
+        items
+            .first()
+            .is_some_and(|d| !d["attempts"].as_array().unwrap().is_empty())
+    })
+    .await;
+    let (code, body) = gw
+        .send(
+            "PATCH",
+            &format!("/api/v1/webhooks/{id}"),
+            json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["enabled"], false);
+    assert!(
+        body.get("secret").is_none(),
+        "no secret unless rotated: {body}"
+    );
+    let log = wait_log(&gw, &id, "dropped", |items| {
+        items.first().is_some_and(|d| d["status"] == "dropped")
+    })
+    .await;
+    let attempts = log[0]["attempts"].as_array().unwrap().len();
+    assert!((1..20).contains(&attempts), "{attempts} attempts");
+    assert_eq!(broken.received().len(), attempts);
+}
