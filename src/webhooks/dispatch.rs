@@ -253,7 +253,10 @@ type ToolSet = BTreeMap<(Option<String>, String), String>;
 /// A server's tools count once it has been ready: before that its offer is
 /// not known yet (an empty list says nothing). Servers that existed when
 /// the gateway started join silently when they first connect; servers added
-/// later announce their tools as added. A server that goes away takes its
+/// later announce their tools as added. While a known server is not ready
+/// (reconnecting, or restarted or replaced over the API, which starts it
+/// with an empty offer) its last known tools stand; when it is ready again
+/// only real differences are announced. A server that goes away takes its
 /// tools with it (removed).
 #[derive(Debug, Default)]
 struct ToolWatch {
@@ -308,8 +311,21 @@ impl ToolWatch {
         let live = |s: &String| servers.iter().any(|(name, _)| name == s);
         self.settled.retain(|(t, s)| t != tenant || live(s));
         self.boot_servers.retain(|(t, s)| t != tenant || live(s));
-        let now = self.counted(tenant, tools);
+        let waiting: HashSet<&String> = servers
+            .iter()
+            .filter(|(name, ready)| {
+                !ready && self.settled.contains(&(tenant.clone(), name.clone()))
+            })
+            .map(|(name, _)| name)
+            .collect();
+        let mut now = self.counted(tenant, tools);
+        now.retain(|(server, _), _| server.as_ref().is_none_or(|s| !waiting.contains(s)));
         let before = self.known.entry(tenant.clone()).or_default();
+        for (key, name) in before.iter() {
+            if key.0.as_ref().is_some_and(|s| waiting.contains(s)) {
+                now.insert(key.clone(), name.clone());
+            }
+        }
         let mut events = Vec::new();
         let data = |(server, tool): &(Option<String>, String), name: &String| json!({"server": server, "tool": tool, "name": name});
         for (key, name) in &now {
@@ -370,6 +386,15 @@ mod tests {
             w.observe(&t, &[tool("fs", "write")], &[("fs".into(), false)])
                 .is_empty()
         );
+        // Restarted over the API: a new connection with no offer yet.
+        assert!(w.observe(&t, &[], &[("fs".into(), false)]).is_empty());
+        // Ready again with one more tool: only that is news.
+        let e = w.observe(
+            &t,
+            &[tool("fs", "write"), tool("fs", "stat")],
+            &[("fs".into(), true)],
+        );
+        assert_eq!(kinds(&e), ["tool.added fs__stat"]);
     }
 
     #[test]

@@ -659,6 +659,12 @@ async fn tools_added_changed_and_removed_are_announced() {
     assert_eq!(changed.json()["data"]["tool"], "echo");
     assert_eq!(changed.json()["data"]["quarantined"], true);
 
+    // A restart starts the server anew with no offer until it connects:
+    // its tools are neither removed nor added again.
+    let (code, body) = gw.post("/api/v1/servers/web/restart", json!({})).await;
+    assert_eq!(code, 202, "{body}");
+    gw.wait_server("web", "ready").await;
+
     // Deleting the server takes its tools away.
     let r = gw
         .client()
@@ -670,6 +676,15 @@ async fn tools_added_changed_and_removed_are_announced() {
     receiver
         .wait_event("tool.removed", |b| b["data"]["name"] == "web__echo")
         .await;
+    // Once each, in order: the restart announced nothing.
+    let echo: Vec<Value> = receiver
+        .received()
+        .iter()
+        .map(Received::json)
+        .filter(|b| b["data"]["name"] == "web__echo")
+        .map(|b| b["type"].clone())
+        .collect();
+    assert_eq!(echo, [json!("tool.added"), json!("tool.removed")]);
     // The config-file server's tools were never announced as added.
     assert!(
         !receiver
