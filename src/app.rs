@@ -70,6 +70,8 @@ pub struct AppState {
     /// The other replicas (through Redis): changes made here are announced
     /// on it, theirs arrive through it.
     pub cluster: Arc<crate::cluster::Bus>,
+    /// Webhook registrations and their delivery lanes.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl AppState {
@@ -254,6 +256,14 @@ impl App {
             call_timeout: settings.call_timeout,
             max_response_bytes: settings.outbound.max_response_bytes,
         };
+        let shutdown = CancellationToken::new();
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            store.clone(),
+            secrets.clone(),
+            &settings,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let state = Arc::new(AppState {
             settings: settings.clone(),
             store,
@@ -279,7 +289,7 @@ impl App {
                 )),
                 None => None,
             },
-            shutdown: CancellationToken::new(),
+            shutdown,
             mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
             search: crate::search::Search::new(settings.search_provider()),
@@ -294,6 +304,7 @@ impl App {
             list_fingerprints: Default::default(),
             identity,
             cluster,
+            webhooks,
         });
 
         // Rebuild the catalog whenever something it is made of changes: at
@@ -353,6 +364,7 @@ impl App {
         }
         state.refresh_all_catalogs().await?;
         crate::cluster::spawn(state.clone());
+        crate::webhooks::start_dispatcher(state.clone()).await;
         if let (Some(path), Some(every)) = (&settings.config_file, settings.config_watch) {
             crate::live_config::spawn(state.clone(), path.clone(), every);
         }

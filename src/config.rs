@@ -86,6 +86,41 @@ pub struct OutboundSettings {
     pub max_response_bytes: usize,
 }
 
+/// Webhook delivery: retries, timeouts, queue and delivery-log bounds.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Attempts per delivery, the first one included.
+    pub max_attempts: u32,
+    /// The delay before the first retry; each further retry doubles it
+    /// (with jitter), up to [`crate::webhooks::MAX_RETRY_DELAY`].
+    pub base_delay: Duration,
+    /// How long one attempt may take, connecting included.
+    pub timeout: Duration,
+    /// Deliveries waiting per webhook; past it, new ones are dropped (and
+    /// counted).
+    pub queue_size: usize,
+    /// Delivery-log records older than this are deleted.
+    pub retention: Duration,
+    /// Delivery-log records kept per webhook (the newest).
+    pub keep_per_webhook: u32,
+    /// Plain `http://` receivers beyond loopback (otherwise `https://` only).
+    pub allow_http: bool,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_delay: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            queue_size: 1000,
+            retention: Duration::from_secs(7 * 86_400),
+            keep_per_webhook: 1000,
+            allow_http: false,
+        }
+    }
+}
+
 /// Every setting of the gateway.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -169,6 +204,7 @@ pub struct Settings {
     pub embedding_api_key: Option<Secret>,
     /// The audit trail (`META_MCP_AUDIT_*`).
     pub audit: crate::audit::AuditSettings,
+    pub webhooks: WebhookSettings,
 }
 
 /// Which embedder semantic search uses.
@@ -322,6 +358,7 @@ impl Default for Settings {
             embedding_model: None,
             embedding_api_key: None,
             audit: Default::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -398,6 +435,13 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_AUDIT_QUEUE_FULL",
     "META_MCP_AUDIT_ARGUMENTS",
     "META_MCP_AUDIT_CHAIN_ID",
+    "META_MCP_WEBHOOK_MAX_ATTEMPTS",
+    "META_MCP_WEBHOOK_BASE_DELAY_MS",
+    "META_MCP_WEBHOOK_TIMEOUT_SECS",
+    "META_MCP_WEBHOOK_QUEUE_SIZE",
+    "META_MCP_WEBHOOK_RETENTION_DAYS",
+    "META_MCP_WEBHOOK_KEEP_PER_WEBHOOK",
+    "META_MCP_WEBHOOK_ALLOW_HTTP",
 ];
 
 impl Settings {
@@ -845,6 +889,52 @@ impl Settings {
                 }
             }
             "model_dir" => self.model_dir = Some(PathBuf::from(value.trim())),
+            "webhook_max_attempts" => {
+                self.webhooks.max_attempts = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=20).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 20, got {value:?}")))?
+            }
+            "webhook_base_delay_ms" => {
+                let ms: u64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=600_000).contains(n))
+                    .ok_or_else(|| {
+                        err(format!("expected 1 to 600000 milliseconds, got {value:?}"))
+                    })?;
+                self.webhooks.base_delay = Duration::from_millis(ms);
+            }
+            "webhook_timeout_secs" => self.webhooks.timeout = secs(value)?,
+            "webhook_queue_size" => {
+                self.webhooks.queue_size = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 1000000, got {value:?}")))?
+            }
+            "webhook_retention_days" => {
+                let days: u64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=3650).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 3650 days, got {value:?}")))?;
+                self.webhooks.retention = Duration::from_secs(days * 86_400);
+            }
+            "webhook_keep_per_webhook" => {
+                self.webhooks.keep_per_webhook = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 1000000, got {value:?}")))?
+            }
+            "webhook_allow_http" => self.webhooks.allow_http = parse_bool(value).map_err(err)?,
             "embedding_url" => {
                 let url = url::Url::parse(value.trim())
                     .map_err(|e| err(format!("not a URL ({e}): {value:?}")))?;

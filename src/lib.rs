@@ -31,3 +31,4 @@ pub mod transfer;
 pub mod upstream;
 pub mod user_cli;
 pub mod util;
+pub mod webhooks;

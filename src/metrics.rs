@@ -88,6 +88,13 @@ pub struct FallbackLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Webhook deliveries: succeeded, failed (gave up) or dropped (queue
+    /// full, or the webhook disabled before it went out).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -126,6 +133,8 @@ pub struct Metrics {
     pub audit_records: Counter,
     shared_state_fallbacks: Family<FallbackLabels, Counter>,
     cluster_in_sync: Gauge,
+    pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+    pub webhook_attempt_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -175,6 +184,8 @@ impl Metrics {
             audit_records: Counter::default(),
             shared_state_fallbacks: Family::default(),
             cluster_in_sync: Gauge::default(),
+            webhook_deliveries: Family::default(),
+            webhook_attempt_duration: latency_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -272,6 +283,16 @@ impl Metrics {
             "cluster_in_sync",
             "1 while this replica is subscribed to the other replicas' changes (with META_MCP_REDIS_URL)",
             m.cluster_in_sync.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by final outcome: succeeded, failed (attempts exhausted), dropped (queue full)",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_attempt_duration_seconds",
+            "Duration of webhook delivery attempts",
+            m.webhook_attempt_duration.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build

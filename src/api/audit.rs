@@ -278,6 +278,23 @@ async fn verify(State(state): State<Arc<AppState>>, principal: Principal) -> Res
     }
     let reports = audit::verify(&state.store, state.pipeline.audit.keys(), &[]).await?;
     let ok = reports.iter().all(|r| r.breaks.is_empty());
+    // A break found is an event operators subscribe to (webhooks).
+    for report in reports.iter().filter(|r| !r.breaks.is_empty()) {
+        let first = &report.breaks[0];
+        state
+            .events
+            .publish(crate::events::Event::AuditChainBroken {
+                tenant: None,
+                chain: report.chain_id.clone(),
+                record: match first {
+                    audit::chain::Break::Changed { id, .. }
+                    | audit::chain::Break::Duplicate { id, .. }
+                    | audit::chain::Break::BeyondHead { id, .. } => Some(id.clone()),
+                    _ => None,
+                },
+                reason: first.to_string(),
+            });
+    }
     let breaks: Vec<Value> = reports
         .iter()
         .flat_map(|r| {

@@ -10,6 +10,7 @@ pub mod profiles;
 pub mod servers;
 pub mod tools;
 pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .merge(auth::router())
         .merge(users::router())
         .merge(audit::router())
+        .merge(webhooks::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

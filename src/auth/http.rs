@@ -69,6 +69,7 @@ pub fn required_permission(method: &Method, path: &str) -> Option<Permission> {
         "users" | "roles" | "grants" => Permission::UsersAdmin,
         "tenants" => Permission::PlatformAdmin,
         "audit" => Permission::AuditRead,
+        "webhooks" => Permission::WebhooksManage,
         _ => return None,
     })
 }

@@ -645,6 +645,18 @@ impl Identity {
         Ok((self.issue(&user, &family).await?, user))
     }
 
+    /// Whether logins of this user (or from this address) are refused for
+    /// now after too many failures.
+    pub async fn login_blocked(
+        &self,
+        tenant: &str,
+        username: &str,
+        client: Option<IpAddr>,
+    ) -> bool {
+        let user_key = format!("{tenant}\u{1f}{username}");
+        self.throttle.check(&user_key, client).await.is_some()
+    }
+
     async fn issue(&self, user: &UserRow, family: &str) -> Result<IssuedTokens, LoginError> {
         let jti = tokens::random_id();
         let (access_token, _) = self

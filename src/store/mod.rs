@@ -11,9 +11,11 @@ use serde::{Serialize, de::DeserializeOwned};
 mod audit;
 mod identity;
 pub mod snapshot;
+mod webhooks;
 
 pub use audit::{AuditFilter, AuditRow, ChainHead};
 pub use identity::{ApiKeyRow, GrantRow, RefreshRow, RoleRow, UserRow};
+pub use webhooks::{DeliveryRow, WebhookRow};
 
 use sqlx::{
     AnyPool, Row,
@@ -88,6 +90,11 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/0004_tool_embeddings.sql"),
         ),
         migration(5, "audit", include_str!("../../migrations/0005_audit.sql")),
+        migration(
+            6,
+            "webhooks",
+            include_str!("../../migrations/0006_webhooks.sql"),
+        ),
     ]);
     // Advisory locking makes concurrent starts of several replicas safe.
     migrator.set_locking(true);

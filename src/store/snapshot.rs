@@ -183,6 +183,15 @@ pub const NOT_CONFIGURATION: &[(&str, &str)] = &[
         "a cache of sentence vectors, computed again from the tools",
     ),
     ("_sqlx_migrations", "each database runs its own migrations"),
+    (
+        "webhooks",
+        "their URLs and signing secrets are sealed under the source's key and carry no \
+         re-sealing yet: registered again on the target",
+    ),
+    (
+        "webhook_deliveries",
+        "a delivery log: history, not configuration",
+    ),
 ];
 
 /// Tables named so hold audit records: history, never configuration.

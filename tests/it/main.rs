@@ -32,3 +32,4 @@ mod store;
 mod tenants;
 mod transfer;
 mod transports;
+mod webhooks;
