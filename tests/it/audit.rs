@@ -12,6 +12,7 @@ use std::{
 
 use serde_json::{Value, json};
 
+use crate::common::pg::TempDatabase;
 use crate::common::{
     self, ADMIN_PASSWORD, Gateway, Options, client_with, fixture_stdio, marker, mcp_request_with,
 };
@@ -693,59 +694,6 @@ async fn the_block_policy_holds_a_call_until_its_record_has_room() {
     }
 }
 
-/// A fresh database on the test PostgreSQL server, dropped when this goes.
-struct TempDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TempDatabase {
-    async fn create(base: &str) -> Self {
-        sqlx::any::install_default_drivers();
-        let name = format!("metamcp_audit_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::AnyPool::connect(base)
-            .await
-            .expect("connect to PostgreSQL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        admin.close().await;
-        let mut url = url::Url::parse(base).expect("METAMCP_TEST_POSTGRES_URL is a URL");
-        url.set_path(&format!("/{name}"));
-        Self {
-            admin_url: base.to_owned(),
-            name,
-            url: url.to_string(),
-        }
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        let (base, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs outside any runtime guarantee: a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok(admin) = sqlx::AnyPool::connect(&base).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&admin)
-                    .await;
-                    admin.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn replicas_on_postgresql_chain_in_turn_and_verify_names_an_edited_record() {
     let Ok(base) = std::env::var("METAMCP_TEST_POSTGRES_URL") else {
@@ -757,7 +705,7 @@ async fn replicas_on_postgresql_chain_in_turn_and_verify_names_an_edited_record(
         );
         return;
     };
-    let db = TempDatabase::create(&base).await;
+    let db = TempDatabase::create(&base, "audit").await;
     let settings = [
         ("META_MCP_DATABASE_URL", db.url.clone()),
         (
@@ -963,7 +911,7 @@ async fn big_batches_chain_and_page_on_postgres() {
         );
         return;
     };
-    let db = TempDatabase::create(&base).await;
+    let db = TempDatabase::create(&base, "audit").await;
     let store = metamcp::store::Store::connect(&db.url).await.unwrap();
     big_batch(&store, 300).await;
     store.close().await;

@@ -23,6 +23,7 @@ use axum::{body::Body, extract::State, response::IntoResponse};
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
+use crate::common::pg::TempDatabase;
 use crate::common::{self, Gateway, Options, client_with, fixture_bin, marker, texts};
 
 /// PostgreSQL and Redis for the test, or `None` (said) outside CI.
@@ -43,76 +44,18 @@ fn backing_services(test: &str) -> Option<(String, String)> {
     }
 }
 
-/// A database of the test's own on the test server, dropped at the end
-/// (also when the test fails).
-struct Database {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create(admin_url: &str) -> Database {
-        sqlx::any::install_default_drivers();
-        let name = format!("metamcp_it_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::AnyPool::connect(admin_url)
-            .await
-            .expect("connect to PostgreSQL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("CREATE DATABASE");
-        admin.close().await;
-        let mut url = url::Url::parse(admin_url).expect("METAMCP_TEST_POSTGRES_URL is a URL");
-        url.set_path(&format!("/{name}"));
-        Database {
-            admin_url: admin_url.to_owned(),
-            name,
-            url: url.to_string(),
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        // A runtime of its own: drop cannot await, and the test's runtime
-        // may be the one dropping us.
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let admin = sqlx::AnyPool::connect(&admin_url).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&admin)
-                .await?;
-                admin.close().await;
-                Ok::<(), sqlx::Error>(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("database {} was not dropped: {dropped:?}", self.name);
-        }
-    }
-}
-
 /// Three replicas on one database and one Redis prefix.
 struct Cluster {
     replicas: Vec<Gateway>,
     redis_url: String,
     prefix: String,
     /// Declared last: dropped after the replicas have stopped.
-    _db: Database,
+    _db: TempDatabase,
 }
 
 impl Cluster {
     async fn start(postgres: &str, redis_url: &str, name: &str) -> Cluster {
-        let db = Database::create(postgres).await;
+        let db = TempDatabase::create(postgres, "it").await;
         let prefix = format!("metamcp-it-{}:", uuid::Uuid::new_v4().simple());
         let m = marker(name);
         // The same config file on each: the fixture over stdio, speaking

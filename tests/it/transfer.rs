@@ -11,6 +11,7 @@ use std::{
 
 use serde_json::{Value, json};
 
+use crate::common::pg::TempDatabase;
 use crate::common::{
     ADMIN_PASSWORD, Gateway, Options, fixture_http_with, marker, mcp_request_with, texts,
     tool_names,
@@ -37,65 +38,6 @@ fn metamcp(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A fresh PostgreSQL database on the test server, dropped when this goes.
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    async fn create(base: &str) -> Self {
-        let name = format!("metamcp_transfer_{}", uuid::Uuid::new_v4().simple());
-        sqlx::any::install_default_drivers();
-        let admin = sqlx::AnyPool::connect(base)
-            .await
-            .expect("connect to PostgreSQL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create the database");
-        admin.close().await;
-        let mut url = url::Url::parse(base).expect("METAMCP_TEST_POSTGRES_URL is a URL");
-        url.set_path(&format!("/{name}"));
-        PgDatabase {
-            admin_url: base.to_owned(),
-            name,
-            url: url.to_string(),
-        }
-    }
-
-    async fn pool(&self) -> sqlx::AnyPool {
-        sqlx::AnyPool::connect(&self.url)
-            .await
-            .expect("connect to the test database")
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (base, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: a thread of its own may block.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                if let Ok(admin) = sqlx::AnyPool::connect(&base).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&admin)
-                    .await;
-                    admin.close().await;
-                }
-            });
-        })
-        .join();
-    }
 }
 
 fn postgres_url(test: &str) -> Option<String> {
@@ -356,7 +298,7 @@ async fn configuration_moves_from_sqlite_to_postgres_and_back() {
     // The target: a fresh PostgreSQL database with its own encryption key.
     // API-key hashes are keyed by META_MCP_SECRET_KEY, so the target takes
     // the source's (generated into its data directory).
-    let pg = PgDatabase::create(&base).await;
+    let pg = TempDatabase::create(&base, "transfer").await;
     let secret_key = std::fs::read_to_string(source_dir.join("secret.key")).unwrap();
     let source_encryption = std::fs::read_to_string(source_dir.join("encryption.key")).unwrap();
     assert_ne!(source_encryption.trim(), PG_ENCRYPTION_KEY);

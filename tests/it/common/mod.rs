@@ -12,6 +12,7 @@ use std::{
 use serde_json::{Value, json};
 
 pub mod oauth_issuer;
+pub mod pg;
 pub mod replicas;
 
 /// A path named by an environment variable set by the install script, or

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Gateway, Options};
+use super::{Gateway, Options, pg::TempDatabase};
 
 /// The token signing key every replica shares (required with PostgreSQL).
 const SECRET_KEY: &str = "replicas-test-secret-key-0123456789-abcdefghij";
@@ -26,9 +26,8 @@ pub struct Deployment {
     pub redis_url: String,
     /// This deployment's Redis key and channel prefix.
     pub prefix: String,
-    /// The test server's URL (its `test` database), for CREATE/DROP DATABASE.
-    admin_url: String,
-    name: String,
+    /// The database, dropped with the deployment.
+    _database: TempDatabase,
 }
 
 /// The value of a test-server variable, or `None` after saying why the
@@ -46,34 +45,17 @@ fn server_url(var: &str, test: &str) -> Option<String> {
     }
 }
 
-async fn admin_query(admin_url: &str, sql: String) {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .expect("connect to the test PostgreSQL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut conn)
-        .await
-        .expect("admin query");
-    let _ = conn.close().await;
-}
-
 impl Deployment {
     /// A new, empty database and a unique Redis prefix.
     pub async fn fresh(test: &str) -> Option<Self> {
         let admin_url = server_url("METAMCP_TEST_POSTGRES_URL", test)?;
         let redis_url = server_url("METAMCP_TEST_REDIS_URL", test)?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let name = format!("metamcp_it_{id}");
-        admin_query(&admin_url, format!("CREATE DATABASE {name}")).await;
-        let mut database_url = url::Url::parse(&admin_url).expect("METAMCP_TEST_POSTGRES_URL");
-        database_url.set_path(&format!("/{name}"));
+        let database = TempDatabase::create(&admin_url, "it").await;
         Some(Self {
-            database_url: database_url.to_string(),
+            database_url: database.url.clone(),
             redis_url,
-            prefix: format!("metamcp-it-{id}"),
-            admin_url,
-            name,
+            prefix: format!("metamcp-it-{}", uuid::Uuid::new_v4().simple()),
+            _database: database,
         })
     }
 
@@ -127,26 +109,6 @@ impl Deployment {
                     .collect()
             })
             .collect()
-    }
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        // Drop runs outside any runtime we may block: a thread of its own.
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(admin_query(
-                &admin_url,
-                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            ));
-        })
-        .join();
     }
 }
 
