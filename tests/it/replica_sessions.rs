@@ -384,21 +384,6 @@ impl RawSession {
     }
 }
 
-/// A user with the `user` role; its access token (good on every replica).
-async fn user_token(gw: &Gateway, username: &str) -> String {
-    let password = format!("{username}-password-123");
-    let (code, body) = gw
-        .post(
-            "/api/v1/users",
-            json!({"username": username, "password": password, "roles": ["user"]}),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
-    let (code, login) = gw.login(username, &password).await;
-    assert_eq!(code, 200, "{login}");
-    login["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn a_session_moves_between_replicas_with_its_owner_level_and_subscriptions() {
     let test = "a_session_moves_between_replicas_with_its_owner_level_and_subscriptions";
@@ -410,7 +395,7 @@ async fn a_session_moves_between_replicas_with_its_owner_level_and_subscriptions
         unreachable!()
     };
     let admin = one.token.clone();
-    let bob = user_token(one, "bob").await;
+    let bob = one.new_user(None, "bob", &["user"]).await.1;
 
     // Opened on replica 1; set up and used on replicas 2 and 3.
     let mut s = RawSession::open(one, &admin).await;

@@ -487,27 +487,6 @@ async fn metadata_and_other_refused_urls_are_refused_at_registration() {
     assert_eq!(hook["url"], "http://127.0.0.1:9/hook");
 }
 
-/// Creates a user in `tenant` as the platform admin and logs it in.
-async fn user_in(gw: &Gateway, tenant: &str, username: &str, roles: &[&str]) -> String {
-    let password = format!("{username}-password-123");
-    let (code, body) = gw
-        .post(
-            "/api/v1/users",
-            json!({"username": username, "password": password, "roles": roles, "tenant": tenant}),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
-    let r = reqwest::Client::new()
-        .post(gw.url("/api/v1/auth/login"))
-        .json(&json!({"username": username, "password": password, "tenant": tenant}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let login: Value = r.json().await.unwrap();
-    login["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn tenants_see_edit_and_hear_only_their_own_webhooks() {
     let gw = Gateway::start(Options::default()).await;
@@ -515,8 +494,8 @@ async fn tenants_see_edit_and_hear_only_their_own_webhooks() {
         .post("/api/v1/tenants", json!({"id": "beta", "name": "Beta"}))
         .await;
     assert_eq!(code, 201, "{body}");
-    let b_admin = user_in(&gw, "beta", "b-admin", &["admin"]).await;
-    let a_user = user_in(&gw, "default", "a-user", &["user"]).await;
+    let b_admin = gw.new_user(Some("beta"), "b-admin", &["admin"]).await.1;
+    let a_user = gw.new_user(Some("default"), "a-user", &["user"]).await.1;
     let a_receiver = Receiver::start(Behavior::FailFirst(0)).await;
     let b_receiver = Receiver::start(Behavior::FailFirst(0)).await;
     let (a_id, _) = subscribe(&gw, &a_receiver.url, &["login.failed_repeatedly"]).await;
