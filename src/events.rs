@@ -47,6 +47,24 @@ pub enum Event {
         outcome: CallOutcome,
         duration: Duration,
     },
+    /// Failed logins of one user (or from one address) reached the
+    /// throttling limit: further attempts are refused for a while.
+    LoginFailedRepeatedly {
+        tenant: Arc<str>,
+        username: String,
+        client: Option<std::net::IpAddr>,
+    },
+    /// The audit trail's verification found a chain that does not hold (a
+    /// record changed, removed or inserted). `tenant` is `None` for a
+    /// platform-wide chain; webhooks of the default tenant hear of those.
+    AuditChainBroken {
+        tenant: Option<Arc<str>>,
+        /// Which chain (e.g. the replica that wrote it).
+        chain: String,
+        /// The first record that does not verify, if known.
+        record: Option<String>,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

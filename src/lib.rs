@@ -7,10 +7,12 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod guard;
@@ -25,6 +27,8 @@ pub mod search;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod transfer;
 pub mod upstream;
 pub mod user_cli;
 pub mod util;
+pub mod webhooks;

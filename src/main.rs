@@ -29,6 +29,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Apply the database migrations and exit (they also run at every start;
+    /// several replicas may run them at once: an advisory lock serializes them).
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Serve MCP on stdin/stdout, bridged to a running gateway (for desktop
     /// clients that start one stdio command per server).
     Stdio {
@@ -67,6 +73,32 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: metamcp::user_cli::UserCommand,
+    },
+    /// Probe a gateway's health endpoint: exit 0 when it answers 200, 1
+    /// otherwise (the container image's health check; no curl needed).
+    Health {
+        /// The gateway's base URL; default http://127.0.0.1:<META_MCP_PORT or 8000>.
+        #[arg(long)]
+        url: Option<String>,
+        /// Ask /api/v1/health/ready (the store answers, every configured
+        /// server was tried) rather than /api/v1/health/live.
+        #[arg(long)]
+        ready: bool,
+    },
+    /// Write the whole configuration (servers, tools' metadata, profiles,
+    /// users, roles, grants, API keys, tenants) into a file sealed with a
+    /// passphrase, to import into another deployment (same settings as `serve`).
+    Export(metamcp::transfer::ExportArgs),
+    /// Read a file written by `export` into this deployment's database, in
+    /// one transaction; stored credentials are sealed under this deployment's key.
+    Import(metamcp::transfer::ImportArgs),
+    /// The audit trail, read from the gateway's database (same settings
+    /// as `serve`): verify its chains, export its records.
+    Audit {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: metamcp::audit::cli::AuditCommand,
     },
     /// The embedding model of semantic search.
     Models {
@@ -113,7 +145,27 @@ fn main() -> std::process::ExitCode {
         }
         Command::Tools { conn, command } => cli::run_tools(conn, command),
         Command::Profiles { conn, command } => cli::run_profiles(conn, command),
-        Command::User { config, command } => {
+        Command::User { config, command } => offline(config.as_deref(), async |settings| {
+            metamcp::user_cli::run(settings, command).await
+        }),
+        Command::Health { url, ready } => health(url, ready),
+        Command::Export(args) => {
+            let config = args.config().map(std::path::Path::to_path_buf);
+            offline(config.as_deref(), async |settings| {
+                metamcp::transfer::run_export(settings, args).await
+            })
+        }
+        Command::Import(args) => {
+            let config = args.config().map(std::path::Path::to_path_buf);
+            offline(config.as_deref(), async |settings| {
+                metamcp::transfer::run_import(settings, args).await
+            })
+        }
+        Command::Audit { config, command } => audit(config, command),
+        Command::Models {
+            command: ModelsCommand::Fetch { dir, config },
+        } => fetch_model(dir, config),
+        Command::Migrate { config } => {
             let settings = match settings(config.as_deref()) {
                 Ok(s) => s,
                 Err(code) => return code,
@@ -122,11 +174,8 @@ fn main() -> std::process::ExitCode {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            outcome(runtime.block_on(metamcp::user_cli::run(&settings, command)))
+            outcome(runtime.block_on(migrate(&settings)))
         }
-        Command::Models {
-            command: ModelsCommand::Fetch { dir, config },
-        } => fetch_model(dir, config),
         Command::Serve { config } => {
             let settings = match settings(config.as_deref()) {
                 Ok(s) => s,
@@ -149,6 +198,61 @@ fn main() -> std::process::ExitCode {
                 tracing::error!("{e:#}");
             }
             outcome(result)
+        }
+    }
+}
+
+/// `metamcp health`: one GET of a probe, its answer on stdout (where a
+/// container runtime keeps it in the health log).
+fn health(url: Option<String>, ready: bool) -> std::process::ExitCode {
+    let base = url.unwrap_or_else(|| {
+        // The port the gateway in this container listens on; an unparsable
+        // one is the gateway's to reject, so fall back to the default here.
+        let port = std::env::var("META_MCP_PORT")
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .unwrap_or(8000);
+        format!("http://127.0.0.1:{port}")
+    });
+    let probe = if ready { "ready" } else { "live" };
+    let url = format!("{}/api/v1/health/{probe}", base.trim_end_matches('/'));
+    let answer = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .and_then(|client| client.get(&url).send());
+    match answer {
+        Ok(r) if r.status() == reqwest::StatusCode::OK => {
+            println!("{url}: {}", r.text().unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            let status = r.status();
+            eprintln!("{url}: {status} {}", r.text().unwrap_or_default());
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `metamcp audit ...`: exit 1 when verification finds a break, 2 when it
+/// cannot run.
+fn audit(
+    config: Option<PathBuf>,
+    command: metamcp::audit::cli::AuditCommand,
+) -> std::process::ExitCode {
+    match offline_run(config.as_deref(), async |settings| {
+        metamcp::audit::cli::run(settings, command).await
+    }) {
+        Err(code) => code,
+        Ok(Ok(true)) => std::process::ExitCode::SUCCESS,
+        Ok(Ok(false)) => std::process::ExitCode::FAILURE,
+        Ok(Err(e)) => {
+            eprintln!("metamcp: {e:#}");
+            std::process::ExitCode::from(2)
         }
     }
 }
@@ -233,6 +337,29 @@ fn runtime(
     })
 }
 
+/// Runs a command that works on the deployment's settings and database
+/// directly (no running gateway), on a single-threaded runtime.
+fn offline(
+    config: Option<&std::path::Path>,
+    command: impl AsyncFnOnce(&Settings) -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    match offline_run(config, command) {
+        Ok(result) => outcome(result),
+        Err(code) => code,
+    }
+}
+
+/// The result of such a command, or the exit status of why it could not run
+/// (bad settings, no runtime).
+fn offline_run<T>(
+    config: Option<&std::path::Path>,
+    command: impl AsyncFnOnce(&Settings) -> anyhow::Result<T>,
+) -> Result<anyhow::Result<T>, std::process::ExitCode> {
+    let settings = settings(config)?;
+    let runtime = runtime(&mut tokio::runtime::Builder::new_current_thread())?;
+    Ok(runtime.block_on(command(&settings)))
+}
+
 /// The exit status of a command's result, printing the error chain.
 fn outcome(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
@@ -242,6 +369,19 @@ fn outcome(result: anyhow::Result<()>) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `metamcp migrate`: what was applied goes to stdout.
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let database = metamcp::outbound::redact_url(&settings.database_url);
+    let store =
+        metamcp::store::Store::connect_with(&settings.database_url, settings.database_pool_size)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate {database}: {e}"))?;
+    let (version, applied) = store.schema_version().await?;
+    store.close().await;
+    println!("{database}: {applied} migrations applied, schema version {version}");
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -82,6 +82,19 @@ pub struct AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// `rate_limit` or `login_throttle`.
+    pub what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Webhook deliveries: succeeded, failed (gave up) or dropped (queue
+    /// full, or the webhook disabled before it went out).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -111,6 +124,17 @@ pub struct Metrics {
     pub search_requests: Family<SearchLabels, Counter>,
     pub search_duration: Family<SearchLabels, Histogram, fn() -> Histogram>,
     pub auth_events: Family<AuthLabels, Counter>,
+    /// Audit records queued for the writer now.
+    pub audit_queue_depth: Gauge,
+    /// Audit records dropped (queue full under the `drop` policy, or not
+    /// writable at shutdown).
+    pub audit_dropped: Counter,
+    /// Audit records written.
+    pub audit_records: Counter,
+    shared_state_fallbacks: Family<FallbackLabels, Counter>,
+    cluster_in_sync: Gauge,
+    pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+    pub webhook_attempt_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -123,6 +147,18 @@ impl Metrics {
     /// Counts one identity event.
     pub fn auth(&self, event: &'static str) {
         self.auth_events.get_or_create(&AuthLabels { event }).inc();
+    }
+
+    /// Counts a decision made per replica because Redis did not answer.
+    pub fn shared_state_fallback(&self, what: &'static str) {
+        self.shared_state_fallbacks
+            .get_or_create(&FallbackLabels { what })
+            .inc();
+    }
+
+    /// Whether this replica hears the others' changes.
+    pub fn set_cluster_in_sync(&self, in_sync: bool) {
+        self.cluster_in_sync.set(i64::from(in_sync));
     }
 
     pub fn new() -> Self {
@@ -143,6 +179,13 @@ impl Metrics {
             search_requests: Family::default(),
             search_duration: Family::new_with_constructor(latency_histogram),
             auth_events: Family::default(),
+            audit_queue_depth: Gauge::default(),
+            audit_dropped: Counter::default(),
+            audit_records: Counter::default(),
+            shared_state_fallbacks: Family::default(),
+            cluster_in_sync: Gauge::default(),
+            webhook_deliveries: Family::default(),
+            webhook_attempt_duration: latency_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -215,6 +258,41 @@ impl Metrics {
             "auth_events",
             "Identity events: logins, failures, refreshes, revocations, rejected credentials",
             m.auth_events.clone(),
+        );
+        registry.register(
+            "audit_queue_depth",
+            "Audit records waiting for the writer",
+            m.audit_queue_depth.clone(),
+        );
+        registry.register(
+            "audit_queue_dropped",
+            "Audit records dropped: queue full under the drop policy, or not writable at shutdown",
+            m.audit_dropped.clone(),
+        );
+        registry.register(
+            "audit_records",
+            "Audit records written",
+            m.audit_records.clone(),
+        );
+        registry.register(
+            "shared_state_fallbacks",
+            "Rate-limit and login-throttle decisions made per replica because Redis did not answer",
+            m.shared_state_fallbacks.clone(),
+        );
+        registry.register(
+            "cluster_in_sync",
+            "1 while this replica is subscribed to the other replicas' changes (with META_MCP_REDIS_URL)",
+            m.cluster_in_sync.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by final outcome: succeeded, failed (attempts exhausted), dropped (queue full)",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_attempt_duration_seconds",
+            "Duration of webhook delivery attempts",
+            m.webhook_attempt_duration.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build

@@ -203,12 +203,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 /// Builds the guarded HTTP client every outbound request uses.
 pub fn client(settings: &OutboundSettings) -> reqwest::Client {
-    let policy = OutboundPolicy::from_settings(settings);
-    let redirect_policy = policy.clone();
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver {
-            policy: policy.clone(),
-        }))
+    let redirect_policy = OutboundPolicy::from_settings(settings);
+    guarded(settings)
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 5 {
                 return attempt.error("too many redirects");
@@ -219,11 +215,29 @@ pub fn client(settings: &OutboundSettings) -> reqwest::Client {
                 Err(e) => attempt.error(e),
             }
         }))
+        .build()
+        .expect("reqwest client with rustls builds")
+}
+
+/// Like [`client`], but follows no redirect: for webhook deliveries, where a
+/// redirect would turn a signed POST into a request somewhere else (a
+/// receiver that moved is registered again).
+pub fn client_without_redirects(settings: &OutboundSettings) -> reqwest::Client {
+    guarded(settings)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("reqwest client with rustls builds")
+}
+
+/// The guarded resolver, timeouts and identity both clients share.
+fn guarded(settings: &OutboundSettings) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver {
+            policy: OutboundPolicy::from_settings(settings),
+        }))
         .connect_timeout(settings.connect_timeout)
         .no_proxy()
         .user_agent(concat!("metamcp/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("reqwest client with rustls builds")
 }
 
 /// Reads a response body, refusing one larger than `limit` bytes.

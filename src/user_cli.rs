@@ -76,7 +76,7 @@ async fn find(store: &Store, tenant: &str, username: &str) -> anyhow::Result<Use
 }
 
 pub async fn run(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
-    let store = Store::connect(&settings.database_url).await?;
+    let store = Store::connect_with(&settings.database_url, settings.database_pool_size).await?;
     store.ensure_tenant(DEFAULT_TENANT, "Default").await?;
     match command {
         UserCommand::Add {

@@ -108,16 +108,38 @@ async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response> {
     let tenant = body.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
-    let (tokens, user) = state
+    let client = crate::auth::http::client_ip(&extensions);
+    let result = state
         .identity
-        .login(
-            tenant,
-            &body.username,
-            &body.password,
-            crate::auth::http::client_ip(&extensions),
-        )
-        .await
-        .map_err(login_problem)?;
+        .login(tenant, &body.username, &body.password, client)
+        .await;
+    // Attempts that reached the password check go to the audit trail
+    // (throttled ones did not: they would let anyone flood it).
+    match &result {
+        Ok((_, user)) => {
+            super::audit::record_login(&state, tenant, &body.username, Some(&user.id), true).await
+        }
+        Err(LoginError::BadCredentials) => {
+            super::audit::record_login(&state, tenant, &body.username, None, false).await;
+            // The failure that reaches the throttling limit is announced;
+            // the attempts refused after it are not (they fail as throttled).
+            if state
+                .identity
+                .login_blocked(tenant, &body.username, client)
+                .await
+            {
+                state
+                    .events
+                    .publish(crate::events::Event::LoginFailedRepeatedly {
+                        tenant: Arc::from(tenant),
+                        username: body.username.clone(),
+                        client,
+                    });
+            }
+        }
+        Err(_) => {}
+    }
+    let (tokens, user) = result.map_err(login_problem)?;
     tracing::info!(user = %user.id, tenant = %user.tenant_id, "login");
     Ok(issued(&state, tokens, body.cookie))
 }

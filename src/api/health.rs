@@ -99,6 +99,13 @@ async fn detailed(State(state): State<Arc<AppState>>, principal: Principal) -> J
     if platform {
         // Hits and misses of the shared cache are every tenant's activity.
         report["cache"] = json!(state.pipeline.cache.status());
+        // Whether this replica hears the others (only with Redis).
+        if let Some(status) = state.cluster.status() {
+            report["cluster"] = json!({
+                "replica": state.cluster.replica(),
+                "status": status,
+            });
+        }
     }
     Json(report)
 }

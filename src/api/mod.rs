@@ -1,6 +1,7 @@
 //! The REST front door under `/api/v1`. Each resource module owns its routes;
 //! handlers are thin and errors are RFC 9457 problem documents.
 
+pub mod audit;
 pub mod auth;
 pub mod docs;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod profiles;
 pub mod servers;
 pub mod tools;
 pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -26,6 +28,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .merge(docs::router())
         .merge(auth::router())
         .merge(users::router())
+        .merge(audit::router())
+        .merge(webhooks::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

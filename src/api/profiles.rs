@@ -114,7 +114,7 @@ async fn create(
             }
             other => other.into(),
         })?;
-    state.refresh_catalog(tenant).await?;
+    state.catalog_edited(tenant).await?;
     let snapshot = state.catalog.snapshot(tenant);
     let view = snapshot
         .profiles
@@ -162,7 +162,7 @@ async fn update(
         return Err(read_only(&name));
     }
     state.store.update_profile(tenant, &name, &profile).await?;
-    state.refresh_catalog(tenant).await?;
+    state.catalog_edited(tenant).await?;
     let snapshot = state.catalog.snapshot(tenant);
     let view = snapshot.profiles.get(&name).ok_or_else(Problem::internal)?;
     Ok(Json(describe(&state, view)))
@@ -185,7 +185,7 @@ async fn remove(
         return Err(read_only(&name));
     }
     state.store.delete_profile(tenant, &name).await?;
-    state.refresh_catalog(tenant).await?;
+    state.catalog_edited(tenant).await?;
     state.profile_endpoints.remove(tenant, &name);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,6 +18,7 @@ use super::error::{ApiJson, Problem, Result};
 use crate::{
     app::AppState,
     auth::{Principal, http::forbidden, rbac::Permission},
+    cluster::Change,
     outbound::OutboundError,
     pipeline::policy,
     upstream::{
@@ -63,6 +64,17 @@ pub fn describe(state: &AppState, upstream: &Upstream, with_logs: bool) -> Value
         }
     }
     value
+}
+
+/// Tells the other replicas that `tenant`'s stored servers changed: they
+/// start, restart or stop theirs to match.
+async fn announce_servers(state: &AppState, tenant: &str) {
+    state
+        .cluster
+        .announce(Change::Servers {
+            tenant: tenant.to_owned(),
+        })
+        .await;
 }
 
 async fn list(State(state): State<Arc<AppState>>, principal: Principal) -> Json<Value> {
@@ -169,6 +181,7 @@ async fn create(
         .get(tenant, &spec.name)
         .ok_or_else(Problem::internal)?;
     tracing::info!(tenant = %tenant, server = %spec.name, "server created over the API");
+    announce_servers(&state, tenant).await;
     Ok((
         StatusCode::CREATED,
         Json(describe(&state, &upstream, false)),
@@ -241,6 +254,7 @@ async fn update(
     state.upstreams.remove(tenant, &name).await;
     state.upstreams.add(tenant, spec);
     state.refresh_catalog(tenant).await?;
+    announce_servers(&state, tenant).await;
     let upstream = state
         .upstreams
         .get(tenant, &name)
@@ -262,6 +276,7 @@ async fn remove(
     state.store.delete_server(tenant, &name).await?;
     state.upstreams.remove(tenant, &name).await;
     state.refresh_catalog(tenant).await?;
+    announce_servers(&state, tenant).await;
     tracing::info!(tenant = %tenant, server = %name, "server removed over the API");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -280,6 +295,13 @@ async fn restart(
         .await
         .ok_or_else(|| unknown(&name))?;
     state.upstreams.add(tenant, current.spec.clone());
+    state
+        .cluster
+        .announce(Change::Restart {
+            tenant: tenant.to_string(),
+            server: name.clone(),
+        })
+        .await;
     let upstream = state
         .upstreams
         .get(tenant, &name)

@@ -310,7 +310,7 @@ async fn register(
                 .await?;
         }
     }
-    state.refresh_catalog(tenant).await?;
+    state.catalog_edited(tenant).await?;
     let snapshot = state.catalog.snapshot(tenant);
     Ok(plans
         .iter()
@@ -460,7 +460,7 @@ async fn update(
         }
         (None, None) => return Err(Problem::internal()),
     }
-    state.refresh_catalog(tenant).await?;
+    state.catalog_edited(tenant).await?;
     let snapshot = state.catalog.snapshot(tenant);
     let updated = match entry.server() {
         Some(server) => snapshot.tool_by_identity(server, entry.original_name()),
@@ -489,7 +489,7 @@ async fn remove(
         .with("server", server));
     }
     state.store.delete_manual_tool(tenant, &name).await?;
-    state.refresh_catalog(tenant).await?;
+    state.catalog_edited(tenant).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -647,7 +647,7 @@ async fn approve(
         .ok_or_else(|| unknown(&name))?;
     let closed = crate::catalog::pins::approve(&state.store, tenant, &server, original).await?;
     tracing::info!(tenant = %tenant, tool = %name, changes = closed, "tool definition approved");
-    state.refresh_catalog(tenant).await?;
+    state.catalog_edited(tenant).await?;
     let snapshot = state.catalog.snapshot(tenant);
     let updated = snapshot
         .tool_by_identity(&server, entry.original_name())

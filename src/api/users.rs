@@ -289,7 +289,7 @@ async fn update_user(
         // until now from the next request on.
         state.identity.store().revoke_user_refresh(&user.id).await?;
     }
-    state.identity.forget_user(&user.id);
+    state.identity.user_changed(&user.id).await;
     Ok(Json(describe_user(&user)))
 }
 
@@ -363,7 +363,7 @@ async fn create_role(
             }
             other => other.into(),
         })?;
-    state.identity.reload_policy().await?;
+    state.identity.policy_changed().await?;
     let role = state
         .identity
         .role(&principal.tenant_id, &body.name)
@@ -403,7 +403,7 @@ async fn delete_role(
             .delete_grant(&principal.tenant_id, &grant.id)
             .await?;
     }
-    state.identity.reload_policy().await?;
+    state.identity.policy_changed().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -487,7 +487,7 @@ async fn create_grant(
         created_at: format_time(tokens::now_secs()),
     };
     state.identity.store().insert_grant(&grant).await?;
-    state.identity.reload_policy().await?;
+    state.identity.policy_changed().await?;
     Ok((StatusCode::CREATED, Json(describe_grant(&grant))))
 }
 
@@ -507,7 +507,7 @@ async fn delete_grant(
             format!("no grant with id {id}"),
         ));
     }
-    state.identity.reload_policy().await?;
+    state.identity.policy_changed().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -546,7 +546,7 @@ async fn create_tenant(
             format!("tenant {} exists", body.id),
         ));
     }
-    state.identity.reload_policy().await?;
+    state.identity.policy_changed().await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "id": body.id, "name": body.name, "disabled": false })),

@@ -82,7 +82,7 @@ pub async fn first_admin(settings: &Settings, store: &Store) -> anyhow::Result<(
         .await?
         .map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?;
     let now = format_time(tokens::now_secs());
-    store
+    let created = store
         .insert_user(&UserRow {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id: DEFAULT_TENANT.into(),
@@ -95,7 +95,20 @@ pub async fn first_admin(settings: &Settings, store: &Store) -> anyhow::Result<(
             created_at: now.clone(),
             updated_at: now,
         })
-        .await?;
+        .await;
+    match created {
+        Ok(()) => {}
+        // Another replica starting at the same moment on the same empty
+        // database created it first: that one is the admin.
+        Err(crate::store::StoreError::Conflict) => {
+            if let Some(path) = file {
+                let _ = std::fs::remove_file(path);
+            }
+            tracing::info!("user admin was created by another replica");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     match file {
         Some(path) => tracing::warn!(
             file = %path.display(),

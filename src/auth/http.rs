@@ -68,9 +68,16 @@ pub fn required_permission(method: &Method, path: &str) -> Option<Permission> {
         "health" => Permission::ServersRead,
         "users" | "roles" | "grants" => Permission::UsersAdmin,
         "tenants" => Permission::PlatformAdmin,
+        "audit" => Permission::AuditRead,
+        "webhooks" => Permission::WebhooksManage,
         _ => return None,
     })
 }
+
+/// Marks a response as this layer's refusal for a missing permission (the
+/// handler never ran), for the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused(pub Permission);
 
 /// The scopes an MCP client needs, as advertised in challenges.
 pub const MCP_SCOPES: &str = "tools:read tools:execute";
@@ -321,7 +328,12 @@ pub async fn authenticate(
     if let Some(needed) = required_permission(request.method(), &path)
         && !principal.has(needed)
     {
-        return forbidden(needed).into_response();
+        // The principal rides on the response for the audit trail, which
+        // records refused changes too.
+        let mut response = forbidden(needed).into_response();
+        response.extensions_mut().insert(principal);
+        response.extensions_mut().insert(Refused(needed));
+        return response;
     }
     if mcp {
         if !principal.has(Permission::ToolsRead) {
@@ -351,8 +363,10 @@ pub async fn authenticate(
         }
         return response;
     }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    request.extensions_mut().insert(principal.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(principal);
+    response
 }
 
 /// The client's address, when the listener recorded it.
@@ -442,6 +456,10 @@ mod tests {
             Some(Permission::PlatformAdmin)
         );
         assert_eq!(need(Method::GET, "/api/v1/auth/me"), None);
+        assert_eq!(
+            need(Method::GET, "/api/v1/audit"),
+            Some(Permission::AuditRead)
+        );
         assert!(is_public("/api/v1/health/live") && !is_public("/api/v1/health/detailed"));
     }
 }

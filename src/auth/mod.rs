@@ -218,6 +218,9 @@ pub struct Identity {
     policy: ArcSwap<PolicyData>,
     epoch: AtomicU64,
     throttle: throttle::LoginThrottle,
+    /// The other replicas: where revocations are announced, and whether
+    /// this process hears theirs (see [`Identity::authenticate_access_token`]).
+    cluster: Arc<crate::cluster::Bus>,
     /// Legacy MCP sessions and the principal (tenant/user) that opened each.
     sessions: moka::sync::Cache<String, Arc<str>>,
 }
@@ -256,6 +259,10 @@ impl Identity {
             policy: Default::default(),
             epoch: AtomicU64::new(1),
             throttle: Default::default(),
+            cluster: Arc::new(crate::cluster::Bus::standalone(
+                store.backend(),
+                metrics.clone(),
+            )),
             sessions: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
@@ -273,13 +280,73 @@ impl Identity {
                 "META_MCP_ANONYMOUS_LOOPBACK_ROLE is set: requests without credentials from loopback act as an anonymous {role}; for test rigs only"
             );
         }
-        for (jti, expires) in identity.store.live_revoked_jtis().await? {
-            identity
-                .revoked
-                .write()
-                .insert(jti, parse_time(&expires).unwrap_or(i64::MAX));
-        }
+        identity.reload_revocations().await?;
         Ok(identity)
+    }
+
+    /// Joins the other replicas: revocations made here are announced to
+    /// them, theirs are heard through `cluster`, and login failures are
+    /// counted in Redis.
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Bus>) -> Self {
+        self.throttle = throttle::LoginThrottle::shared(cluster.clone());
+        self.cluster = cluster;
+        self
+    }
+
+    /// Replaces the revoked-token set with the database's.
+    pub async fn reload_revocations(&self) -> Result<(), StoreError> {
+        let live: HashMap<String, i64> = self
+            .store
+            .live_revoked_jtis()
+            .await?
+            .into_iter()
+            .map(|(jti, expires)| (jti, parse_time(&expires).unwrap_or(i64::MAX)))
+            .collect();
+        let mut revoked = self.revoked.write();
+        // Keep what arrived meanwhile; the database has everything older.
+        let now = tokens::now_secs();
+        revoked.retain(|_, exp| *exp > now);
+        revoked.extend(live);
+        Ok(())
+    }
+
+    /// Everything another replica may have changed while this one was not
+    /// listening: revocations, cached users and keys, roles and grants.
+    pub async fn resync(&self) -> Result<(), StoreError> {
+        self.reload_revocations().await?;
+        self.users.invalidate_all();
+        self.keys.invalidate_all();
+        self.reload_policy().await
+    }
+
+    /// Another replica revoked an access token.
+    pub fn note_revoked(&self, jti: &str, expires_at: i64) {
+        let now = tokens::now_secs();
+        let mut revoked = self.revoked.write();
+        revoked.retain(|_, exp| *exp > now);
+        revoked.insert(jti.to_owned(), expires_at);
+    }
+
+    /// Another replica revoked an API key: read it again on next use.
+    pub fn forget_api_key(&self, id: &str) {
+        self.keys.invalidate(id);
+    }
+
+    /// A user was changed here (disabled, new password, roles): forget the
+    /// cached row, here and on every replica, before answering.
+    pub async fn user_changed(&self, id: &str) {
+        self.forget_user(id);
+        self.cluster
+            .announce(crate::cluster::Change::User { id: id.to_owned() })
+            .await;
+    }
+
+    /// Roles, grants or tenants were changed here: reload them, here and on
+    /// every replica, before answering.
+    pub async fn policy_changed(&self) -> Result<(), StoreError> {
+        self.reload_policy().await?;
+        self.cluster.announce(crate::cluster::Change::Policy).await;
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -419,7 +486,10 @@ impl Identity {
     }
 
     async fn user(&self, id: &str) -> Result<Option<Arc<UserRow>>, StoreError> {
-        if let Some(user) = self.users.get(id) {
+        // A replica that may have missed a change reads the row every time.
+        if self.cluster.hears_everything()
+            && let Some(user) = self.users.get(id)
+        {
             return Ok(Some(user));
         }
         let Some(user) = self.store.user_by_id(id).await? else {
@@ -450,7 +520,22 @@ impl Identity {
         method: AuthMethod,
     ) -> Result<Principal, AuthError> {
         let claims = self.tokens.verify(token)?;
+        // Revocation, on every request, so it must stay cheap. The set in
+        // memory holds every revocation this process has heard of. It is
+        // complete when `hears_everything`: the process is alone on its
+        // database (SQLite), or its Redis subscription is up and it
+        // reloaded from the database after subscribing, so every logout
+        // on another replica reached it, and that replica's logout waited
+        // for our acknowledgement before answering. Then one read-locked
+        // hash lookup decides. Otherwise (Redis down or reconnecting,
+        // PostgreSQL without Redis) the database decides: an outage costs
+        // a query per request, it never lets a revoked token through, and
+        // a database error refuses the request.
         if self.revoked.read().contains_key(&claims.jti) {
+            return Err(AuthError::Revoked);
+        }
+        if !self.cluster.hears_everything() && self.store.is_jti_revoked(&claims.jti).await? {
+            self.revoked.write().insert(claims.jti.clone(), claims.exp);
             return Err(AuthError::Revoked);
         }
         let user = self.user(&claims.sub).await?.ok_or(AuthError::Invalid)?;
@@ -467,7 +552,13 @@ impl Identity {
     /// Checks an API key (`mmk_<id>.<secret>`).
     pub async fn authenticate_api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let (id, secret) = tokens::split_opaque(API_KEY_PREFIX, key).ok_or(AuthError::Invalid)?;
-        let row = match self.keys.get(id) {
+        // Like users: the cached row only while nothing can have been missed.
+        let cached = if self.cluster.hears_everything() {
+            self.keys.get(id)
+        } else {
+            None
+        };
+        let row = match cached {
             Some(row) => row,
             None => {
                 let row = Arc::new(self.store.api_key(id).await?.ok_or(AuthError::Invalid)?);
@@ -520,7 +611,7 @@ impl Identity {
         client: Option<IpAddr>,
     ) -> Result<(IssuedTokens, Arc<UserRow>), LoginError> {
         let user_key = format!("{tenant}\u{1f}{username}");
-        if let Some(wait) = self.throttle.check(&user_key, client) {
+        if let Some(wait) = self.throttle.check(&user_key, client).await {
             self.metrics.auth("login_throttled");
             return Err(LoginError::Throttled(wait));
         }
@@ -542,16 +633,28 @@ impl Identity {
             }
         };
         let Some(user) = user.filter(|_| ok) else {
-            self.throttle.failed(&user_key, client);
+            self.throttle.failed(&user_key, client).await;
             self.metrics.auth("login_failed");
             return Err(LoginError::BadCredentials);
         };
-        self.throttle.succeeded(&user_key);
+        self.throttle.succeeded(&user_key).await;
         self.metrics.auth("login");
         let user = Arc::new(user);
         self.users.insert(user.id.clone(), user.clone());
         let family = tokens::random_id();
         Ok((self.issue(&user, &family).await?, user))
+    }
+
+    /// Whether logins of this user (or from this address) are refused for
+    /// now after too many failures.
+    pub async fn login_blocked(
+        &self,
+        tenant: &str,
+        username: &str,
+        client: Option<IpAddr>,
+    ) -> bool {
+        let user_key = format!("{tenant}\u{1f}{username}");
+        self.throttle.check(&user_key, client).await.is_some()
     }
 
     async fn issue(&self, user: &UserRow, family: &str) -> Result<IssuedTokens, LoginError> {
@@ -639,6 +742,13 @@ impl Identity {
             let expires = principal.expires_at.unwrap_or(i64::MAX / 2);
             self.store.revoke_jti(jti, &format_time(expires)).await?;
             self.revoked.write().insert(jti.to_string(), expires);
+            // Answers once every replica in sync has it (see `cluster`).
+            self.cluster
+                .announce(crate::cluster::Change::Revoked {
+                    jti: jti.to_string(),
+                    expires_at: expires,
+                })
+                .await;
         }
         if let Some((id, secret)) =
             refresh_token.and_then(|t| tokens::split_opaque(REFRESH_PREFIX, t))
@@ -693,6 +803,11 @@ impl Identity {
     pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let done = self.store.revoke_api_key(tenant, id).await?;
         self.keys.invalidate(id);
+        if done {
+            self.cluster
+                .announce(crate::cluster::Change::ApiKey { id: id.to_owned() })
+                .await;
+        }
         if done {
             self.metrics.auth("key_revoked");
         }

@@ -19,12 +19,14 @@ pub enum Permission {
     UsersAdmin,
     AuditRead,
     MetricsRead,
+    /// Manage the tenant's webhooks and read their delivery logs.
+    WebhooksManage,
     /// Manage tenants and create stdio servers (platform admins only).
     PlatformAdmin,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 12] = [
         Self::ToolsRead,
         Self::ToolsExecute,
         Self::ToolsWrite,
@@ -35,6 +37,7 @@ impl Permission {
         Self::UsersAdmin,
         Self::AuditRead,
         Self::MetricsRead,
+        Self::WebhooksManage,
         Self::PlatformAdmin,
     ];
 
@@ -50,6 +53,7 @@ impl Permission {
             Self::UsersAdmin => "users:admin",
             Self::AuditRead => "audit:read",
             Self::MetricsRead => "metrics:read",
+            Self::WebhooksManage => "webhooks:manage",
             Self::PlatformAdmin => "platform:admin",
         }
     }

@@ -93,6 +93,9 @@ struct Cli {
 /// because over HTTP rmcp builds a fresh handler for each session or
 /// stateless request.
 static CALLS: AtomicU64 = AtomicU64::new(0);
+/// Tool calls that ended because the peer cancelled them (what a cancel
+/// relayed through the gateway must produce).
+static CANCELLED: AtomicU64 = AtomicU64::new(0);
 
 /// Set by the `mutate` tool: `echo` then has another description and schema
 /// (a "rug pull", for the gateway's tool pinning tests).
@@ -209,6 +212,8 @@ fn tool_definitions(mutated: bool) -> Vec<Tool> {
                          "properties": {"name": {"type": "string"}}}},
         {"name": "count_calls", "description": "Tool calls served by this process, this one included",
          "inputSchema": {"type": "object", "required": [], "properties": {}}},
+        {"name": "cancelled_calls", "description": "Tool calls of this process that stopped because the peer cancelled them",
+         "inputSchema": {"type": "object", "required": [], "properties": {}}},
         {"name": "flaky", "description": "Fail (JSON-RPC internal error) for the first `failures` calls with this key, then succeed",
          "inputSchema": {"type": "object", "required": ["key"], "properties": {
              "key": {"type": "string"}, "failures": {"type": "integer", "minimum": 0, "default": 2}}}},
@@ -234,6 +239,13 @@ fn tool_definitions(mutated: bool) -> Vec<Tool> {
         list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     }
     serde_json::from_value(tools).expect("the fixed tool list is well-formed")
+}
+
+/// Counts a call stopped by the peer's cancellation, and the error it ends with
+/// (which the peer, having cancelled, ignores).
+fn cancelled() -> McpError {
+    CANCELLED.fetch_add(1, Ordering::Relaxed);
+    McpError::internal_error("cancelled", None)
 }
 
 /// Calls seen per `flaky` key.
@@ -473,7 +485,7 @@ impl ServerHandler for Fixture {
                 // The token fires on notifications/cancelled (stdio, HTTP
                 // session) or when an HTTP client disconnects.
                 tokio::select! {
-                    () = context.ct.cancelled() => Err(McpError::internal_error("cancelled", None)),
+                    () = context.ct.cancelled() => Err(cancelled()),
                     () = tokio::time::sleep(Duration::from_millis(ms)) => {
                         Ok(text_result(format!("slept {ms}ms")))
                     }
@@ -502,9 +514,7 @@ impl ServerHandler for Fixture {
                             tracing::warn!("progress notification failed: {e}");
                         }
                         tokio::select! {
-                            () = context.ct.cancelled() => {
-                                return Err(McpError::internal_error("cancelled", None));
-                            }
+                            () = context.ct.cancelled() => return Err(cancelled()),
                             () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
                         }
                     }
@@ -547,6 +557,7 @@ impl ServerHandler for Fixture {
                 result.structured_content = Some(report);
                 Ok(result.into())
             }
+            "cancelled_calls" => Ok(text_result(CANCELLED.load(Ordering::Relaxed).to_string())),
             "flaky" => {
                 let FlakyArgs { key, failures } = parse(args)?;
                 let attempt = {

@@ -6,7 +6,11 @@
 //! Keys hold the tenant and the caller's authorization context, so no
 //! cached result crosses an access boundary, and a generation number that
 //! every catalog change bumps, so a change invalidates everything cached
-//! before it.
+//! before it. With Redis the generation lives in Redis too
+//! (`PREFIX:cache-generation`): every replica reads it together with the
+//! entry (one script, one round trip) and bumps it on each catalog change it
+//! applies, so replicas share entries while their catalogs agree, and none
+//! reads an entry written under an older catalog.
 
 use std::{
     sync::{
@@ -94,13 +98,40 @@ impl RedisBackend {
         self.down(why);
     }
 
-    async fn get(&self, key: &str) -> Result<Option<String>, ()> {
+    /// The entry of `key` under the current shared generation, and the key
+    /// that generation gives it (where a fresh result goes).
+    async fn get(&self, generation_key: &str, key: &str) -> Result<(Option<String>, String), ()> {
         let mut conn = self.connection().await.ok_or(())?;
-        let cmd = redis::cmd("GET").arg(key).to_owned();
-        match tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<Option<String>>(&mut conn))
-            .await
-        {
-            Ok(Ok(v)) => Ok(v),
+        // One round trip: the generation and the entry under it.
+        const SCRIPT: &str = "local g = redis.call('GET', KEYS[1]) or '0' \
+             local k = ARGV[1] .. ':' .. g \
+             return {k, redis.call('GET', k) or false}";
+        let cmd = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(generation_key)
+            .arg(key)
+            .to_owned();
+        let call = cmd.query_async::<(String, Option<String>)>(&mut conn);
+        match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok((slot, found))) => Ok((found, slot)),
+            Ok(Err(e)) => {
+                self.forget_connection(&e.to_string()).await;
+                Err(())
+            }
+            Err(_) => {
+                self.forget_connection("timeout").await;
+                Err(())
+            }
+        }
+    }
+
+    /// Bumps the shared generation: entries written before are not read again.
+    async fn bump(&self, generation_key: &str) -> Result<(), ()> {
+        let mut conn = self.connection().await.ok_or(())?;
+        let cmd = redis::cmd("INCR").arg(generation_key).to_owned();
+        match tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 self.forget_connection(&e.to_string()).await;
                 Err(())
@@ -191,10 +222,18 @@ pub struct CacheStatus {
     pub memory_entries: u64,
 }
 
+/// Where a result found missing by `lookup` is to be stored.
+pub enum CacheSlot {
+    Redis(String),
+    Memory(String),
+}
+
 /// The cache of tool results.
 pub struct ResultCache {
     memory: moka::future::Cache<String, Entry>,
-    redis: Option<RedisBackend>,
+    redis: Option<Arc<RedisBackend>>,
+    /// Start of every key: the deployment's `META_MCP_REDIS_PREFIX`.
+    key_prefix: String,
     generation: AtomicU64,
     max_ttl: Duration,
     hits: AtomicU64,
@@ -209,12 +248,12 @@ impl ResultCache {
         redis_url: Option<&str>,
     ) -> Result<Self, String> {
         let redis = match redis_url {
-            Some(url) => Some(RedisBackend {
+            Some(url) => Some(Arc::new(RedisBackend {
                 client: redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?,
                 conn: tokio::sync::Mutex::new(None),
                 up: AtomicBool::new(true),
                 last_attempt: parking_lot::Mutex::new(None),
-            }),
+            })),
             None => None,
         };
         Ok(Self {
@@ -223,6 +262,7 @@ impl ResultCache {
                 .time_to_live(max_ttl)
                 .build(),
             redis,
+            key_prefix: "metamcp".into(),
             generation: AtomicU64::new(0),
             max_ttl,
             hits: AtomicU64::new(0),
@@ -230,19 +270,43 @@ impl ResultCache {
         })
     }
 
+    /// Keys start with `prefix` (deployments sharing a Redis never meet).
+    pub fn with_key_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.key_prefix);
+        self
+    }
+
     /// The current catalog generation (bumped by every catalog change).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Makes everything cached so far unreachable (the catalog changed).
+    /// Makes everything cached so far unreachable (the catalog changed):
+    /// in this process at once, in Redis as soon as it answers (a replica
+    /// applying the same change bumps the shared generation again, which
+    /// only makes it move further).
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.memory.invalidate_all();
+        if let Some(redis) = &self.redis
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let (redis, key) = (redis.clone(), self.generation_key());
+            runtime.spawn(async move {
+                if redis.bump(&key).await.is_err() {
+                    tracing::debug!("cache generation not bumped in Redis: it is unreachable");
+                }
+            });
+        }
+    }
+
+    fn generation_key(&self) -> String {
+        format!("{}:cache-generation", self.key_prefix)
     }
 
     /// The key of one call: tenant, the caller's authorization context, the
-    /// tool's identity, the canonical arguments, and the generation.
+    /// tool's identity and the canonical arguments (`lookup` adds the
+    /// generation).
     pub fn key(&self, principal: &Principal, tool_identity: &str, arguments: &Value) -> String {
         let mut roles: Vec<&str> = principal.roles.iter().map(String::as_str).collect();
         roles.sort_unstable();
@@ -258,19 +322,25 @@ impl ResultCache {
         });
         let digest = Sha256::digest(context.to_string().as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "metamcp:result:{}:{hex}",
-            self.generation.load(Ordering::Acquire)
-        )
+        format!("{}:result:{hex}", self.key_prefix)
     }
 
-    pub async fn get(&self, key: &str) -> Option<Arc<str>> {
-        let found = match &self.redis {
-            Some(redis) => match redis.get(key).await {
-                Ok(v) => v.map(Arc::from),
-                Err(()) => self.memory_get(key).await,
+    /// The cached result of `key`, and the slot a fresh result for it goes
+    /// to (under the generation this lookup saw).
+    pub async fn lookup(&self, key: &str) -> (Option<Arc<str>>, CacheSlot) {
+        let local = || format!("{}:{key}", self.generation.load(Ordering::Acquire));
+        let (found, slot) = match &self.redis {
+            Some(redis) => match redis.get(&self.generation_key(), key).await {
+                Ok((found, slot)) => (found.map(Arc::from), CacheSlot::Redis(slot)),
+                Err(()) => {
+                    let slot = local();
+                    (self.memory_get(&slot).await, CacheSlot::Memory(slot))
+                }
             },
-            None => self.memory_get(key).await,
+            None => {
+                let slot = local();
+                (self.memory_get(&slot).await, CacheSlot::Memory(slot))
+            }
         };
         let counter = if found.is_some() {
             &self.hits
@@ -278,7 +348,7 @@ impl ResultCache {
             &self.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        found
+        (found, slot)
     }
 
     async fn memory_get(&self, key: &str) -> Option<Arc<str>> {
@@ -290,13 +360,17 @@ impl ResultCache {
         Some(entry.json)
     }
 
-    pub async fn put(&self, key: String, json: String, ttl: Duration) {
+    pub async fn put(&self, slot: CacheSlot, json: String, ttl: Duration) {
         let ttl = ttl.min(self.max_ttl);
-        if let Some(redis) = &self.redis
-            && redis.set(&key, &json, ttl).await.is_ok()
-        {
-            return;
-        }
+        let key = match slot {
+            CacheSlot::Redis(key) => match &self.redis {
+                Some(redis) if redis.set(&key, &json, ttl).await.is_ok() => return,
+                // Redis went away since the lookup: memory, under this
+                // process's generation.
+                _ => format!("{}:{key}", self.generation.load(Ordering::Acquire)),
+            },
+            CacheSlot::Memory(key) => key,
+        };
         self.memory
             .insert(
                 key,
@@ -372,15 +446,16 @@ mod tests {
             cache.key(&principal("alice", "t1", &["user"]), "srv/tool", &args)
         );
         assert_ne!(k, cache.key(&alice, "srv/other", &args));
-        cache
-            .put(k.clone(), "{}".into(), Duration::from_secs(60))
-            .await;
-        assert!(cache.get(&k).await.is_some());
+        let (found, slot) = cache.lookup(&k).await;
+        assert!(found.is_none());
+        cache.put(slot, "{}".into(), Duration::from_secs(60)).await;
+        assert!(cache.lookup(&k).await.0.is_some());
         cache.invalidate_all();
         assert!(
             cache
-                .get(&cache.key(&alice, "srv/tool", &args))
+                .lookup(&cache.key(&alice, "srv/tool", &args))
                 .await
+                .0
                 .is_none()
         );
     }
@@ -388,11 +463,12 @@ mod tests {
     #[tokio::test]
     async fn entries_expire_after_their_own_ttl() {
         let cache = ResultCache::new(100, Duration::from_secs(60), None).unwrap();
+        let (_, slot) = cache.lookup("k").await;
         cache
-            .put("k".into(), "{}".into(), Duration::from_millis(30))
+            .put(slot, "{}".into(), Duration::from_millis(30))
             .await;
-        assert!(cache.get("k").await.is_some());
+        assert!(cache.lookup("k").await.0.is_some());
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(cache.get("k").await.is_none());
+        assert!(cache.lookup("k").await.0.is_none());
     }
 }

@@ -5,6 +5,7 @@
 pub mod breaker;
 pub mod rate;
 pub mod retry;
+mod shared;
 
 use std::time::Duration;
 
@@ -41,11 +42,14 @@ impl std::fmt::Display for LimitScope {
     }
 }
 
-/// Rate limiting for tool calls.
-#[derive(Debug, Default)]
+/// Rate limiting for tool calls: in Redis when configured, so the limits
+/// hold for all replicas together; in memory (per replica) otherwise and
+/// while Redis does not answer.
+#[derive(Default)]
 pub struct Guard {
     limits: RateLimits,
     limiter: Limiter,
+    shared: Option<shared::SharedLimiter>,
 }
 
 impl Guard {
@@ -53,12 +57,19 @@ impl Guard {
         Self {
             limits,
             limiter: Limiter::default(),
+            shared: None,
         }
+    }
+
+    /// Counts in the deployment's Redis (when it has one).
+    pub fn with_cluster(mut self, bus: std::sync::Arc<crate::cluster::Bus>) -> Self {
+        self.shared = shared::SharedLimiter::new(bus);
+        self
     }
 
     /// Takes one call of `principal` to `tool` from every limit that
     /// applies; the first limit exceeded refuses it with the wait.
-    pub fn admit(
+    pub async fn admit(
         &self,
         principal: &Principal,
         tool: &ToolEntry,
@@ -88,6 +99,25 @@ impl Guard {
                 format!("u:{}:{}", tool.tenant, tool.server().unwrap_or_default()),
             ),
         ];
+        if let Some(shared) = &self.shared {
+            let limits: Vec<(LimitScope, (String, Rate))> = checks
+                .iter()
+                .filter_map(|(scope, rate, key)| rate.map(|r| (*scope, (key.clone(), r))))
+                .collect();
+            if limits.is_empty() {
+                return Ok(());
+            }
+            let keyed: Vec<(String, Rate)> = limits.iter().map(|(_, l)| l.clone()).collect();
+            if let Ok(verdict) = shared.check(&keyed).await {
+                return verdict.map_err(|(index, wait)| {
+                    (
+                        limits.get(index).map_or(LimitScope::Principal, |l| l.0),
+                        wait,
+                    )
+                });
+            }
+            // Redis did not answer: this replica's own limits apply.
+        }
         for (scope, rate, key) in checks {
             if let Some(rate) = rate {
                 self.limiter

@@ -1,7 +1,10 @@
 //! Sealed pagination cursors. A cursor is opaque to clients and handed back
-//! later, so it is authenticated (HMAC-SHA-256) and bound to the catalog
-//! generation, the caller's authorization context, the list and an expiry:
+//! later, so it is authenticated (HMAC-SHA-256) and bound to the list's
+//! content, the caller's authorization context, the list and an expiry:
 //! a forged, altered, foreign or stale cursor is refused (`-32602`).
+//! The key derives from the deployment's secret key, so a cursor issued by
+//! one replica opens on any other (2026-07-28 clients are stateless and a
+//! load balancer may send each page request elsewhere).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,21 +15,41 @@ use sha2::Sha256;
 /// How long a cursor stays valid.
 const LIFETIME: Duration = Duration::from_secs(600);
 
-/// Seals and opens cursors with a key of this process.
+/// Seals and opens cursors.
 pub struct CursorSealer {
     key: [u8; 32],
 }
 
+impl CursorSealer {
+    /// A key derived from the deployment's secret key: every replica opens
+    /// the cursors of every other.
+    pub fn from_secret(secret: &[u8]) -> Self {
+        Self {
+            key: derive_key(secret, "mcp cursors v1"),
+        }
+    }
+}
+
 impl Default for CursorSealer {
+    /// A random key: cursors open only in this process (tests).
     fn default() -> Self {
-        // A random key per process: a cursor is good on the replica that
-        // issued it (the identity issue brings a shared secret key).
         Self { key: process_key() }
     }
 }
 
-/// A random 256-bit key, new with every process: for what the gateway seals
-/// for its own clients to hand back (cursors, request states).
+/// The key for what the gateway seals for its clients to hand back (one
+/// `purpose` each: cursors, request states), derived from the deployment's
+/// secret key by HKDF-SHA-256: every replica derives the same key, and no
+/// other use of the secret key can produce it.
+pub fn derive_key(secret: &[u8], purpose: &str) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    hkdf::Hkdf::<Sha256>::new(Some(b"metamcp sealed for clients"), secret)
+        .expand(purpose.as_bytes(), &mut key)
+        .expect("32 bytes is a valid HKDF-SHA-256 output length");
+    key
+}
+
+/// A random 256-bit key, new with every process.
 pub(super) fn process_key() -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -112,5 +135,19 @@ mod tests {
             CursorSealer::default().open("tools:1:alice", &c).is_err(),
             "another key"
         );
+    }
+
+    #[test]
+    fn replicas_sharing_the_secret_key_open_each_others_cursors() {
+        let one = CursorSealer::from_secret(b"a shared secret key");
+        let two = CursorSealer::from_secret(b"a shared secret key");
+        let c = one.seal("tools:1:alice", 500);
+        assert_eq!(two.open("tools:1:alice", &c), Ok(500));
+        let other = CursorSealer::from_secret(b"another secret key");
+        assert!(other.open("tools:1:alice", &c).is_err());
+        let other_purpose = CursorSealer {
+            key: derive_key(b"a shared secret key", "mcp request states v1"),
+        };
+        assert!(other_purpose.open("tools:1:alice", &c).is_err());
     }
 }

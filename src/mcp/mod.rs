@@ -13,6 +13,7 @@ pub mod cursor;
 pub mod discovery;
 pub mod relays;
 pub mod request_state;
+pub mod shared_sessions;
 pub mod sse;
 
 use std::{sync::Arc, time::Duration};
@@ -54,8 +55,44 @@ pub struct Gateway {
     session: Arc<relays::Session>,
 }
 
-/// The Streamable HTTP service of `/mcp` or of one profile.
-pub type McpService = StreamableHttpService<Gateway, LocalSessionManager>;
+/// The Streamable HTTP service of `/mcp` or of one profile: rmcp's, with
+/// its legacy sessions checked against (and recorded in) Redis when they
+/// are shared between replicas.
+#[derive(Clone)]
+pub struct McpService {
+    http: StreamableHttpService<Gateway, LocalSessionManager>,
+    sessions: Arc<LocalSessionManager>,
+    shared: Option<Arc<shared_sessions::SharedSessions>>,
+}
+
+impl McpService {
+    async fn serve(self, request: axum::extract::Request) -> axum::response::Response {
+        let http = &self.http;
+        let serve = |request| async move { http.handle(request).await.map(axum::body::Body::new) };
+        match &self.shared {
+            Some(shared) => shared_sessions::serve(shared, &self.sessions, request, serve).await,
+            None => serve(request).await,
+        }
+    }
+}
+
+impl tower::Service<axum::extract::Request> for McpService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.serve(request).await) })
+    }
+}
 
 /// Builds the Streamable HTTP service for `/mcp`. Host and Origin are checked
 /// for the whole listener by the HTTP layer, so rmcp's own checks are off
@@ -79,13 +116,22 @@ fn make_service(
     profile: Option<Arc<str>>,
     discovery: bool,
 ) -> McpService {
-    let config = StreamableHttpServerConfig::default()
+    let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(true)
         .disable_allowed_hosts()
         .disable_allowed_origins()
         .with_max_request_body_bytes(state.settings.max_body_bytes)
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_cancellation_token(shutdown);
+    // With Redis, a replica that does not hold a session rebuilds it from
+    // the shared record (rmcp replays its `initialize`).
+    let shared = state.shared_sessions.clone();
+    config.session_store = shared
+        .clone()
+        .map(|s| s as Arc<dyn rmcp::transport::streamable_http_server::session::SessionStore>);
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(state.settings.session_idle);
+    let sessions = Arc::new(sessions);
     let handler = Gateway {
         session: Arc::new(relays::Session::new(
             state.settings.call_timeout,
@@ -95,11 +141,10 @@ fn make_service(
         profile,
         discovery,
     };
-    // The session manager is where a shared (Redis) session store plugs in
-    // for many replicas; one process keeps sessions in memory. The factory
-    // runs once per legacy session and once per 2026-07-28 request: each
-    // gets its own relay state.
-    StreamableHttpService::new(
+    // The factory runs once per legacy session (and per restore of one in
+    // this replica) and once per 2026-07-28 request: each gets its own
+    // relay state.
+    let http = StreamableHttpService::new(
         move || {
             Ok(Gateway {
                 session: Arc::new(relays::Session::new(
@@ -109,9 +154,14 @@ fn make_service(
                 ..handler.clone()
             })
         },
-        Arc::new(LocalSessionManager::default()),
+        sessions.clone(),
         config,
-    )
+    );
+    McpService {
+        http,
+        sessions,
+        shared,
+    }
 }
 
 /// The services of the profile endpoints (`/mcp/{profile}`), made on first
@@ -179,7 +229,7 @@ pub async fn profile_endpoint(
             )
         });
     match service.oneshot(request).await {
-        Ok(response) => response.map(axum::body::Body::new),
+        Ok(response) => response,
         Err(never) => match never {},
     }
 }
@@ -246,6 +296,17 @@ fn principal(context: &RequestContext<RoleServer>) -> Principal {
     principal_in(&context.extensions)
 }
 
+/// The `Mcp-Session-Id` of the HTTP request that carried a request (of a
+/// legacy session on `/mcp`; the legacy SSE transport has none).
+fn session_id(context: &RequestContext<RoleServer>) -> Option<String> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.headers.get("mcp-session-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The principal the HTTP layer attached to the HTTP request that carried
 /// a message (a request or a notification).
 fn principal_in(extensions: &rmcp::model::Extensions) -> Principal {
@@ -295,8 +356,16 @@ impl ServerHandler for Gateway {
         request: rmcp::model::InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::InitializeResult, McpError> {
-        self.count("initialize");
         context.peer.set_peer_info(request.clone());
+        // rmcp replays a shared session's `initialize` in a replica that
+        // did not hold it: no client asked, but its relay state comes back.
+        match context
+            .extensions
+            .get::<rmcp::transport::streamable_http_server::SessionRestoreMarker>()
+        {
+            Some(restored) => self.restore_relays(&restored.id, &context).await,
+            None => self.count("initialize"),
+        }
         self.negotiate_initialize(&request)
     }
 
@@ -314,8 +383,10 @@ impl ServerHandler for Gateway {
     /// A legacy session is set up: from now on its client hears of list
     /// changes (on its standing GET stream).
     async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
-        if self.discovery {
-            return; // its two tools never change
+        // A session moved to this replica hears its own `initialized` after
+        // the replayed one: one listener is enough.
+        if self.discovery || !self.session.first_initialized() {
+            return; // discovery's two tools never change
         }
         // The session belongs to the principal that opened it (the HTTP
         // layer refuses it to anyone else): it hears of its tenant only.
@@ -402,6 +473,11 @@ impl ServerHandler for Gateway {
         let tenant = principal(&context).tenant_id;
         self.session
             .set_level(&self.state.upstreams.log_levels(&tenant), request.level);
+        if let (Some(shared), Some(id)) = (&self.state.shared_sessions, session_id(&context))
+            && let Err(error) = shared.set_level(&id, request.level).await
+        {
+            tracing::warn!(%error, "logging/setLevel not shared with the other replicas");
+        }
         Ok(())
     }
 
@@ -430,6 +506,7 @@ impl ServerHandler for Gateway {
             .await
             .map_err(upstream_error)?;
         self.session.watched(&upstream, &request.uri);
+        self.share_subscription(&context, &request.uri, true).await;
         Ok(())
     }
 
@@ -444,6 +521,8 @@ impl ServerHandler for Gateway {
     ) -> Result<(), McpError> {
         self.count("resources/unsubscribe");
         let watched = self.session.unwatched(Some(&request.uri));
+        // Whether or not this replica held it, the session no longer has it.
+        self.share_subscription(&context, &request.uri, false).await;
         if watched.is_empty() {
             let principal = principal(&context);
             let snapshot = self.state.catalog.snapshot(&principal.tenant_id);
@@ -586,14 +665,21 @@ impl ServerHandler for Gateway {
         let ready = self.state.upstreams.ready_names(&principal.tenant_id);
         let mut ready_names: Vec<&str> = ready.iter().map(String::as_str).collect();
         ready_names.sort_unstable();
-        // The list is cached per catalog generation, readiness, profile and
-        // authorization context.
-        let key = format!(
-            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-            self.state.pipeline.cache.generation(),
+        // What the list depends on besides the catalog: readiness, profile
+        // and authorization context.
+        let view = format!(
+            "{}\u{1f}{}\u{1f}{}",
             ready_names.join(","),
             self.profile.as_deref().unwrap_or_default(),
             crate::cache::context_key(&principal)
+        );
+        // This process caches the list per catalog generation; cursors are
+        // bound to the catalog's content instead, which every replica with
+        // the same catalog agrees on, so the next page may come from any.
+        let key = format!("{}\u{1f}{view}", self.state.pipeline.cache.generation());
+        let scope = format!(
+            "{:x}\u{1f}{view}",
+            self.state.tools_fingerprint(&principal.tenant_id)
         );
         let lists = crate::metrics::CacheLabels {
             cache: "tool_lists",
@@ -605,7 +691,7 @@ impl ServerHandler for Gateway {
                 .cache_hits
                 .get_or_create(&lists)
                 .inc();
-            let (page, next) = self.page("tools", &key, &tools, request.as_ref())?;
+            let (page, next) = self.page("tools", &scope, &tools, request.as_ref())?;
             let mut result = ListToolsResult::with_all_items(page);
             result.next_cursor = next;
             return Ok(result);
@@ -641,7 +727,7 @@ impl ServerHandler for Gateway {
                 .map(|t| t.definition.clone())
                 .collect(),
         };
-        let (page, next) = self.page("tools", &key, &tools, request.as_ref())?;
+        let (page, next) = self.page("tools", &scope, &tools, request.as_ref())?;
         self.state.tool_lists.put(key, Arc::new(tools));
         let mut result = ListToolsResult::with_all_items(page);
         result.next_cursor = next;
@@ -889,6 +975,76 @@ impl ServerHandler for Gateway {
 }
 
 impl Gateway {
+    /// A shared session rebuilt in this replica takes back its log level
+    /// at once, and its resource subscriptions in the background (each is
+    /// a request to an upstream; the client's request waits for none).
+    async fn restore_relays(&self, id: &str, context: &RequestContext<RoleServer>) {
+        let Some(shared) = &self.state.shared_sessions else {
+            return;
+        };
+        let relays = match shared.relays(id).await {
+            Ok(relays) => relays,
+            Err(error) => {
+                tracing::warn!(%error, "a moved MCP session's log level and subscriptions could not be read");
+                return;
+            }
+        };
+        let principal = principal(context);
+        if let Some(level) = relays.level {
+            self.session.set_level(
+                &self.state.upstreams.log_levels(&principal.tenant_id),
+                level,
+            );
+        }
+        if relays.subscriptions.is_empty() {
+            return;
+        }
+        let (gateway, peer) = (self.clone(), context.peer.clone());
+        tokio::spawn(async move {
+            let sink: Arc<dyn crate::upstream::UpdateSink> = Arc::new(relays::SessionUpdates(peer));
+            for uri in relays.subscriptions {
+                // Checked again: the grants may have changed since.
+                let snapshot = gateway.state.catalog.snapshot(&principal.tenant_id);
+                let Some(upstream) = snapshot
+                    .resource_server(&uri)
+                    .filter(|s| gateway.serves(&snapshot, s, &principal))
+                    .and_then(|s| gateway.state.upstreams.get(&snapshot.tenant, s))
+                else {
+                    continue;
+                };
+                match upstream
+                    .watch_resource(
+                        &uri,
+                        gateway.session.origin,
+                        sink.clone(),
+                        None,
+                        gateway.state.settings.call_timeout,
+                    )
+                    .await
+                {
+                    Ok(()) => gateway.session.watched(&upstream, &uri),
+                    Err(error) => {
+                        tracing::debug!(uri, %error, "a moved session's subscription was not renewed")
+                    }
+                }
+            }
+        });
+    }
+
+    /// Records a legacy session's (un)subscription for the other replicas.
+    async fn share_subscription(
+        &self,
+        context: &RequestContext<RoleServer>,
+        uri: &str,
+        subscribed: bool,
+    ) {
+        if let (Some(shared), Some(id)) = (&self.state.shared_sessions, session_id(context))
+            && let Err(error) = shared.set_subscribed(&id, uri, subscribed).await
+        {
+            tracing::warn!(%error, "a resource subscription was not shared with the other replicas");
+        }
+    }
+
     /// The answers a 2026-07-28 retry brings to an upstream's input
     /// requests, with the upstream's own state taken out of the gateway's
     /// sealed one (refused with `-32602` when forged, altered, expired, or
@@ -939,11 +1095,19 @@ impl Gateway {
     /// kept for as long as the request runs.
     #[allow(deprecated)]
     fn caller(&self, context: &RequestContext<RoleServer>) -> (Caller, Option<LevelHold>) {
+        let levels = self
+            .state
+            .upstreams
+            .log_levels(&principal(context).tenant_id);
+        if let Some(shared) = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<shared_sessions::SharedLevel>())
+        {
+            self.session.adopt_level(&levels, shared.0);
+        }
         self.session.caller(
-            &self
-                .state
-                .upstreams
-                .log_levels(&principal(context).tenant_id),
+            &levels,
             &context.peer,
             relays::CallerRequest {
                 id: context.id.clone(),
@@ -992,9 +1156,9 @@ impl Gateway {
     }
 
     /// One page of `items`, from the request's cursor, with the cursor of
-    /// the next page. `scope` holds everything the list depends on (catalog
-    /// generation, readiness, profile, authorization context), so a cursor
-    /// is only good for the list it was issued for.
+    /// the next page. `scope` holds everything the list depends on (the
+    /// catalog's content, readiness, profile, authorization context), so a
+    /// cursor is only good for the list it was issued for.
     fn page<T: Clone>(
         &self,
         list: &str,

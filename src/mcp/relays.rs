@@ -93,6 +93,9 @@ pub struct Session {
     timeout: Duration,
     /// Told when the session ends, to close its isolated connections.
     upstreams: Weak<UpstreamManager>,
+    /// Whether `notifications/initialized` was heard (a session moved
+    /// between replicas hears it twice: replayed, then the client's).
+    initialized: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -104,7 +107,15 @@ impl Session {
             hold: Mutex::new(None),
             watched: Mutex::new(Vec::new()),
             timeout,
+            initialized: Default::default(),
         }
+    }
+
+    /// True the first time only: the session has just been set up.
+    pub fn first_initialized(&self) -> bool {
+        !self
+            .initialized
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// `logging/setLevel`: from now on, this session's messages at `level`
@@ -114,6 +125,14 @@ impl Session {
         *self.level.lock() = Some(level);
         // The previous wish, if any, is released here.
         *self.hold.lock() = Some(hold);
+    }
+
+    /// Takes the level another replica set for this session (shared
+    /// sessions), if it is not this copy's already.
+    pub fn adopt_level(&self, levels: &Arc<LogLevels>, level: LoggingLevel) {
+        if *self.level.lock() != Some(level) {
+            self.set_level(levels, level);
+        }
     }
 
     /// The caller of `request` of this session. For a 2026-07-28 request,

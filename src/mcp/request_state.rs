@@ -56,18 +56,29 @@ pub enum Refused {
     Expired,
 }
 
-/// Seals and opens request states with a key of this process.
+/// Seals and opens request states. The key derives from the deployment's
+/// secret key (`cursor::derive_key`), so a client's retry may reach any
+/// replica: the state carries everything the retry needs.
 pub struct StateSealer {
     key: [u8; 32],
 }
 
 impl Default for StateSealer {
+    /// A random key: states open only in this process (tests).
     fn default() -> Self {
-        // A random key per process, as for cursors: a state is good on the
-        // replica that issued it (a parked multi-round-trip call needs
-        // load-balancer affinity anyway, see DESIGN.md).
         Self {
             key: super::cursor::process_key(),
+        }
+    }
+}
+
+impl StateSealer {
+    /// A key derived from the deployment's secret key: a retry is accepted
+    /// by whichever replica receives it (the state holds everything the
+    /// retry needs; nothing of it waits in the replica that issued it).
+    pub fn from_secret(secret: &[u8]) -> Self {
+        Self {
+            key: super::cursor::derive_key(secret, "mcp request states v1"),
         }
     }
 }
@@ -207,6 +218,28 @@ mod tests {
         assert_eq!(
             StateSealer::default().open(&sealed, "t", &ada, Some(&args(1))),
             Err(Refused::Forged)
+        );
+    }
+
+    #[test]
+    fn replicas_sharing_the_secret_key_open_each_others_states() {
+        let ada = principal("ada");
+        let issuer = StateSealer::from_secret(b"the deployment's secret key, 32+ bytes");
+        let sealed = issuer.seal(Some("up".into()), "t", &ada, None);
+        let other_replica = StateSealer::from_secret(b"the deployment's secret key, 32+ bytes");
+        assert_eq!(
+            other_replica.open(&sealed, "t", &ada, None),
+            Ok(Some("up".into()))
+        );
+        let other_deployment = StateSealer::from_secret(b"another deployment's secret key!!");
+        assert_eq!(
+            other_deployment.open(&sealed, "t", &ada, None),
+            Err(Refused::Forged)
+        );
+        // Not the signing key itself: a state's tag is no token's.
+        assert_ne!(
+            issuer.key.as_slice(),
+            b"the deployment's secret key, 32+ bytes".as_slice()
         );
     }
 

@@ -114,6 +114,8 @@ pub struct Pipeline {
     pub in_flight: Arc<InFlight>,
     pub cache: Arc<ResultCache>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Every call, whatever its outcome, is recorded here.
+    pub audit: crate::audit::AuditLog,
     pub call_timeout: Duration,
     pub max_response_bytes: usize,
 }
@@ -181,6 +183,9 @@ impl Pipeline {
             let arguments = Value::Object(call.arguments.clone().unwrap_or_default());
             tracing::debug!(%arguments, "tool call arguments");
         }
+        let audit = self
+            .audit
+            .call_started(&call.principal, &call.name, call.arguments.as_ref());
         // catalog + policy: only the caller's tenant's catalog is looked
         // in; a tool the principal may not see is unknown, and so is one
         // outside the profile the call came through.
@@ -196,8 +201,12 @@ impl Pipeline {
             }
             .filter(|t| policy::may_see(&call.principal, t))
             .cloned()
-            .ok_or_else(|| CallError::UnknownTool(call.name.clone()))
-        })?;
+        });
+        let Some(entry) = entry else {
+            let result = Err(CallError::UnknownTool(call.name.clone()));
+            self.audit.call_finished(audit, None, &result).await;
+            return result;
+        };
         let result = self.call_entry(&entry, call).await;
         let server = entry.server().unwrap_or_default().to_owned();
         let outcome = match &result {
@@ -249,6 +258,9 @@ impl Pipeline {
             },
             duration: started.elapsed(),
         });
+        self.audit
+            .call_finished(audit, Some((&entry.public_name, entry.server())), &result)
+            .await;
         result
     }
 
@@ -265,8 +277,10 @@ impl Pipeline {
         tracing::debug_span!("policy").in_scope(|| policy::authorize(&call.principal, entry))?;
         tracing::debug_span!("validate").in_scope(|| validate(entry, call.arguments.as_ref()))?;
         // guard: rate limits (breakers and concurrency apply per attempt).
-        tracing::debug_span!("guard")
-            .in_scope(|| self.guard.admit(&call.principal, entry))
+        self.guard
+            .admit(&call.principal, entry)
+            .instrument(tracing::debug_span!("guard"))
+            .await
             .map_err(|(scope, retry_after)| CallError::RateLimited { scope, retry_after })?;
         match &entry.target {
             Target::Upstream { server, original } => {
@@ -293,7 +307,8 @@ impl Pipeline {
                         .key(&call.principal, &format!("{server}/{original}"), &arguments);
                 let results = crate::metrics::CacheLabels { cache: "results" };
                 let lookup = tracing::debug_span!("cache", hit = false);
-                if let Some(json) = self.cache.get(&key).instrument(lookup.clone()).await
+                let (found, slot) = self.cache.lookup(&key).instrument(lookup.clone()).await;
+                if let Some(json) = found
                     && let Ok(result) = serde_json::from_str::<CallToolResult>(&json)
                 {
                     lookup.record("hit", true);
@@ -309,7 +324,7 @@ impl Pipeline {
                 if called.result.is_error != Some(true)
                     && let Ok(json) = serde_json::to_string(&called.result)
                 {
-                    self.cache.put(key, json, ttl).await;
+                    self.cache.put(slot, json, ttl).await;
                 }
                 Ok(called)
             }

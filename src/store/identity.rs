@@ -514,6 +514,16 @@ impl Store {
         }
     }
 
+    /// Whether an access token id was revoked (the check of a replica that
+    /// cannot rely on hearing every revocation, see `auth`).
+    pub async fn is_jti_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT 1 FROM revoked_tokens WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
     /// The revoked token ids that have not expired yet (and forgets the rest).
     pub async fn live_revoked_jtis(&self) -> Result<Vec<(String, String)>, StoreError> {
         let now = now();

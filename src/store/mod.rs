@@ -8,9 +8,14 @@
 use std::{borrow::Cow, path::Path, str::FromStr, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
+mod audit;
 mod identity;
+pub mod snapshot;
+mod webhooks;
 
+pub use audit::{AuditFilter, AuditRow, ChainHead};
 pub use identity::{ApiKeyRow, GrantRow, RefreshRow, RoleRow, UserRow};
+pub use webhooks::{DeliveryRow, WebhookRow};
 
 use sqlx::{
     AnyPool, Row,
@@ -84,6 +89,12 @@ fn migrator() -> Migrator {
             "tool embeddings",
             include_str!("../../migrations/0004_tool_embeddings.sql"),
         ),
+        migration(5, "audit", include_str!("../../migrations/0005_audit.sql")),
+        migration(
+            6,
+            "webhooks",
+            include_str!("../../migrations/0006_webhooks.sql"),
+        ),
     ]);
     // Advisory locking makes concurrent starts of several replicas safe.
     migrator.set_locking(true);
@@ -111,6 +122,14 @@ impl Store {
     /// Connects (creating the SQLite file and its directory when needed) and
     /// runs pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, None).await
+    }
+
+    /// [`Store::connect`] with a pool of at most `pool_size` connections
+    /// (`None`: 4 on SQLite, 10 on PostgreSQL). Several replicas may run
+    /// this at the same moment: migrations take an advisory lock, so each
+    /// applies once and the others wait for it.
+    pub async fn connect_with(url: &str, pool_size: Option<u32>) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = validate_database_url(url).map_err(StoreError::Corrupt)?;
         let (url, max) = match backend {
@@ -132,6 +151,7 @@ impl Store {
             }
             Backend::Postgres => (url.to_owned(), 10),
         };
+        let max = pool_size.unwrap_or(max);
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(10))
@@ -150,6 +170,16 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The highest migration applied, and how many are applied.
+    pub async fn schema_version(&self) -> Result<(i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(version), 0), COUNT(*) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
     /// Round-trips a trivial query; returns how long it took.

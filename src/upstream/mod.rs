@@ -1269,9 +1269,11 @@ async fn probe(upstream: &Upstream, peer: &Peer<RoleClient>, timeout: Duration) 
         .send_request_with_option(ping, PeerRequestOptions::with_timeout(timeout))
         .await
     {
-        Ok(handle) => !matches!(
+        // Any answer, an error one included, shows the server is there; a
+        // failure to reach it (refused connection, timeout) does not.
+        Ok(handle) => matches!(
             handle.await_response().await,
-            Err(ServiceError::Timeout { .. } | ServiceError::TransportClosed)
+            Ok(_) | Err(ServiceError::McpError(_) | ServiceError::UnexpectedResponse)
         ),
         Err(_) => false,
     };

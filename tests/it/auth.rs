@@ -43,21 +43,6 @@ fn claims(sub: &str) -> Value {
            "jti": format!("{:016x}", t), "iat": t, "nbf": t, "exp": t + 600, "typ": "access"})
 }
 
-async fn user_token(gw: &Gateway, username: &str, roles: &[&str]) -> (String, String) {
-    let password = format!("{username}-password-123");
-    let (code, body) = gw
-        .post(
-            "/api/v1/users",
-            json!({"username": username, "password": password, "roles": roles}),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
-    let id = body["id"].as_str().unwrap().to_owned();
-    let (code, login) = gw.login(username, &password).await;
-    assert_eq!(code, 200, "{login}");
-    (id, login["access_token"].as_str().unwrap().to_owned())
-}
-
 /// What an attack could have changed: servers, tools, users and the
 /// fixture's count of calls served (read last, so it counts itself).
 async fn state_of(gw: &Gateway) -> Value {
@@ -80,7 +65,7 @@ async fn attack_matrix_is_refused_and_changes_nothing() {
     )
     .await;
     gw.wait_server("fx", "ready").await;
-    let (user_id, user) = user_token(&gw, "mallory", &["user"]).await;
+    let (user_id, user) = gw.new_user(None, "mallory", &["user"]).await;
     let (code, me) = gw
         .send_as(Some(&user), "GET", "/api/v1/auth/me", None)
         .await;
@@ -239,7 +224,7 @@ async fn attack_matrix_is_refused_and_changes_nothing() {
         .await;
     assert_eq!(code, 422, "a key cannot carry more than its owner: {body}");
     // An admin cannot hand out platform administration it lacks.
-    let (_, admin2) = user_token(&gw, "admin2", &["admin"]).await;
+    let (_, admin2) = gw.new_user(None, "admin2", &["admin"]).await;
     let (code, body) = gw
         .send_as(
             Some(&admin2),
@@ -562,8 +547,8 @@ async fn grants_filter_rest_mcp_and_search_alike_and_hidden_tools_never_reach_th
     .await;
     gw.wait_server("fx", "ready").await;
     gw.wait_tool("fx__echo", true).await;
-    let (alice_id, alice) = user_token(&gw, "alice", &["user"]).await;
-    let (_, bob) = user_token(&gw, "bob", &["user"]).await;
+    let (alice_id, alice) = gw.new_user(None, "alice", &["user"]).await;
+    let (_, bob) = gw.new_user(None, "bob", &["user"]).await;
     // alice: only echo and add; bob: everything but echo, and no tool above
     // his clearance.
     for grant in [
@@ -1022,7 +1007,7 @@ async fn the_session_cookie_needs_csrf_for_changes_and_metrics_need_their_token(
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let (_, viewer) = user_token(&gw, "viewer1", &["viewer"]).await;
+    let (_, viewer) = gw.new_user(None, "viewer1", &["viewer"]).await;
     let (code, _) = gw.send_as(Some(&viewer), "GET", "/metrics", None).await;
     assert_eq!(code, 403, "a viewer lacks metrics:read");
     let (code, _) = gw.send_as(Some(&gw.token), "GET", "/metrics", None).await;
@@ -1051,7 +1036,7 @@ async fn the_session_cookie_needs_csrf_for_changes_and_metrics_need_their_token(
 #[tokio::test]
 async fn a_legacy_session_belongs_to_the_principal_that_opened_it() {
     let gw = Gateway::start(Options::default()).await;
-    let (_, other) = user_token(&gw, "carol", &["user"]).await;
+    let (_, other) = gw.new_user(None, "carol", &["user"]).await;
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
     let r = common::mcp_post(&gw.mcp_url(), Some(&gw.token), init).await;
     assert_eq!(r.status().as_u16(), 200);

@@ -157,20 +157,6 @@ async fn wait_isolated_connections(gw: &Gateway, n: u64) -> u64 {
     }
 }
 
-async fn user_token(gw: &Gateway, username: &str) -> String {
-    let password = format!("{username}-password-123");
-    let (code, body) = gw
-        .post(
-            "/api/v1/users",
-            json!({"username": username, "password": password, "roles": ["user"]}),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
-    let (code, login) = gw.login(username, &password).await;
-    assert_eq!(code, 200, "{login}");
-    login["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn shared_servers_serve_every_session_on_one_connection() {
     let (gw, m) = gateway(json!({})).await;
@@ -228,8 +214,8 @@ async fn session_isolation_gives_each_session_its_own_process_until_it_ends() {
 #[tokio::test]
 async fn principal_isolation_shares_a_connection_per_user() {
     let (gw, m) = gateway(json!({"isolation": "principal"})).await;
-    let alice = user_token(&gw, "alice").await;
-    let bob = user_token(&gw, "bob").await;
+    let alice = gw.new_user(None, "alice", &["user"]).await.1;
+    let bob = gw.new_user(None, "bob", &["user"]).await.1;
     let mut alice1 = Session::open(&gw.mcp_url(), &alice).await;
     let mut alice2 = Session::open(&gw.mcp_url(), &alice).await;
     let mut bob1 = Session::open(&gw.mcp_url(), &bob).await;

@@ -9,12 +9,14 @@
 
 mod common;
 
+mod audit;
 mod auth;
 mod catalog;
 mod cli;
 mod client_requests;
 mod conformance;
 mod core;
+mod deploy;
 mod hardening;
 mod isolation;
 mod logs;
@@ -22,10 +24,14 @@ mod observability;
 mod oidc;
 mod peers;
 mod relays;
+mod replica_sessions;
+mod replicas;
 mod resilience;
 mod search;
 mod secrets;
 mod store;
 mod tenants;
 mod traces;
+mod transfer;
 mod transports;
+mod webhooks;

@@ -757,6 +757,56 @@ async fn the_python_sdk_subscribes_to_resources_in_both_eras() {
     }
 }
 
+/// The calls the fixture behind `fx` stopped because they were cancelled.
+async fn upstream_cancelled_calls(gw: &Gateway) -> u64 {
+    let (code, body) = gw.execute("fx__cancelled_calls", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    texts(&body["result"])[0].parse().expect("a count")
+}
+
+/// A client that abandons a call cancels it upstream, in every era pairing:
+/// a legacy client sends `notifications/cancelled`, a 2026-07-28 client
+/// closes the request's response stream (its spelling of a cancel), and the
+/// gateway cancels the upstream request in the upstream's own era.
+#[tokio::test]
+async fn the_python_sdk_cancels_a_running_call_upstream_in_both_eras() {
+    let test = "the_python_sdk_cancels_a_running_call_upstream_in_both_eras";
+    let Some(python) = common::external("METAMCP_TEST_PYTHON", test) else {
+        return;
+    };
+    for legacy_upstream in [false, true] {
+        let gw = gateway_with_one_era("relay-py-cancel", legacy_upstream).await;
+        let url = gw.mcp_url();
+        let era = if legacy_upstream { "legacy" } else { "modern" };
+        for mode in ["legacy", "modern"] {
+            let before = upstream_cancelled_calls(&gw).await;
+            // Long enough (1000 × 50 ms) never to finish by itself.
+            let args = json!({"steps": 1000, "delay_ms": 50}).to_string();
+            let (code, out) = py(&python, &url, mode, &["cancel", "fx__progress", &args]).await;
+            assert_eq!(code, 0, "{mode} client, {era} upstream: {out}");
+            assert_eq!(
+                out["cancelled"], true,
+                "{mode} client, {era} upstream: {out}"
+            );
+            assert!(out["progressBeforeCancel"].as_u64() >= Some(1), "{out}");
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let now = upstream_cancelled_calls(&gw).await;
+                if now == before + 1 {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{mode} client, {era} upstream: the upstream saw {} cancellations, expected 1\n{}",
+                    now - before,
+                    gw.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn server_everything_logs_and_resource_updates_reach_a_python_client() {
     let test = "server_everything_logs_and_resource_updates_reach_a_python_client";

@@ -16,28 +16,6 @@ use crate::common::{
 /// Tenant B.
 const BETA: &str = "beta";
 
-/// Creates a user (in `tenant`, or the caller's) as the platform admin and
-/// logs it in; returns its access token.
-async fn user_in(gw: &Gateway, tenant: &str, username: &str, roles: &[&str]) -> String {
-    let password = format!("{username}-password-123");
-    let (code, body) = gw
-        .post(
-            "/api/v1/users",
-            json!({"username": username, "password": password, "roles": roles, "tenant": tenant}),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
-    let r = reqwest::Client::new()
-        .post(gw.url("/api/v1/auth/login"))
-        .json(&json!({"username": username, "password": password, "tenant": tenant}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let login: Value = r.json().await.unwrap();
-    login["access_token"].as_str().unwrap().to_owned()
-}
-
 /// Waits until the caller's server `name` is ready; returns its record.
 async fn wait_ready(gw: &Gateway, token: &str, name: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -208,10 +186,10 @@ async fn tenant_a_cannot_read_change_or_call_tenant_b_servers_and_tools() {
         .post("/api/v1/tenants", json!({"id": BETA, "name": "Beta"}))
         .await;
     assert_eq!(code, 201, "{body}");
-    let b_admin = user_in(&gw, BETA, "b-admin", &["admin"]).await;
-    let b_user = user_in(&gw, BETA, "b-user", &["user"]).await;
-    let a_admin = user_in(&gw, "default", "a-admin", &["admin"]).await;
-    let a_user = user_in(&gw, "default", "a-user", &["user"]).await;
+    let b_admin = gw.new_user(Some(BETA), "b-admin", &["admin"]).await.1;
+    let b_user = gw.new_user(Some(BETA), "b-user", &["user"]).await.1;
+    let a_admin = gw.new_user(Some("default"), "a-admin", &["admin"]).await.1;
+    let a_user = gw.new_user(Some("default"), "a-user", &["user"]).await.1;
 
     // B's admin registers an HTTP server, a tool by hand and a profile.
     let mb = marker("fx-tenant-b");
@@ -723,7 +701,7 @@ async fn every_tenant_servers_start_again_after_a_restart() {
         .post("/api/v1/tenants", json!({"id": BETA, "name": "Beta"}))
         .await;
     assert_eq!(code, 201);
-    let b_admin = user_in(&gw, BETA, "b-admin", &["admin"]).await;
+    let b_admin = gw.new_user(Some(BETA), "b-admin", &["admin"]).await.1;
     let mb = marker("fx-tenant-restart");
     let (_b_fixture, b_url) = fixture_http(&mb);
     let (code, body) = gw
@@ -787,8 +765,8 @@ async fn list_changes_reach_only_the_tenant_whose_catalog_changed() {
         .post("/api/v1/tenants", json!({"id": BETA, "name": "Beta"}))
         .await;
     assert_eq!(code, 201);
-    let b_admin = user_in(&gw, BETA, "b-admin", &["admin"]).await;
-    let a_user = user_in(&gw, "default", "a-user", &["user"]).await;
+    let b_admin = gw.new_user(Some(BETA), "b-admin", &["admin"]).await.1;
+    let a_user = gw.new_user(Some("default"), "a-user", &["user"]).await.1;
     let client = client_with(&a_user);
     let post = |body: Value, headers: Vec<(&'static str, String)>| {
         let mut r = client

@@ -123,20 +123,6 @@ async fn post_message(gw: &Gateway, endpoint: &str, token: Option<&str>, body: V
         .as_u16()
 }
 
-async fn user_token(gw: &Gateway, username: &str) -> String {
-    let password = format!("{username}-password-123");
-    let (code, body) = gw
-        .post(
-            "/api/v1/users",
-            json!({"username": username, "password": password, "roles": ["user"]}),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
-    let (code, login) = gw.login(username, &password).await;
-    assert_eq!(code, 200, "{login}");
-    login["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn the_legacy_sse_endpoint_serves_the_gateway() {
     let (gw, _m) = gateway_with_fixture("sse").await;
@@ -198,7 +184,7 @@ async fn the_legacy_sse_endpoint_serves_the_gateway() {
     let unknown = "/messages?sessionId=00000000000000000000000000000000";
     let ping = json!({"jsonrpc": "2.0", "id": 3, "method": "ping"});
     assert_eq!(post_message(&gw, unknown, token, ping.clone()).await, 404);
-    let mallory = user_token(&gw, "mallory").await;
+    let mallory = gw.new_user(None, "mallory", &["user"]).await.1;
     assert_eq!(
         post_message(&gw, &endpoint, Some(&mallory), ping.clone()).await,
         404

@@ -29,6 +29,12 @@ Commands:
         subscriptions/listen stream), calls TOOL, and waits for
         notifications/resources/updated of URI; --unsubscribe then
         unsubscribes (legacy)
+    cancel TOOL JSON_ARGS
+        calls TOOL with a progress token, and once the first progress
+        notification arrives (the tool is running upstream) abandons the call
+        the SDK's way (legacy: notifications/cancelled; modern: the request's
+        response stream is closed); reports "cancelled" (the call did not
+        finish first) and "progressBeforeCancel"
     complete PROMPT ARGUMENT VALUE
         completion/complete for an argument of a prompt; reports "values"
     tools-changed --trigger TOOL [--trigger-args JSON]
@@ -151,7 +157,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # Validate command arguments before any network traffic.
     tool_args: dict[str, Any] = {}
     prompt_args: dict[str, Any] = {}
-    if args.command in ("call", "logs"):
+    if args.command in ("call", "logs", "cancel"):
         tool_args = parse_json_object(args.json_args, "JSON_ARGS")
     elif args.command == "get-prompt":
         prompt_args = parse_json_object(args.json_args, "JSON_ARGS")
@@ -271,6 +277,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 out["structuredContent"] = result.structured_content
                 out["progress"] = progress
                 out["asked"] = asked
+
+            elif args.command == "cancel":
+                started = anyio.Event()
+                seen: list[float] = []
+                finished: list[bool] = []
+
+                async def on_started(value: float, total: float | None, message: str | None) -> None:
+                    seen.append(value)
+                    started.set()
+
+                async def call_until_cancelled() -> None:
+                    await client.call_tool(args.tool, tool_args, progress_callback=on_started)
+                    finished.append(True)
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(call_until_cancelled)
+                    with anyio.fail_after(args.timeout):
+                        await started.wait()
+                    # Cancelling the task abandons the request: the SDK sends
+                    # the cancellation in the negotiated era's spelling.
+                    group.cancel_scope.cancel()
+                out["cancelled"] = not finished
+                out["progressBeforeCancel"] = len(seen)
 
             elif args.command == "list-prompts":
                 out.update(dump(await client.list_prompts()))
@@ -402,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--trigger", required=True, help="tool to call once subscribed")
     w.add_argument("--trigger-args", default="{}")
     w.add_argument("--unsubscribe", action="store_true")
+    cn = sub.add_parser("cancel")
+    cn.add_argument("tool")
+    cn.add_argument("json_args")
     cp = sub.add_parser("complete")
     cp.add_argument("prompt")
     cp.add_argument("argument")

@@ -12,6 +12,8 @@ use std::{
 use serde_json::{Value, json};
 
 pub mod oauth_issuer;
+pub mod pg;
+pub mod replicas;
 
 /// A path named by an environment variable set by the install script, or
 /// `None` (after saying so) when it is unset outside CI.
@@ -197,6 +199,41 @@ impl Gateway {
             .expect("login");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a user as the harness's admin (in `tenant`, or the admin's
+    /// own) with `roles` and the password `{username}-password-123`, logs it
+    /// in, and returns its id and access token.
+    pub async fn new_user(
+        &self,
+        tenant: Option<&str>,
+        username: &str,
+        roles: &[&str],
+    ) -> (String, String) {
+        let password = format!("{username}-password-123");
+        let mut user = json!({"username": username, "password": password, "roles": roles});
+        let mut login = json!({"username": username, "password": password});
+        if let Some(tenant) = tenant {
+            user["tenant"] = json!(tenant);
+            login["tenant"] = json!(tenant);
+        }
+        let (code, body) = self.post("/api/v1/users", user).await;
+        assert_eq!(code, 201, "{body}");
+        let r = reqwest::Client::new()
+            .post(self.url("/api/v1/auth/login"))
+            .json(&login)
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status().as_u16(), 200, "login of {username}");
+        let tokens: Value = r.json().await.expect("login answer");
+        (
+            body["id"].as_str().expect("user id").to_owned(),
+            tokens["access_token"]
+                .as_str()
+                .expect("access token")
+                .to_owned(),
+        )
     }
 
     /// Logs in as admin and creates an API key for the harness.
