@@ -197,6 +197,9 @@ pub struct CallStart {
 impl CallStart {
     fn finish(&mut self, outcome: &str, detail: Option<&str>) -> Option<AuditRow> {
         let mut row = self.row.take()?;
+        // The id is the record's time of ending (ids order listings), and
+        // every path out of here (finished or cancelled) needs one.
+        row.id = uuid::Uuid::now_v7().to_string();
         row.target = row.tool.clone();
         row.outcome = outcome.into();
         row.detail = detail.map(str::to_owned);

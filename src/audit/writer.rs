@@ -94,6 +94,21 @@ fn log_head(h: &ChainHead) {
     );
 }
 
+/// `batch` with a fresh id on every record whose id is empty or already
+/// taken by an earlier record of the batch: the database would refuse the
+/// whole batch for it, again at every retry, while the queue fills.
+fn with_unique_ids(mut batch: Vec<AuditRow>) -> Vec<AuditRow> {
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    for row in &mut batch {
+        if row.id.is_empty() || !seen.insert(row.id.clone()) {
+            tracing::warn!(id = %row.id, "audit record without a unique id: given a new one");
+            row.id = uuid::Uuid::now_v7().to_string();
+            seen.insert(row.id.clone());
+        }
+    }
+    batch
+}
+
 /// Writes one batch, retrying with backoff while the database refuses it
 /// (the queue fills meanwhile, and its policy applies). Gives up only at
 /// `deadline` (shutdown), saying how many records are lost.
@@ -103,6 +118,7 @@ async fn write(
     batch: Vec<AuditRow>,
     mut deadline: Option<Instant>,
 ) -> Option<ChainHead> {
+    let batch = with_unique_ids(batch);
     let mut pause = Duration::from_millis(100);
     let count = batch.len();
     loop {

@@ -605,21 +605,40 @@ async fn the_drop_policy_counts_what_a_stalled_writer_could_not_take() {
 #[tokio::test]
 async fn a_call_whose_caller_goes_away_is_recorded_as_cancelled() {
     let (gw, _m) = common::gateway_with_fixture("audit-cancel").await;
-    // The client gives up long before the tool would answer.
-    let gone = gw
-        .client()
-        .post(gw.url("/api/v1/tools/fx__slow/execute"))
-        .timeout(Duration::from_millis(500))
-        .json(&json!({"arguments": {"ms": 20_000}}))
-        .send()
-        .await;
-    assert!(gone.is_err_and(|e| e.is_timeout()));
-    let r = wait_record(&gw, "kind=tool_call&tool=fx__slow", |_| true).await;
-    assert_eq!(r["outcome"], "cancelled", "{r}");
-    assert!(
-        r["duration_us"].as_i64().is_some_and(|d| d < 20_000_000),
-        "{r}"
-    );
+    // Two clients give up long before the tool would answer (each
+    // cancelled call is a record of its own: one id each).
+    for _ in 0..2 {
+        let gone = gw
+            .client()
+            .post(gw.url("/api/v1/tools/fx__slow/execute"))
+            .timeout(Duration::from_millis(500))
+            .json(&json!({"arguments": {"ms": 20_000}}))
+            .send()
+            .await;
+        assert!(gone.is_err_and(|e| e.is_timeout()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let cancelled = loop {
+        let found = records(&gw, "kind=tool_call&tool=fx__slow").await;
+        if found.len() == 2 || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(cancelled.len(), 2, "{cancelled:#?}\n{}", gw.log_text());
+    assert_ne!(cancelled[0]["id"], cancelled[1]["id"]);
+    for r in &cancelled {
+        assert_eq!(r["outcome"], "cancelled", "{r}");
+        assert!(!r["id"].as_str().unwrap_or_default().is_empty(), "{r}");
+        assert!(
+            r["duration_us"].as_i64().is_some_and(|d| d < 20_000_000),
+            "{r}"
+        );
+    }
+    // The writer goes on with what follows.
+    let (code, _) = gw.execute("fx__echo", json!({"message": "after"})).await;
+    assert_eq!(code, 200);
+    wait_record(&gw, "kind=tool_call&tool=fx__echo", |_| true).await;
 }
 
 #[tokio::test]
