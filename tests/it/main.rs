@@ -32,4 +32,5 @@ mod store;
 mod tenants;
 mod transfer;
 mod transports;
+mod ui;
 mod webhooks;

@@ -1,0 +1,279 @@
+//! The admin web UI (`/ui`): over plain HTTP (escaping, CSRF, headers,
+//! sessions), and end to end in a real Chromium driven by playwright-core
+//! (tests/ui/e2e.mjs), with screenshots of the pages.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::common::{
+    self, ADMIN_PASSWORD, Gateway, Options, fixture_http_with, marker, mcp_request, tool_names,
+};
+
+/// Where the browser test writes its screenshots (CI keeps this folder).
+fn screenshot_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("METAMCP_UI_SCREENSHOTS").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    match std::env::var_os("METAMCP_CACHE").filter(|d| !d.is_empty()) {
+        Some(cache) => PathBuf::from(cache).join("ui-screenshots"),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots"),
+    }
+}
+
+/// A client that keeps no cookies and follows no redirects: each test
+/// request says exactly what it sends.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Logs in through the UI's login form; returns the session cookie
+/// (`name=value`).
+async fn ui_login(gw: &Gateway) -> String {
+    let form = client().get(gw.url("/ui/login")).send().await.unwrap();
+    assert_eq!(form.status(), 200);
+    let set = form.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let login_cookie = set.split(';').next().unwrap().to_owned();
+    let token = login_cookie.split_once('=').unwrap().1.to_owned();
+    let html = form.text().await.unwrap();
+    assert!(html.contains(&format!("value=\"{token}\"")), "{html}");
+    let r = client()
+        .post(gw.url("/ui/login"))
+        .header("cookie", &login_cookie)
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("username", "admin"),
+            ("password", ADMIN_PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(r.headers()["location"], "/ui/servers");
+    let session = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("metamcp_session="))
+        .expect("the login sets the session cookie")
+        .to_owned();
+    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"));
+    session.split(';').next().unwrap().to_owned()
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf_token\" value=\"")
+        .expect("a form with a CSRF token")
+        + "name=\"csrf_token\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn page(gw: &Gateway, cookie: &str, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = client()
+        .get(gw.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
+    let (_fixture, url) = fixture_http_with(&marker("ui-plain"), &["--hostile"]);
+    let gw = Gateway::start(
+        Options::default().config(json!({"mcpServers": {"hostile": {"url": url}}})),
+    )
+    .await;
+    gw.wait_server("hostile", "ready").await;
+    gw.wait_tool("hostile__markup", true).await;
+
+    // No session: every page sends to the login form.
+    let r = client().get(gw.url("/ui/tools")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login");
+    let cookie = ui_login(&gw).await;
+
+    let (status, headers, html) = page(&gw, &cookie, "/ui/tools?server=hostile").await;
+    assert_eq!(status, 200, "{html}");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["cache-control"], "no-store");
+    // The description is there, as text.
+    assert!(
+        html.contains("&lt;script&gt;window.__xss = 1; alert(&#39;xss&#39;)&lt;/script&gt;")
+            || html.contains("&lt;script&gt;window.__xss = 1; alert(&#x27;xss&#x27;)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>window.__xss"), "{html}");
+    assert!(!html.contains("<img src=x"), "{html}");
+    // The only script is ours, loaded from the binary.
+    assert_eq!(html.matches("<script").count(), 1, "{html}");
+    let js = client().get(gw.url("/ui/assets/ui.js")).send().await.unwrap();
+    assert_eq!(js.status(), 200);
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+
+    // A change without the session's CSRF token is refused, and changes
+    // nothing; with it, it is done.
+    let csrf = csrf_of(&html);
+    for form in [
+        vec![("name", "hostile__echo"), ("enabled", "false")],
+        vec![("name", "hostile__echo"), ("enabled", "false"), ("csrf_token", "forged")],
+    ] {
+        let r = client()
+            .post(gw.url("/ui/tools/toggle"))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{form:?}");
+    }
+    let (_, tool) = gw.get("/api/v1/tools/hostile__echo").await;
+    assert_eq!(tool["enabled"], true, "{tool}");
+    let r = client()
+        .post(gw.url("/ui/tools/toggle"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("name", "hostile__echo"),
+            ("enabled", "false"),
+            ("csrf_token", csrf.as_str()),
+            ("back", "https://elsewhere.example/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/tools", "no open redirect");
+    let (_, tool) = gw.get("/api/v1/tools/hostile__echo").await;
+    assert_eq!(tool["enabled"], false, "{tool}");
+    // The change is in the audit trail as the user's REST call.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, audit) = gw.get("/api/v1/audit?actor=admin&limit=100").await;
+        let found = audit["records"].as_array().into_iter().flatten().any(|r| {
+            r["action"] == "PATCH /api/v1/tools/{name}"
+                && r["auth_method"] == "cookie"
+                && r["target"] == "hostile__echo"
+        });
+        if found {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit record: {audit}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Logged out, the cookie no longer opens pages.
+    let r = client()
+        .post(gw.url("/ui/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login");
+    let (status, _, _) = page(&gw, &cookie, "/ui/servers").await;
+    assert_eq!(status, 303);
+}
+
+/// An external tool for the browser test, or `None` (skipped) when it is
+/// missing outside CI.
+fn browser_tool(var: &str, test: &str) -> Option<PathBuf> {
+    common::external(var, test).filter(|p| {
+        let present = p.exists();
+        if !present {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{var}={} does not exist",
+                p.display()
+            );
+            eprintln!("SKIPPED {test}: {} does not exist", p.display());
+        }
+        present
+    })
+}
+
+#[tokio::test]
+async fn ui_in_chromium_login_add_server_search_run_disable_and_stay_safe() {
+    let test = "ui_in_chromium_login_add_server_search_run_disable_and_stay_safe";
+    let Some(everything) = common::external("METAMCP_TEST_EVERYTHING", test) else {
+        return;
+    };
+    let Some(node) = browser_tool("METAMCP_TEST_NODE", test) else {
+        return;
+    };
+    let Some(playwright) = browser_tool("METAMCP_TEST_PLAYWRIGHT", test) else {
+        return;
+    };
+    let Some(chromium) = browser_tool("METAMCP_TEST_CHROMIUM", test) else {
+        return;
+    };
+    let (_fixture, paste_url) = fixture_http_with(&marker("ui-e2e"), &["--hostile"]);
+    let gw = Gateway::start(
+        Options::default()
+            .config(json!({"mcpServers": {"everything": {"command": everything, "args": ["stdio"]}}}))
+            .ready(),
+    )
+    .await;
+    gw.wait_server("everything", "ready").await;
+    gw.wait_tool("everything__echo", true).await;
+
+    let shots = screenshot_dir();
+    eprintln!("UI screenshots: {}", shots.display());
+    let out = tokio::process::Command::new(node)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ui/e2e.mjs"))
+        .env("UI_BASE", &gw.base)
+        .env("UI_PASSWORD", ADMIN_PASSWORD)
+        .env("UI_PASTE_URL", &paste_url)
+        .env("UI_SCREENSHOTS", &shots)
+        .env("PLAYWRIGHT_CORE", &playwright)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{stderr}\n{stdout}\ngateway log:\n{}",
+        gw.log_text()
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("the script's summary");
+    assert_eq!(summary["ok"], true, "{summary}");
+    for name in ["login", "servers", "tools-search", "playground", "xss-tools"] {
+        let file = shots.join(format!("{name}.png"));
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", file.display());
+    }
+
+    // What the browser did is what the gateway now reports: the pasted
+    // server exists, echo is disabled and gone from MCP tools/list, and
+    // the forged forms changed nothing.
+    let (status, server) = gw.get("/api/v1/servers/hostile").await;
+    assert_eq!(status, 200, "{server}");
+    let (_, echo) = gw.get("/api/v1/tools/everything__echo").await;
+    assert_eq!(echo["enabled"], false, "{echo}");
+    let listed = tool_names(&mcp_request(&gw.mcp_url(), "tools/list", json!({})).await);
+    assert!(!listed.contains(&"everything__echo".to_owned()), "{listed:?}");
+    assert!(listed.contains(&"everything__add".to_owned()), "{listed:?}");
+    assert!(listed.contains(&"hostile__markup".to_owned()), "{listed:?}");
+    let (_, add) = gw.get("/api/v1/tools/everything__add").await;
+    assert_eq!(add["enabled"], true, "{add}");
+}
