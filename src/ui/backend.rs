@@ -119,15 +119,8 @@ impl Backend {
 
     /// A read as the session's user.
     pub async fn get(&self, session: &Session, origin: &Origin, path: &str) -> Answer {
-        self.send(
-            Method::GET,
-            path,
-            Some(&session.token),
-            None,
-            None,
-            origin,
-        )
-        .await
+        self.send(Method::GET, path, Some(&session.token), None, None, origin)
+            .await
     }
 
     /// A change as the session's user, with the CSRF token the form carried
@@ -146,8 +139,15 @@ impl Backend {
     }
 
     /// A request without a session (the login).
-    pub async fn anonymous(&self, origin: &Origin, method: Method, path: &str, body: Value) -> Answer {
-        self.send(method, path, None, None, Some(body), origin).await
+    pub async fn anonymous(
+        &self,
+        origin: &Origin,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> Answer {
+        self.send(method, path, None, None, Some(body), origin)
+            .await
     }
 
     async fn send(

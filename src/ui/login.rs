@@ -123,14 +123,11 @@ pub async fn submit(
         .anonymous(&origin, Method::POST, "/api/v1/auth/login", body)
         .await;
     if !answer.ok() {
-        let status = match answer.status {
-            StatusCode::TOO_MANY_REQUESTS => StatusCode::TOO_MANY_REQUESTS,
-            s if s.is_server_error() => s,
-            _ => StatusCode::UNAUTHORIZED,
-        };
+        // A form shown again with its error is a page like any other (a
+        // 4xx would be a console error in the browser).
         return form(
             &ui,
-            status,
+            StatusCode::OK,
             login.username,
             tenant,
             Some(answer.problem()),

@@ -68,10 +68,16 @@ pub fn router<S>(state: Arc<AppState>) -> Router<S> {
         .with_state(ui)
 }
 
-/// Every UI answer: its own CSP, and never stored (pages carry CSRF
-/// tokens and the user's data).
+/// Every UI answer: its own CSP, never stored (pages carry CSRF tokens and
+/// the user's data), and a referrer only to ourselves. `no-referrer`, the
+/// listener's default, makes Chromium send `Origin: null` on the pages' own
+/// form posts, which the listener's Origin guard rightly refuses;
+/// `same-origin` still tells no other site anything.
 async fn page_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
+    headers
+        .entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("same-origin"));
     headers
         .entry(header::CONTENT_SECURITY_POLICY)
         .or_insert(HeaderValue::from_static(CSP_UI));
@@ -164,7 +170,11 @@ pub fn html(status: StatusCode, page: &impl Template) -> Response {
             .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "UI template failed to render");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page failed to render").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render",
+            )
+                .into_response()
         }
     }
 }

@@ -79,7 +79,10 @@ fn block_of(block: &Value) -> Block {
             },
             None => plain(
                 "other",
-                format!("an image of type {} (not shown)", text_of(&block["mimeType"])),
+                format!(
+                    "an image of type {} (not shown)",
+                    text_of(&block["mimeType"])
+                ),
             ),
         },
         Some("resource") => {
@@ -88,10 +91,7 @@ fn block_of(block: &Value) -> Block {
                 .as_str()
                 .map(str::to_owned)
                 .unwrap_or_else(|| "(binary)".to_owned());
-            plain(
-                "resource",
-                format!("{}\n{body}", text_of(&resource["uri"])),
-            )
+            plain("resource", format!("{}\n{body}", text_of(&resource["uri"])))
         }
         Some("resource_link") => plain("resource", text_of(&block["uri"])),
         _ => plain(
@@ -121,7 +121,10 @@ impl Outcome {
         }
         Self {
             is_error: result["isError"] == true,
-            duration: format!("{:.1} ms", body["duration_ms"].as_f64().unwrap_or(elapsed_ms)),
+            duration: format!(
+                "{:.1} ms",
+                body["duration_ms"].as_f64().unwrap_or(elapsed_ms)
+            ),
             detail,
             blocks: result["content"]
                 .as_array()
@@ -187,11 +190,7 @@ async fn tools_and_record(
     } else {
         let answer = ui
             .api
-            .get(
-                session,
-                origin,
-                &format!("/api/v1/tools/{}", segment(tool)),
-            )
+            .get(session, origin, &format!("/api/v1/tools/{}", segment(tool)))
             .await;
         if answer.ok() {
             Some(answer.body)
@@ -276,7 +275,7 @@ pub async fn run(
     let Some(record) = record else {
         return show(
             &session,
-            StatusCode::NOT_FOUND,
+            StatusCode::OK,
             tools,
             tool,
             None,
@@ -303,7 +302,7 @@ pub async fn run(
             session.flash.push(Flash::error(e));
             return show(
                 &session,
-                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::OK,
                 tools,
                 tool,
                 Some(&record),
@@ -372,7 +371,10 @@ mod tests {
         let kinds: Vec<&str> = outcome.blocks.iter().map(|b| b.kind).collect();
         assert_eq!(kinds, ["text", "image", "other", "other", "resource"]);
         assert_eq!(outcome.blocks[0].text, "Echo: <hi>");
-        assert_eq!(outcome.blocks[1].src, format!("data:image/png;base64,{png}"));
+        assert_eq!(
+            outcome.blocks[1].src,
+            format!("data:image/png;base64,{png}")
+        );
         assert!(outcome.structured.contains("\"sum\": 3"));
 
         let failed = Outcome::from_answer(false, &Value::Null, "no tool named x".into(), 1.0);

@@ -86,7 +86,10 @@ fn type_of(schema: &Value) -> Option<&str> {
     match &schema["type"] {
         Value::String(t) => Some(t.as_str()),
         // `["string", "null"]`: the first non-null type.
-        Value::Array(types) => types.iter().filter_map(Value::as_str).find(|t| *t != "null"),
+        Value::Array(types) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null"),
         _ => None,
     }
 }
@@ -232,7 +235,10 @@ fn add_object(
 /// The arguments of a submitted form, shaped by the schema. Empty fields
 /// are left out (the pipeline reports a missing required one); a value
 /// that cannot be what its field says is an error naming the field.
-pub fn arguments(schema: &Value, form: &HashMap<String, String>) -> Result<Map<String, Value>, String> {
+pub fn arguments(
+    schema: &Value,
+    form: &HashMap<String, String>,
+) -> Result<Map<String, Value>, String> {
     object_arguments(schema, "", 0, form)
 }
 
@@ -289,8 +295,9 @@ fn object_arguments(
             Kind::Number => scalar("number", raw.trim()).map_err(|e| format!("{name}: {e}"))?,
             Kind::Integer => scalar("integer", raw.trim()).map_err(|e| format!("{name}: {e}"))?,
             Kind::Boolean => scalar("boolean", raw.trim()).map_err(|e| format!("{name}: {e}"))?,
-            Kind::Enum | Kind::Json => serde_json::from_str(raw)
-                .map_err(|e| format!("{name}: not valid JSON ({e})"))?,
+            Kind::Enum | Kind::Json => {
+                serde_json::from_str(raw).map_err(|e| format!("{name}: not valid JSON ({e})"))?
+            }
             Kind::Open | Kind::Close => continue,
         };
         out.insert(name.clone(), value);

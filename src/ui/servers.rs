@@ -179,14 +179,7 @@ pub async fn import(
         Err(e) => {
             let mut session = session;
             session.flash = vec![Flash::error(e)];
-            return show(
-                &ui,
-                session,
-                &origin,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                form.servers,
-            )
-            .await;
+            return show(&ui, session, &origin, StatusCode::OK, form.servers).await;
         }
     };
     let mut added = Vec::new();
@@ -222,14 +215,7 @@ pub async fn import(
     notices.push(Flash::error(format!("Not added: {}", failed.join("; "))));
     let mut session = session;
     session.flash = notices;
-    show(
-        &ui,
-        session,
-        &origin,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        form.servers,
-    )
-    .await
+    show(&ui, session, &origin, StatusCode::OK, form.servers).await
 }
 
 #[derive(Deserialize)]

@@ -131,7 +131,11 @@ pub fn set_flash(response: &mut Response, flash: &Flash) {
 /// The notice a previous answer left, if any (cleared by [`clear_flash`]).
 pub fn take_flash_of(headers: &HeaderMap) -> Vec<Flash> {
     cookie(headers, FLASH_COOKIE)
-        .and_then(|v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).ok())
+        .and_then(|v| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v)
+                .ok()
+        })
         .and_then(|bytes| serde_json::from_slice::<Flash>(&bytes).ok())
         .filter(|f| f.kind == "ok" || f.kind == "error")
         .into_iter()

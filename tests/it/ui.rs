@@ -30,6 +30,21 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// `application/x-www-form-urlencoded` bodies, as a browser's forms send.
+trait FormPost {
+    fn form_post(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl FormPost for reqwest::RequestBuilder {
+    fn form_post(self, pairs: &[(&str, &str)]) -> Self {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        self.header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    }
+}
+
 /// Logs in through the UI's login form; returns the session cookie
 /// (`name=value`).
 async fn ui_login(gw: &Gateway) -> String {
@@ -43,7 +58,7 @@ async fn ui_login(gw: &Gateway) -> String {
     let r = client()
         .post(gw.url("/ui/login"))
         .header("cookie", &login_cookie)
-        .form(&[
+        .form_post(&[
             ("csrf_token", token.as_str()),
             ("username", "admin"),
             ("password", ADMIN_PASSWORD),
@@ -89,10 +104,9 @@ async fn page(gw: &Gateway, cookie: &str, path: &str) -> (u16, reqwest::header::
 #[tokio::test]
 async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
     let (_fixture, url) = fixture_http_with(&marker("ui-plain"), &["--hostile"]);
-    let gw = Gateway::start(
-        Options::default().config(json!({"mcpServers": {"hostile": {"url": url}}})),
-    )
-    .await;
+    let gw =
+        Gateway::start(Options::default().config(json!({"mcpServers": {"hostile": {"url": url}}})))
+            .await;
     gw.wait_server("hostile", "ready").await;
     gw.wait_tool("hostile__markup", true).await;
 
@@ -105,22 +119,31 @@ async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
     let (status, headers, html) = page(&gw, &cookie, "/ui/tools?server=hostile").await;
     assert_eq!(status, 200, "{html}");
     let csp = headers["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert_eq!(headers["x-frame-options"], "DENY");
     assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["referrer-policy"], "same-origin");
     assert_eq!(headers["cache-control"], "no-store");
-    // The description is there, as text.
-    assert!(
-        html.contains("&lt;script&gt;window.__xss = 1; alert(&#39;xss&#39;)&lt;/script&gt;")
-            || html.contains("&lt;script&gt;window.__xss = 1; alert(&#x27;xss&#x27;)&lt;/script&gt;"),
-        "{html}"
-    );
-    assert!(!html.contains("<script>window.__xss"), "{html}");
-    assert!(!html.contains("<img src=x"), "{html}");
+    // The description is there, as text: escaped, never markup.
+    assert!(html.contains("window.__xss = 1"), "{html}");
+    for raw in [
+        "<script>window",
+        "<img src=x",
+        "<b>bold",
+        "</textarea></pre>",
+    ] {
+        assert!(!html.contains(raw), "{raw} unescaped in {html}");
+    }
     // The only script is ours, loaded from the binary.
     assert_eq!(html.matches("<script").count(), 1, "{html}");
-    let js = client().get(gw.url("/ui/assets/ui.js")).send().await.unwrap();
+    let js = client()
+        .get(gw.url("/ui/assets/ui.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(js.status(), 200);
     assert!(
         js.headers()["content-type"]
@@ -134,12 +157,16 @@ async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
     let csrf = csrf_of(&html);
     for form in [
         vec![("name", "hostile__echo"), ("enabled", "false")],
-        vec![("name", "hostile__echo"), ("enabled", "false"), ("csrf_token", "forged")],
+        vec![
+            ("name", "hostile__echo"),
+            ("enabled", "false"),
+            ("csrf_token", "forged"),
+        ],
     ] {
         let r = client()
             .post(gw.url("/ui/tools/toggle"))
             .header("cookie", &cookie)
-            .form(&form)
+            .form_post(&form)
             .send()
             .await
             .unwrap();
@@ -150,7 +177,7 @@ async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
     let r = client()
         .post(gw.url("/ui/tools/toggle"))
         .header("cookie", &cookie)
-        .form(&[
+        .form_post(&[
             ("name", "hostile__echo"),
             ("enabled", "false"),
             ("csrf_token", csrf.as_str()),
@@ -175,7 +202,10 @@ async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
         if found {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no audit record: {audit}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit record: {audit}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -183,7 +213,7 @@ async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
     let r = client()
         .post(gw.url("/ui/logout"))
         .header("cookie", &cookie)
-        .form(&[("csrf_token", csrf.as_str())])
+        .form_post(&[("csrf_token", csrf.as_str())])
         .send()
         .await
         .unwrap();
@@ -228,7 +258,9 @@ async fn ui_in_chromium_login_add_server_search_run_disable_and_stay_safe() {
     let (_fixture, paste_url) = fixture_http_with(&marker("ui-e2e"), &["--hostile"]);
     let gw = Gateway::start(
         Options::default()
-            .config(json!({"mcpServers": {"everything": {"command": everything, "args": ["stdio"]}}}))
+            .config(
+                json!({"mcpServers": {"everything": {"command": everything, "args": ["stdio"]}}}),
+            )
             .ready(),
     )
     .await;
@@ -257,10 +289,20 @@ async fn ui_in_chromium_login_add_server_search_run_disable_and_stay_safe() {
     );
     let summary: Value = serde_json::from_str(stdout.trim()).expect("the script's summary");
     assert_eq!(summary["ok"], true, "{summary}");
-    for name in ["login", "servers", "tools-search", "playground", "xss-tools"] {
+    for name in [
+        "login",
+        "servers",
+        "tools-search",
+        "playground",
+        "xss-tools",
+    ] {
         let file = shots.join(format!("{name}.png"));
         let bytes = std::fs::read(&file).unwrap_or_default();
-        assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", file.display());
+        assert!(
+            bytes.starts_with(b"\x89PNG"),
+            "{} is not a PNG",
+            file.display()
+        );
     }
 
     // What the browser did is what the gateway now reports: the pasted
@@ -271,9 +313,15 @@ async fn ui_in_chromium_login_add_server_search_run_disable_and_stay_safe() {
     let (_, echo) = gw.get("/api/v1/tools/everything__echo").await;
     assert_eq!(echo["enabled"], false, "{echo}");
     let listed = tool_names(&mcp_request(&gw.mcp_url(), "tools/list", json!({})).await);
-    assert!(!listed.contains(&"everything__echo".to_owned()), "{listed:?}");
-    assert!(listed.contains(&"everything__add".to_owned()), "{listed:?}");
+    assert!(
+        !listed.contains(&"everything__echo".to_owned()),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&"everything__get-sum".to_owned()),
+        "{listed:?}"
+    );
     assert!(listed.contains(&"hostile__markup".to_owned()), "{listed:?}");
-    let (_, add) = gw.get("/api/v1/tools/everything__add").await;
+    let (_, add) = gw.get("/api/v1/tools/everything__get-sum").await;
     assert_eq!(add["enabled"], true, "{add}");
 }
