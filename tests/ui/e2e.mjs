@@ -185,6 +185,31 @@ try {
   assert.match(await page.locator('#duration').textContent(), /^\d+(\.\d+)? ms$/);
   await shot(page, 'playground');
 
+  // Numbers, enums and booleans from the schema; images and structured
+  // content in the result.
+  await page.goto(`${base}/ui/playground?tool=everything__get-sum`);
+  await page.getByLabel(/^a/).fill('2');
+  await page.getByLabel(/^b/).fill('3.5');
+  await page.getByRole('button', { name: 'Run' }).click();
+  await page.locator('#result').waitFor();
+  assert.match(await page.locator('#result pre.text').first().textContent(), /5\.5/);
+
+  await page.goto(`${base}/ui/playground?tool=everything__get-annotated-message`);
+  await page.getByLabel(/messageType/).selectOption({ label: 'success' });
+  await page.getByLabel(/includeImage/).selectOption('true');
+  await page.getByRole('button', { name: 'Run' }).click();
+  const image = page.locator('#result figure img');
+  await image.waitFor();
+  assert.match(await image.getAttribute('src'), /^data:image\/png;base64,/);
+  assert.ok(await image.evaluate((img) => img.complete && img.naturalWidth > 0), 'the image shows');
+  await shot(page, 'playground-image');
+
+  await page.goto(`${base}/ui/playground?tool=everything__get-structured-content`);
+  await page.getByLabel(/location/).selectOption({ label: 'Chicago' });
+  await page.getByRole('button', { name: 'Run' }).click();
+  const structured = JSON.parse(await page.locator('#result pre.structured').textContent());
+  assert.equal(typeof structured.temperature, 'number');
+
   // A tool-level error shows as an error.
   await page.goto(`${base}/ui/playground?tool=hostile__fail`);
   await page.getByLabel(/message/).fill('it broke');
