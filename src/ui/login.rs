@@ -140,6 +140,9 @@ pub async fn submit(
             .headers_mut()
             .append(header::SET_COOKIE, cookie.clone());
     }
+    if let Some(refresh) = answer.body["refresh_token"].as_str() {
+        session::set_refresh(&mut response, &ui, refresh);
+    }
     response
 }
 
@@ -152,12 +155,16 @@ pub struct LogoutForm {
 pub async fn logout(
     State(ui): State<Ui>,
     origin: Origin,
+    headers: HeaderMap,
     session: Session,
     Form(form): Form<LogoutForm>,
 ) -> Response {
     if !session.csrf_ok(&form.csrf_token, &ui) {
         return super::csrf_refused();
     }
+    // The refresh token's whole family is revoked with the access token.
+    let body = session::cookie(&headers, session::REFRESH_COOKIE)
+        .map(|refresh| json!({ "refresh_token": refresh }));
     let answer = ui
         .api
         .change(
@@ -166,13 +173,14 @@ pub async fn logout(
             Method::POST,
             "/api/v1/auth/logout",
             &form.csrf_token,
-            None,
+            body,
         )
         .await;
     if !answer.ok() {
         return redirect_with("/ui/servers", Flash::error(answer.problem()));
     }
     let mut response = redirect_with("/ui/login", Flash::ok("You are logged out."));
+    session::clear_refresh(&mut response);
     for cookie in answer.headers.get_all(header::SET_COOKIE) {
         response
             .headers_mut()

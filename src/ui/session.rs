@@ -18,6 +18,11 @@ use crate::auth::{AuthMethod, Principal, http::SESSION_COOKIE, tokens};
 pub const LOGIN_CSRF_COOKIE: &str = "metamcp_login_csrf";
 /// A notice for the next page, set on a redirect and cleared when shown.
 const FLASH_COOKIE: &str = "metamcp_flash";
+/// The refresh token of the UI's session (only ever sent to `/ui`): when
+/// the short-lived access token in the session cookie has expired, the
+/// next page load trades it for new tokens rather than asking for the
+/// password again.
+pub const REFRESH_COOKIE: &str = "metamcp_refresh";
 
 /// A logged-in user of the UI.
 pub struct Session {
@@ -55,17 +60,32 @@ impl FromRequestParts<Ui> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Self::Rejection> {
-        let to_login = || Redirect::to("/ui/login").into_response();
-        let token = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(to_login)?;
-        let principal = ui
-            .state
-            .identity
-            .authenticate_access_token(token, AuthMethod::Cookie)
-            .await
-            .map_err(|e| {
-                tracing::debug!(error = %e, "UI session cookie refused");
-                to_login()
-            })?;
+        let authenticated = match cookie(&parts.headers, SESSION_COOKIE) {
+            Some(token) => ui
+                .state
+                .identity
+                .authenticate_access_token(token, AuthMethod::Cookie)
+                .await
+                .map(|p| (token, p))
+                .map_err(|e| tracing::debug!(error = %e, "UI session cookie refused"))
+                .ok(),
+            None => None,
+        };
+        let Some((token, principal)) = authenticated else {
+            // Only a page load continues the session: a form carries the
+            // CSRF token of the old one, and must be sent again anyway.
+            if parts.method == axum::http::Method::GET
+                && let Some(refresh) = cookie(&parts.headers, REFRESH_COOKIE)
+                && let Some(again) = refreshed(ui, parts, refresh).await
+            {
+                return Err(again);
+            }
+            let mut response = Redirect::to("/ui/login").into_response();
+            if cookie(&parts.headers, REFRESH_COOKIE).is_some() {
+                clear_refresh(&mut response);
+            }
+            return Err(response);
+        };
         let jti = principal.credential_id.as_deref().unwrap_or_default();
         let csrf = ui.state.identity.csrf_token(jti);
         Ok(Session {
@@ -75,6 +95,61 @@ impl FromRequestParts<Ui> for Session {
             principal,
         })
     }
+}
+
+/// Trades the refresh cookie for new tokens (`POST /api/v1/auth/refresh`)
+/// and sends the browser back to the same page with them; `None` when the
+/// refresh token is no good (expired, revoked, reused).
+async fn refreshed(ui: &Ui, parts: &Parts, refresh: &str) -> Option<Response> {
+    let back = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .and_then(|u| u.0.path_and_query().map(|p| p.as_str().to_owned()))
+        .filter(|p| p.starts_with("/ui") && !p.starts_with("//"))
+        .unwrap_or_else(|| "/ui/servers".to_owned());
+    let answer = ui
+        .api
+        .anonymous(
+            &super::backend::Origin::of(parts),
+            axum::http::Method::POST,
+            "/api/v1/auth/refresh",
+            serde_json::json!({ "refresh_token": refresh, "cookie": true }),
+        )
+        .await;
+    if !answer.ok() {
+        tracing::debug!(status = %answer.status, "UI session could not be refreshed");
+        return None;
+    }
+    let mut response = Redirect::to(&back).into_response();
+    for cookie in answer.headers.get_all(header::SET_COOKIE) {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
+    }
+    set_refresh(&mut response, ui, answer.body["refresh_token"].as_str()?);
+    Some(response)
+}
+
+/// Keeps the refresh token of a login or refresh for the UI.
+pub fn set_refresh(response: &mut Response, ui: &Ui, token: &str) {
+    let value = format!(
+        "{REFRESH_COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        ui.state.settings.auth.refresh_token_ttl.as_secs(),
+        secure_attr(ui)
+    );
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// Forgets the refresh token (logged out, or it is no good).
+pub fn clear_refresh(response: &mut Response) {
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "metamcp_refresh=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
 }
 
 /// A fresh random token for the login form.

@@ -45,9 +45,19 @@ impl FormPost for reqwest::RequestBuilder {
     }
 }
 
-/// Logs in through the UI's login form; returns the session cookie
-/// (`name=value`).
-async fn ui_login(gw: &Gateway) -> String {
+/// The `name=value` of a cookie a response sets.
+fn set_cookie(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_owned())
+}
+
+/// Logs in through the UI's login form; returns the session cookie and the
+/// refresh cookie (`name=value` each).
+async fn ui_login(gw: &Gateway) -> (String, String) {
     let form = client().get(gw.url("/ui/login")).send().await.unwrap();
     assert_eq!(form.status(), 200);
     let set = form.headers()["set-cookie"].to_str().unwrap().to_owned();
@@ -77,7 +87,8 @@ async fn ui_login(gw: &Gateway) -> String {
         .expect("the login sets the session cookie")
         .to_owned();
     assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"));
-    session.split(';').next().unwrap().to_owned()
+    let refresh = set_cookie(r.headers(), "metamcp_refresh").expect("the refresh cookie");
+    (session.split(';').next().unwrap().to_owned(), refresh)
 }
 
 /// The CSRF token a page's forms carry.
@@ -114,7 +125,31 @@ async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
     let r = client().get(gw.url("/ui/tools")).send().await.unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/ui/login");
-    let cookie = ui_login(&gw).await;
+    let (cookie, refresh) = ui_login(&gw).await;
+
+    // Without a valid access token, a page load continues the session with
+    // the refresh cookie (as when the access token expired): back to the
+    // same page with new tokens; the used refresh token is good no more.
+    let r = client()
+        .get(gw.url("/ui/tools?server=hostile"))
+        .header("cookie", format!("metamcp_session=expired; {refresh}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/tools?server=hostile");
+    let renewed = set_cookie(r.headers(), "metamcp_session").expect("a new session");
+    let next_refresh = set_cookie(r.headers(), "metamcp_refresh").expect("a new refresh");
+    assert_ne!(next_refresh, refresh);
+    let (status, _, _) = page(&gw, &renewed, "/ui/servers").await;
+    assert_eq!(status, 200);
+    let (status, headers, _) = page(&gw, &refresh, "/ui/servers").await;
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/ui/login");
+    // Its reuse revoked the family: the newer one is refused too.
+    let (status, headers, _) = page(&gw, &next_refresh, "/ui/servers").await;
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/ui/login");
 
     let (status, headers, html) = page(&gw, &cookie, "/ui/tools?server=hostile").await;
     assert_eq!(status, 200, "{html}");
@@ -209,18 +244,28 @@ async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Logged out, the cookie no longer opens pages.
+    // Logged out, neither cookie opens pages any more.
+    let (cookie, refresh) = ui_login(&gw).await;
+    let (_, _, html) = page(&gw, &cookie, "/ui/servers").await;
+    let csrf = csrf_of(&html);
     let r = client()
         .post(gw.url("/ui/logout"))
-        .header("cookie", &cookie)
+        .header("cookie", format!("{cookie}; {refresh}"))
         .form_post(&[("csrf_token", csrf.as_str())])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/ui/login");
-    let (status, _, _) = page(&gw, &cookie, "/ui/servers").await;
-    assert_eq!(status, 303);
+    assert_eq!(
+        set_cookie(r.headers(), "metamcp_refresh").as_deref(),
+        Some("metamcp_refresh=")
+    );
+    for stale in [&cookie, &refresh] {
+        let (status, headers, _) = page(&gw, stale, "/ui/servers").await;
+        assert_eq!(status, 303, "{stale}");
+        assert_eq!(headers["location"], "/ui/login");
+    }
 }
 
 /// An external tool for the browser test, or `None` (skipped) when it is
