@@ -351,10 +351,10 @@ async fn ui_in_chromium_login_add_server_search_run_disable_and_stay_safe() {
     }
 
     // What the browser did is what the gateway now reports: the pasted
-    // server exists, echo is disabled and gone from MCP tools/list, and
-    // the forged forms changed nothing.
+    // server was removed again, echo is disabled and gone from MCP
+    // tools/list, and the forged forms changed nothing.
     let (status, server) = gw.get("/api/v1/servers/hostile").await;
-    assert_eq!(status, 200, "{server}");
+    assert_eq!(status, 404, "{server}");
     let (_, echo) = gw.get("/api/v1/tools/everything__echo").await;
     assert_eq!(echo["enabled"], false, "{echo}");
     let listed = tool_names(&mcp_request(&gw.mcp_url(), "tools/list", json!({})).await);
@@ -366,7 +366,7 @@ async fn ui_in_chromium_login_add_server_search_run_disable_and_stay_safe() {
         listed.contains(&"everything__get-sum".to_owned()),
         "{listed:?}"
     );
-    assert!(listed.contains(&"hostile__markup".to_owned()), "{listed:?}");
+    assert!(!listed.iter().any(|t| t.starts_with("hostile__")), "{listed:?}");
     let (_, add) = gw.get("/api/v1/tools/everything__get-sum").await;
     assert_eq!(add["enabled"], true, "{add}");
 }

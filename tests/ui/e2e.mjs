@@ -276,6 +276,33 @@ try {
   assert.equal((await anonymous.cookies(base)).find((c) => c.name === 'metamcp_session'), undefined);
   await anonymous.close();
 
+  // --- Server buttons: disable, enable, restart, remove.
+  const statusOf = (name) =>
+    page.locator(`tr[data-server="${name}"] [data-field="status"]`).textContent();
+  const waitStatus = (name, want) =>
+    page.waitForFunction(([n, w]) => {
+      const cell = document.querySelector(`tr[data-server="${n}"] [data-field="status"]`);
+      return cell && cell.textContent.trim() === w;
+    }, [name, want], { timeout: 30000 });
+  await page.goto(`${base}/ui/servers`);
+  const hostileRow = page.locator('tr[data-server="hostile"]');
+  await hostileRow.getByRole('button', { name: 'Disable' }).click();
+  await expectFlash(page, 'hostile disabled.');
+  assert.equal((await statusOf('hostile')).trim(), 'disabled');
+  await hostileRow.getByRole('button', { name: 'Enable' }).click();
+  await expectFlash(page, 'hostile enabled.');
+  await waitStatus('hostile', 'ready');
+  await page.locator('tr[data-server="everything"]').getByRole('button', { name: 'Restart' }).click();
+  await expectFlash(page, 'everything restarting.');
+  await waitStatus('everything', 'ready');
+  // Removing takes two steps, both with the keyboard.
+  await hostileRow.locator('summary').focus();
+  await page.keyboard.press('Enter');
+  await hostileRow.getByRole('button', { name: 'Remove hostile' }).focus();
+  await page.keyboard.press('Enter');
+  await expectFlash(page, 'hostile removed.');
+  assert.equal(await page.locator('tr[data-server="hostile"]').count(), 0);
+
   // --- Log out: the session ends.
   await page.goto(`${base}/ui/servers`);
   await page.getByRole('button', { name: 'Log out' }).click();

@@ -22,11 +22,21 @@
   }
 
   function refreshServers(table) {
+    if (timer === null) return;
     fetch(table.getAttribute('data-live'), {
       credentials: 'same-origin',
       headers: { accept: 'application/json' },
     })
-      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (r) {
+        if (r.status === 401 || r.status === 403) {
+          // The session ended (or lost the right): stop asking, say so.
+          stop();
+          var caption = table.querySelector('caption');
+          if (caption) caption.textContent = 'Status not refreshed: reload the page to continue.';
+          return null;
+        }
+        return r.ok ? r.json() : null;
+      })
       .then(function (body) {
         if (!body || !Array.isArray(body.servers)) return;
         var rows = table.tBodies[0] ? table.tBodies[0].rows : [];
@@ -47,8 +57,13 @@
   }
 
   var table = document.getElementById('servers');
+  var timer = null;
+  function stop() {
+    if (timer !== null) window.clearInterval(timer);
+    timer = null;
+  }
   if (table && table.getAttribute('data-live')) {
-    window.setInterval(function () {
+    timer = window.setInterval(function () {
       if (!document.hidden) refreshServers(table);
     }, REFRESH_MS);
   }
