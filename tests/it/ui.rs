@@ -366,7 +366,10 @@ async fn ui_in_chromium_login_add_server_search_run_disable_and_stay_safe() {
         listed.contains(&"everything__get-sum".to_owned()),
         "{listed:?}"
     );
-    assert!(!listed.iter().any(|t| t.starts_with("hostile__")), "{listed:?}");
+    assert!(
+        !listed.iter().any(|t| t.starts_with("hostile__")),
+        "{listed:?}"
+    );
     let (_, add) = gw.get("/api/v1/tools/everything__get-sum").await;
     assert_eq!(add["enabled"], true, "{add}");
 }
