@@ -56,6 +56,7 @@ pub fn router<S>(state: Arc<AppState>) -> Router<S> {
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/servers", get(servers::page))
+        .route("/server", get(servers::detail))
         .route("/servers/import", post(servers::import))
         .route("/servers/action", post(servers::action))
         .route("/tools", get(tools::page))

@@ -299,6 +299,78 @@ pub async fn action(
     redirect_with("/ui/servers", Flash::ok(format!("{} {done}.", form.name)))
 }
 
+#[derive(Template)]
+#[template(path = "server.html")]
+struct ServerPage {
+    chrome: Chrome,
+    row: Option<ServerRow>,
+    /// The definition as the API shows it (secrets masked), pretty JSON.
+    definition: String,
+    stderr: Vec<String>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct ServerQuery {
+    #[serde(default)]
+    name: String,
+}
+
+/// One server: its status, definition and the tail of its stderr log.
+pub async fn detail(
+    State(ui): State<Ui>,
+    origin: Origin,
+    session: Session,
+    axum::extract::Query(query): axum::extract::Query<ServerQuery>,
+) -> Response {
+    let answer = ui
+        .api
+        .get(
+            &session,
+            &origin,
+            &format!("/api/v1/servers/{}", segment(&query.name)),
+        )
+        .await;
+    let (row, definition, stderr, error) = if answer.ok() {
+        let mut definition = answer.body.clone();
+        let stderr = definition["stderr_tail"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text_of)
+            .collect();
+        if let Some(map) = definition.as_object_mut() {
+            for shown_elsewhere in ["status", "tools", "breaker", "conflicts", "stderr_tail"] {
+                map.remove(shown_elsewhere);
+            }
+        }
+        (
+            Some(ServerRow::from_record(&answer.body)),
+            serde_json::to_string_pretty(&definition).unwrap_or_default(),
+            stderr,
+            None,
+        )
+    } else {
+        (None, String::new(), Vec::new(), Some(answer.problem()))
+    };
+    let flash = session.flash.clone();
+    render(
+        &session,
+        if answer.ok() {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        },
+        &ServerPage {
+            chrome: Chrome::new("servers", &session, flash),
+            row,
+            definition,
+            stderr,
+            error,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

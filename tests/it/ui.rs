@@ -156,7 +156,12 @@ async fn ui_escapes_upstream_text_refuses_forged_forms_and_sets_headers() {
     assert_eq!(headers["location"], "/ui/servers");
     let (status, headers, missing) = page(&gw, &cookie, "/ui/no-such-page").await;
     assert_eq!(status, 404, "{missing}");
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
 
     let (status, headers, html) = page(&gw, &cookie, "/ui/tools?server=hostile").await;
     assert_eq!(status, 200, "{html}");

@@ -144,6 +144,17 @@ try {
   }, null, { timeout: 30000 });
   await checkAccessible(page);
 
+  // --- One server's page: its definition and stderr tail.
+  await everything.getByRole('link', { name: 'everything' }).click();
+  await page.waitForURL(/\/ui\/server\?name=everything/);
+  assert.equal((await page.locator('#server-status').textContent()).trim(), 'ready');
+  assert.match(await page.locator('#definition').textContent(), /"type": "stdio"/);
+  assert.match(await page.locator('#stderr').textContent(), /Starting default \(STDIO\) server/);
+  await checkAccessible(page);
+  await shot(page, 'server');
+  await page.getByRole('link', { name: /All servers/ }).click();
+  await page.waitForURL(`${base}/ui/servers`);
+
   // --- Add a server by pasting an mcpServers block; its row turns ready
   // by itself (ui.js polls the servers API).
   const block = JSON.stringify({ mcpServers: { hostile: { url: pasteUrl } } }, null, 2);
