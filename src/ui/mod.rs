@@ -10,6 +10,7 @@
 //! the matching REST call does, refused or recorded the same way.
 
 mod backend;
+mod keys;
 mod login;
 mod playground;
 mod schema_form;
@@ -62,6 +63,8 @@ pub fn router<S>(state: Arc<AppState>) -> Router<S> {
         .route("/tools", get(tools::page))
         .route("/tools/toggle", post(tools::toggle))
         .route("/playground", get(playground::page).post(playground::run))
+        .route("/keys", get(keys::page).post(keys::create))
+        .route("/keys/revoke", post(keys::revoke))
         .route("/assets/ui.js", get(script))
         .route("/assets/ui.css", get(styles))
         .fallback(not_found)

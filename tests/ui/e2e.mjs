@@ -314,6 +314,26 @@ try {
   await expectFlash(page, 'hostile removed.');
   assert.equal(await page.locator('tr[data-server="hostile"]').count(), 0);
 
+  // --- API keys: create one (its secret shown once), use it, revoke it.
+  await page.getByRole('link', { name: 'API keys' }).click();
+  await page.waitForURL(`${base}/ui/keys`);
+  await page.getByLabel('Name', { exact: true }).fill('browser key');
+  await page.getByLabel(/^Scopes/).fill('tools:read');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const key = await page.locator('#new-key').inputValue();
+  assert.ok(key.length > 20, key);
+  await checkAccessible(page);
+  await shot(page, 'keys');
+  const outsider = await browser.newContext();
+  const asKey = () => outsider.request.get(`${base}/api/v1/tools?limit=1`, { headers: { 'x-api-key': key } });
+  assert.equal((await asKey()).status(), 200);
+  await page.goto(`${base}/ui/keys`);
+  assert.equal(await page.locator('#new-key').count(), 0, 'the key is shown once');
+  await page.getByRole('button', { name: 'Revoke browser key' }).click();
+  await expectFlash(page, 'The key is revoked.');
+  assert.equal((await asKey()).status(), 401);
+  await outsider.close();
+
   // --- Log out: the session ends.
   await page.goto(`${base}/ui/servers`);
   await page.getByRole('button', { name: 'Log out' }).click();
