@@ -9,6 +9,7 @@
 //! what `GET /api/v1/...` answers the logged-in user, and a form does what
 //! the matching REST call does, refused or recorded the same way.
 
+mod audit;
 mod backend;
 mod keys;
 mod login;
@@ -65,6 +66,7 @@ pub fn router<S>(state: Arc<AppState>) -> Router<S> {
         .route("/playground", get(playground::page).post(playground::run))
         .route("/keys", get(keys::page).post(keys::create))
         .route("/keys/revoke", post(keys::revoke))
+        .route("/audit", get(audit::page))
         .route("/assets/ui.js", get(script))
         .route("/assets/ui.css", get(styles))
         .fallback(not_found)

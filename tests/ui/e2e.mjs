@@ -334,6 +334,24 @@ try {
   assert.equal((await asKey()).status(), 401);
   await outsider.close();
 
+  // --- Audit: the playground's call is in the trail, as the user's, and
+  // the chains verify. (Records are written in the background: reload
+  // until it is there.)
+  const auditUrl = `${base}/ui/audit?tool=everything__echo&kind=tool_call`;
+  const deadline = Date.now() + 20000;
+  for (;;) {
+    await page.goto(auditUrl);
+    if (await page.locator('#audit tbody td.target', { hasText: 'everything__echo' }).count()) break;
+    assert.ok(Date.now() < deadline, 'the echo call never reached the audit page');
+    await page.waitForTimeout(250);
+  }
+  const auditRow = page.locator('#audit tbody tr').filter({ hasText: 'everything__echo' }).first();
+  assert.match(await auditRow.textContent(), /admin \(cookie\)[\s\S]*tools\/call[\s\S]*success/);
+  await checkAccessible(page);
+  await page.getByRole('button', { name: 'Verify the chains' }).click();
+  assert.match(await page.locator('#verification').textContent(), /^Intact/);
+  await shot(page, 'audit');
+
   // --- Log out: the session ends.
   await page.goto(`${base}/ui/servers`);
   await page.getByRole('button', { name: 'Log out' }).click();
