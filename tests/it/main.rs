@@ -34,4 +34,5 @@ mod tenants;
 mod traces;
 mod transfer;
 mod transports;
+mod ui;
 mod webhooks;
