@@ -32,6 +32,30 @@ pub struct Telemetry {
     _exporter: Option<trace::Exporter>,
 }
 
+/// The log layer in `format`, for any subscriber under it.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),
+    }
+}
+
+/// The subscriber without a trace layer: the filter global, not per layer.
+/// (With the filter per layer, request spans were now and then missing from
+/// log lines in CI: a line then lacked its request id.)
+fn init_logs_only(format: LogFormat, filter: EnvFilter) {
+    let registry = tracing_subscriber::registry().with(filter);
+    let logs = log_layer(format);
+    let _ = registry.with(logs).try_init();
+}
+
 /// Installs the global subscriber: the log layer and, when an OTLP endpoint
 /// is set, the trace layer. Safe to call more than once (later calls keep
 /// the first subscriber). Fails only when the trace exporter cannot be
@@ -45,28 +69,25 @@ pub fn init(settings: &Settings) -> Result<Telemetry, String> {
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},rmcp=error,sqlx=warn,hyper=warn")));
-    // Each layer has its own filter: the trace layer wants the pipeline's
-    // DEBUG spans even when the log shows INFO and up.
-    let logs = match settings.log_format {
-        LogFormat::Json => fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_writer(std::io::stderr)
-            .boxed(),
-        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),
-    };
-    #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
-        vec![logs.with_filter(filter).boxed()];
     #[cfg(feature = "otel")]
     let exporter = match trace::layer(settings)? {
         Some((layer, exporter)) => {
-            layers.push(layer);
+            // Each layer has its own filter: the trace layer wants the
+            // pipeline's DEBUG spans even when the log shows INFO and up.
+            let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![
+                log_layer(settings.log_format).with_filter(filter).boxed(),
+                layer,
+            ];
+            let _ = tracing_subscriber::registry().with(layers).try_init();
             Some(exporter)
         }
-        None => None,
+        None => {
+            init_logs_only(settings.log_format, filter);
+            None
+        }
     };
-    let _ = tracing_subscriber::registry().with(layers).try_init();
+    #[cfg(not(feature = "otel"))]
+    init_logs_only(settings.log_format, filter);
     #[cfg(feature = "otel")]
     if let Some(endpoint) = &settings.otel.endpoint {
         tracing::info!(
