@@ -13,7 +13,7 @@ pub mod trace;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
 use crate::config::{LogFormat, Settings};
 
@@ -74,7 +74,7 @@ pub fn init(settings: &Settings) -> Result<Telemetry, String> {
         Some((layer, exporter)) => {
             // Each layer has its own filter: the trace layer wants the
             // pipeline's DEBUG spans even when the log shows INFO and up.
-            let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![
+            let layers: Vec<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>> = vec![
                 log_layer(settings.log_format).with_filter(filter).boxed(),
                 layer,
             ];
