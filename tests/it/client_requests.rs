@@ -458,33 +458,12 @@ async fn modern(gw: &Gateway, token: &str, method: &str, mut params: Value) -> V
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}, "sampling": {}},
     });
-    let mut request = common::client_with(token)
-        .post(gw.mcp_url())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", method);
-    if let Some(name) = params["name"].as_str() {
-        request = request.header("mcp-name", name);
-    }
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let text = request
-        .json(&body)
+    let client = common::client_with(token);
+    let response = common::modern_request(&client, &gw.mcp_url(), 1, method, &params)
         .send()
         .await
-        .expect("MCP request")
-        .text()
-        .await
-        .unwrap_or_default();
-    if let Ok(single) = serde_json::from_str::<Value>(&text) {
-        return single;
-    }
-    // An SSE response: its last message is the answer.
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .next_back()
-        .unwrap_or_else(|| panic!("no answer in {text:?}"))
+        .expect("MCP request");
+    common::jsonrpc_answer(response).await
 }
 
 /// The Python SDK as a 2026-07-28 client drives the multi-round-trip call

@@ -378,32 +378,8 @@ async fn modern_post(
         meta["io.modelcontextprotocol/logLevel"] = json!(level);
     }
     params["_meta"] = meta;
-    let mut request = gw
-        .client()
-        .post(gw.mcp_url())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", method);
-    if let Some(name) = params["name"].as_str() {
-        request = request.header("mcp-name", name);
-    }
-    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
-    let text = request
-        .json(&body)
-        .send()
-        .await
-        .expect("MCP request")
-        .text()
-        .await
-        .unwrap_or_default();
-    if let Ok(single) = serde_json::from_str::<Value>(&text) {
-        return vec![single];
-    }
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .collect()
+    let request = common::modern_request(&gw.client(), &gw.mcp_url(), 7, method, &params);
+    common::jsonrpc_messages(request.send().await.expect("MCP request")).await
 }
 
 #[tokio::test]

@@ -320,15 +320,7 @@ const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"p
 /// The JSON-RPC response in an answer (JSON, or the last SSE `data:`
 /// event that carries an id).
 async fn response_of(r: reqwest::Response) -> Value {
-    let text = r.text().await.unwrap_or_default();
-    if let Ok(v) = serde_json::from_str::<Value>(&text) {
-        return v;
-    }
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .rfind(|v| v.get("id").is_some())
-        .unwrap_or_else(|| panic!("no JSON-RPC response in: {text}"))
+    common::jsonrpc_answer(r).await
 }
 
 impl RawSession {
@@ -509,17 +501,9 @@ async fn modern(gw: &Gateway, token: &str, method: &str, mut params: Value) -> V
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
     });
-    let mut request = client_with(token)
-        .post(gw.mcp_url())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", method);
-    if let Some(name) = params["name"].as_str() {
-        request = request.header("mcp-name", name);
-    }
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    response_of(request.json(&body).send().await.expect("MCP request")).await
+    let client = client_with(token);
+    let request = common::modern_request(&client, &gw.mcp_url(), 1, method, &params);
+    response_of(request.send().await.expect("MCP request")).await
 }
 
 #[tokio::test]

@@ -624,6 +624,23 @@ pub async fn mcp_request_with(
         Some(t) => client_with(t),
         None => reqwest::Client::new(),
     };
+    let response = modern_request(&client, url, 1, method, &params)
+        .send()
+        .await
+        .expect("MCP request");
+    jsonrpc_answer(response).await
+}
+
+/// A 2026-07-28 request as `client` sends it: POST with the protocol
+/// version, method and (for params naming a tool, prompt or resource) name
+/// headers. `params` carries its own `_meta`.
+pub fn modern_request(
+    client: &reqwest::Client,
+    url: &str,
+    id: u64,
+    method: &str,
+    params: &Value,
+) -> reqwest::RequestBuilder {
     let mut request = client
         .post(url)
         .header("content-type", "application/json")
@@ -637,17 +654,36 @@ pub async fn mcp_request_with(
     {
         request = request.header("mcp-name", name);
     }
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let response = request.json(&body).send().await.expect("MCP request");
+    request.json(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+}
+
+/// The JSON-RPC messages of an MCP answer, in order: its JSON body, or each
+/// `data:` event of its SSE stream.
+pub async fn jsonrpc_messages(response: reqwest::Response) -> Vec<Value> {
     let text = response.text().await.unwrap_or_default();
-    if let Ok(v) = serde_json::from_str::<Value>(&text) {
-        return v;
+    match serde_json::from_str::<Value>(&text) {
+        Ok(single) => vec![single],
+        Err(_) => sse_messages(&text).collect(),
     }
+}
+
+/// The answer to a request: its JSON body as it is, or, from an SSE
+/// stream, the last message with an id (the response).
+pub async fn jsonrpc_answer(response: reqwest::Response) -> Value {
+    let text = response.text().await.unwrap_or_default();
+    if let Ok(single) = serde_json::from_str::<Value>(&text) {
+        return single;
+    }
+    sse_messages(&text)
+        .filter(|v| v.get("id").is_some())
+        .last()
+        .unwrap_or_else(|| panic!("no JSON-RPC response in: {text}"))
+}
+
+fn sse_messages(text: &str) -> impl Iterator<Item = Value> + '_ {
     text.lines()
         .filter_map(|l| l.strip_prefix("data:"))
         .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .rfind(|v| v.get("id").is_some())
-        .unwrap_or_else(|| panic!("no JSON-RPC response in: {text}"))
 }
 
 /// The tool names of a `tools/list` answer.
